@@ -1,0 +1,45 @@
+# Two commands: `make run` and `make test`. Each creates/refreshes the virtual environment
+# (re-installing only when pyproject.toml changed), then runs.
+# VENV may live outside the checkout (CI keys a cached one by the hash of pyproject.toml).
+PYTHON ?= python3
+VENV ?= .venv
+VENV_ABS := $(abspath $(VENV))
+PY := $(VENV_ABS)/bin/python
+HASH := $(shell $(PYTHON) -c "import hashlib;print(hashlib.sha256(open('pyproject.toml','rb').read()).hexdigest()[:16])")
+SYNTH_DIR ?= data/synthetic
+# offline habits (../shared/ENV.md): no hub retries, no albumentations version check
+export HF_HUB_OFFLINE ?= 1
+export NO_ALBUMENTATIONS_UPDATE ?= 1
+
+.PHONY: venv run test lint format clean
+
+venv:
+	@if [ ! -f "$(VENV_ABS)/.deps-$(HASH)" ]; then \
+	  echo "== installing emseg-search and its dependencies into $(VENV) (takes a few minutes the first time)"; \
+	  [ -x "$(PY)" ] || $(PYTHON) -m venv "$(VENV_ABS)" || exit 1; \
+	  "$(PY)" -m pip install -e ".[dev]" || exit 1; \
+	  rm -f "$(VENV_ABS)"/.deps-*; touch "$(VENV_ABS)/.deps-$(HASH)"; \
+	fi
+	@# the venv may have been installed from another checkout: point it at this one
+	@here="$$(pwd)"; cd / && "$(PY)" -c "import emseg_search, os, sys; \
+	  sys.exit(os.path.dirname(os.path.dirname(os.path.abspath(emseg_search.__file__))) != sys.argv[1])" "$$here" 2>/dev/null \
+	  || (cd "$$here" && "$(PY)" -m pip install -q --no-deps --no-build-isolation -e .)
+
+run: venv
+	@test -f "$(SYNTH_DIR)/synth.json" || "$(PY)" -m emseg_search.synth --out "$(SYNTH_DIR)" --n 200 --seed 0
+	"$(PY)" -m emseg_search.inspect "$(SYNTH_DIR)"
+	"$(PY)" -m emseg_search.montage "$(SYNTH_DIR)" --out results/synthetic_montage.png
+
+test: venv
+	"$(PY)" -m pytest $(PYTEST_ARGS)
+
+lint: venv
+	"$(PY)" -m ruff check emseg_search tests benchmarks
+	"$(PY)" -m ruff format --check emseg_search tests benchmarks
+
+format: venv
+	"$(PY)" -m ruff format emseg_search tests benchmarks
+	"$(PY)" -m ruff check --fix emseg_search tests benchmarks
+
+clean:
+	rm -rf .venv .pytest_cache .ruff_cache

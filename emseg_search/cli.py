@@ -1,0 +1,40 @@
+"""`emseg-search <command> ...`: every command is also `python -m emseg_search.<command>`."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# command -> (module, one-line help); each module has main(argv) -> int
+COMMANDS = {
+    "inspect": ("emseg_search.inspect", "validate a data set and print its fingerprint"),
+    "synth": ("emseg_search.synth", "generate the synthetic EM data set"),
+    "montage": ("emseg_search.montage", "picture synthetic micrographs next to real ones"),
+}
+
+
+def _usage() -> str:
+    """Help text listing the commands."""
+    width = max(map(len, COMMANDS))
+    rows = "\n".join(f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items())
+    return (f"usage: emseg-search <command> [options]\n\ncommands:\n{rows}\n\n"
+            "`emseg-search <command> --help` shows a command's options.")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Dispatch to a command's main; returns its exit code."""
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"emseg-search: unknown command {name!r}; valid: {', '.join(sorted(COMMANDS))}",
+              file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    return module.main(rest)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
