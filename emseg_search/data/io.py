@@ -108,7 +108,7 @@ def image_to_float01(image: np.ndarray) -> np.ndarray:
     lo, hi = np.percentile(img, (0.1, 99.9))
     if hi <= lo:
         return np.zeros_like(img)
-    return np.clip((img - lo) / (hi - lo), 0.0, 1.0)
+    return np.clip((img - np.float32(lo)) / np.float32(hi - lo), 0.0, 1.0).astype(np.float32)
 
 
 def read_mask(path: str | Path) -> tuple[np.ndarray, bool]:
