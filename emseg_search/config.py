@@ -1,0 +1,120 @@
+"""TrialConfig: everything one training run needs, validated once (typed, frozen)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+SYNTHETIC = "synthetic"
+
+
+class ConfigError(ValueError):
+    """A configuration is invalid; the message names the field (and file) at fault."""
+
+
+class TrialConfig(BaseModel):
+    """One training run: data, model, loss, augmentation, optimiser and schedule.
+
+    Ray moves plain dicts: turn them into a TrialConfig at each Ray boundary with
+    ``TrialConfig.from_dict`` and pass the typed object below it.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # data
+    data: str = Field(SYNTHETIC, description="data folder, or 'synthetic' for the embedded set")
+    val_file: str | None = Field(None, description="split file naming the validation images")
+    val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    split_seed: int = 0
+    scale: float = Field(1.0, gt=0.0, le=4.0, description="rescale images (0.5: half size)")
+    tile_size: int = Field(256, ge=32, le=4096)
+    tiles_per_image: int = Field(4, ge=1, description="training tiles drawn per image per epoch")
+
+    # model
+    arch: str = "unet"
+    encoder: str = "resnet18"
+    encoder_weights: str | None = Field(
+        None, description="null, 'imagenet' (hub), 'imagenet-offline' (shipped files) or a .pth")
+    encoder_depth: int = Field(5, ge=3, le=5)
+    output_stride: Literal[8, 16] | None = Field(None, description="DeepLab only")
+
+    # loss and augmentation
+    loss: str = "dice+bce"
+    loss_weight: float = Field(0.5, ge=0.0, le=1.0,
+                               description="weight of the first term of a 'a+b' loss")
+    augment: str = "light"
+    augment_strength: float = Field(1.0, ge=0.0, le=2.0)
+
+    # optimisation
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float = Field(1e-3, gt=0.0, lt=1.0)
+    weight_decay: float = Field(1e-4, ge=0.0, lt=1.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="sgd only")
+    batch_size: int = Field(8, ge=1)
+    epochs: int = Field(10, ge=1)
+    warmup_epochs: float = Field(1.0, ge=0.0)
+    grad_clip: float | None = Field(1.0, gt=0.0)
+    amp: bool = Field(True, description="mixed precision on GPU (ignored on CPU)")
+
+    # evaluation
+    val_every: int = Field(1, ge=1)
+    threshold: float = Field(0.5, gt=0.0, lt=1.0)
+
+    # reproducibility and loading
+    seed: int = 0
+    loader_workers: int = Field(0, ge=0, description="DataLoader processes per Train worker")
+
+    @model_validator(mode="after")
+    def _check(self) -> TrialConfig:
+        if self.warmup_epochs > self.epochs:
+            raise ValueError(f"`warmup_epochs <= epochs` must hold, got warmup_epochs="
+                             f"{self.warmup_epochs}, epochs={self.epochs}")
+        return self
+
+    @property
+    def is_synthetic(self) -> bool:
+        """True when training on the embedded synthetic data set."""
+        return self.data == SYNTHETIC
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrialConfig:
+        """Validate a plain dict; ConfigError names each bad field."""
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            lines = []
+            for err in exc.errors():
+                field = ".".join(str(p) for p in err["loc"]) or "(config)"
+                msg = err["msg"]
+                if err["type"] == "extra_forbidden":
+                    msg = f"unknown field; valid fields: {', '.join(sorted(cls.model_fields))}"
+                elif "input" in err and not isinstance(err["input"], dict):
+                    msg = f"{msg} (got {err['input']!r})"
+                lines.append(f"{source}: {field}: {msg}")
+            raise ConfigError("\n".join(lines)) from None
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> TrialConfig:
+        """Read a YAML file of fields (``overrides`` win); errors name the file and field."""
+        path = Path(path)
+        try:
+            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{path}: cannot read YAML: {exc}") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: expected a mapping of field: value, got "
+                              f"{type(values).__name__}")
+        return cls.from_dict({**values, **overrides}, source=str(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (what Ray moves and what is saved beside outputs)."""
+        return self.model_dump()
+
+    def write_yaml(self, path: str | Path) -> Path:
+        """Save the resolved config (every field) as YAML."""
+        path = Path(path)
+        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False), encoding="utf-8")
+        return path
