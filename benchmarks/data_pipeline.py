@@ -18,9 +18,9 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
+import albumentations as A  # noqa: E402
 import torch  # noqa: E402
 
-import albumentations as A  # noqa: E402
 from emseg_search.data import clear_cache, compute_fingerprint, load_data  # noqa: E402
 from emseg_search.data.synth import generate_sample, write_synthetic_dataset  # noqa: E402
 from emseg_search.data.torch_data import TileDataset  # noqa: E402
@@ -30,9 +30,15 @@ RESULTS = Path(__file__).parent / "results"
 
 def _light_augment() -> A.Compose:
     """Flips, rotate90, mild affine and contrast: a typical training augmentation."""
-    return A.Compose([A.HorizontalFlip(), A.VerticalFlip(), A.RandomRotate90(),
-                      A.Affine(scale=(0.8, 1.2), rotate=(-20, 20), p=0.5),
-                      A.RandomBrightnessContrast(p=0.5)])
+    return A.Compose(
+        [
+            A.HorizontalFlip(),
+            A.VerticalFlip(),
+            A.RandomRotate90(),
+            A.Affine(scale=(0.8, 1.2), rotate=(-20, 20), p=0.5),
+            A.RandomBrightnessContrast(p=0.5),
+        ]
+    )
 
 
 def _rate(n: int, seconds: float) -> str:
@@ -49,26 +55,42 @@ def bench_generation(n: int) -> list[tuple[str, str, str]]:
         t = time.perf_counter()
         write_synthetic_dataset(Path(tmp) / "s", n=n, seed=0, size=256)
         write = time.perf_counter() - t
-    return [("synthetic generate_sample 256x256", "images/s", _rate(n, gen)),
-            ("synthetic write_synthetic_dataset 256x256 (PNG)", "images/s", _rate(n, write))]
+    return [
+        ("synthetic generate_sample 256x256", "images/s", _rate(n, gen)),
+        ("synthetic write_synthetic_dataset 256x256 (PNG)", "images/s", _rate(n, write)),
+    ]
 
 
-def bench_tiles(root: Path, tile: int, scale: float, label: str, n: int) -> list[tuple[str, str, str]]:
+def bench_tiles(
+    root: Path, tile: int, scale: float, label: str, n: int
+) -> list[tuple[str, str, str]]:
     """Decode + validate time, then tiles/s of TileDataset with the light augmentation."""
     clear_cache()
     t = time.perf_counter()
     data = load_data(root)
     decode = time.perf_counter() - t
     fp = compute_fingerprint(data.items)
-    ds = TileDataset(data.items, tile_size=tile, mean=fp.intensity_mean, std=fp.intensity_std,
-                     samples_per_epoch=n, scale=scale, transform=_light_augment())
+    ds = TileDataset(
+        data.items,
+        tile_size=tile,
+        mean=fp.intensity_mean,
+        std=fp.intensity_std,
+        samples_per_epoch=n,
+        scale=scale,
+        transform=_light_augment(),
+    )
     t = time.perf_counter()
     for i in range(n):
         ds[i]
     tiles = time.perf_counter() - t
-    return [(f"{label}: decode+validate {len(data.items)} images", "s", f"{decode:.2f}"),
-            (f"{label}: training tiles {tile}px scale {scale} (flips+affine+contrast)", "tiles/s",
-             _rate(n, tiles))]
+    return [
+        (f"{label}: decode+validate {len(data.items)} images", "s", f"{decode:.2f}"),
+        (
+            f"{label}: training tiles {tile}px scale {scale} (flips+affine+contrast)",
+            "tiles/s",
+            _rate(n, tiles),
+        ),
+    ]
 
 
 def main() -> None:
@@ -84,11 +106,17 @@ def main() -> None:
         rows += bench_tiles(synth, 128, 1.0, "synthetic", args.n * 4)
     if args.emps and Path(args.emps).is_dir():
         rows += bench_tiles(Path(args.emps), 256, 0.5, "EMPS", args.n * 4)
-    head = f"machine: {platform.machine()}, {os.cpu_count()} cores, 1 thread, " \
-           f"python {platform.python_version()}, torch {torch.__version__}"
+    head = (
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, 1 thread, "
+        f"python {platform.python_version()}, torch {torch.__version__}"
+    )
     width = max(len(r[0]) for r in rows)
-    lines = [head, "", f"| {'measurement':<{width}} | unit     | value |",
-             f"|{'-' * (width + 2)}|----------|-------|"]
+    lines = [
+        head,
+        "",
+        f"| {'measurement':<{width}} | unit     | value |",
+        f"|{'-' * (width + 2)}|----------|-------|",
+    ]
     lines += [f"| {a:<{width}} | {b:<8} | {c} |" for a, b, c in rows]
     text = "\n".join(lines) + "\n"
     print(text)

@@ -17,8 +17,10 @@ def _usage() -> str:
     """Help text listing the commands."""
     width = max(map(len, COMMANDS))
     rows = "\n".join(f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items())
-    return (f"usage: emseg-search <command> [options]\n\ncommands:\n{rows}\n\n"
-            "`emseg-search <command> --help` shows a command's options.")
+    return (
+        f"usage: emseg-search <command> [options]\n\ncommands:\n{rows}\n\n"
+        "`emseg-search <command> --help` shows a command's options."
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,8 +31,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        print(f"emseg-search: unknown command {name!r}; valid: {', '.join(sorted(COMMANDS))}",
-              file=sys.stderr)
+        print(
+            f"emseg-search: unknown command {name!r}; valid: {', '.join(sorted(COMMANDS))}",
+            file=sys.stderr,
+        )
         return 2
     module = importlib.import_module(COMMANDS[name][0])
     return module.main(rest)

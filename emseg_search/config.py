@@ -37,14 +37,16 @@ class TrialConfig(BaseModel):
     arch: str = "unet"
     encoder: str = "resnet18"
     encoder_weights: str | None = Field(
-        None, description="null, 'imagenet' (hub), 'imagenet-offline' (shipped files) or a .pth")
+        None, description="null, 'imagenet' (hub), 'imagenet-offline' (shipped files) or a .pth"
+    )
     encoder_depth: int = Field(5, ge=3, le=5)
     output_stride: Literal[8, 16] | None = Field(None, description="DeepLab only")
 
     # loss and augmentation
     loss: str = "dice+bce"
-    loss_weight: float = Field(0.5, ge=0.0, le=1.0,
-                               description="weight of the first term of a 'a+b' loss")
+    loss_weight: float = Field(
+        0.5, ge=0.0, le=1.0, description="weight of the first term of a 'a+b' loss"
+    )
     augment: str = "light"
     augment_strength: float = Field(1.0, ge=0.0, le=2.0)
 
@@ -70,8 +72,10 @@ class TrialConfig(BaseModel):
     @model_validator(mode="after")
     def _check(self) -> TrialConfig:
         if self.warmup_epochs > self.epochs:
-            raise ValueError(f"`warmup_epochs <= epochs` must hold, got warmup_epochs="
-                             f"{self.warmup_epochs}, epochs={self.epochs}")
+            raise ValueError(
+                f"`warmup_epochs <= epochs` must hold, got warmup_epochs="
+                f"{self.warmup_epochs}, epochs={self.epochs}"
+            )
         return self
 
     @property
@@ -105,8 +109,9 @@ class TrialConfig(BaseModel):
         except (OSError, yaml.YAMLError) as exc:
             raise ConfigError(f"{path}: cannot read YAML: {exc}") from None
         if not isinstance(values, dict):
-            raise ConfigError(f"{path}: expected a mapping of field: value, got "
-                              f"{type(values).__name__}")
+            raise ConfigError(
+                f"{path}: expected a mapping of field: value, got {type(values).__name__}"
+            )
         return cls.from_dict({**values, **overrides}, source=str(path))
 
     def to_dict(self) -> dict[str, Any]:

@@ -31,9 +31,18 @@ def main(argv: list[str] | None = None) -> int:
         data = load_data(args.data_dir, progress=not (args.quiet or args.json))
     except DataError as exc:
         if args.json:
-            print(json.dumps({"root": str(exc.root), "valid": False,
-                              "errors": [{"path": str(p.path), "message": p.message}
-                                         for p in exc.problems]}, indent=2))
+            print(
+                json.dumps(
+                    {
+                        "root": str(exc.root),
+                        "valid": False,
+                        "errors": [
+                            {"path": str(p.path), "message": p.message} for p in exc.problems
+                        ],
+                    },
+                    indent=2,
+                )
+            )
         else:
             print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -42,8 +51,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         fp.write_json(args.out)
     if args.json:
-        print(json.dumps({"root": str(data.root), "valid": True, "layout": data.index.layout,
-                          "splits": splits, "fingerprint": fp.model_dump()}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "root": str(data.root),
+                    "valid": True,
+                    "layout": data.index.layout,
+                    "splits": splits,
+                    "fingerprint": fp.model_dump(),
+                },
+                indent=2,
+            )
+        )
         return 0
     split_text = ", ".join(f"{k}.csv: {n}" for k, n in splits.items()) or "none (seeded split)"
     print(f"data set   {data.root}  ({data.index.layout} layout, valid)")

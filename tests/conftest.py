@@ -53,7 +53,8 @@ def make_folder(
             Image.fromarray(lab).save(root / mask_dir / f"img{i:02d}.png")
         else:
             Image.fromarray(((lab > 0) * 255).astype(np.uint8)).save(
-                root / mask_dir / f"img{i:02d}.png")
+                root / mask_dir / f"img{i:02d}.png"
+            )
     return root
 
 

@@ -34,7 +34,8 @@ def test_known_answers() -> None:
     assert fp.particles_per_image.mean == pytest.approx(1.0)
     assert fp.particle_area_px["p50"] == pytest.approx(2.5)
     assert fp.particle_diameter_px["p50"] == pytest.approx(
-        np.median(np.sqrt(4 * np.array([1.0, 4.0]) / np.pi)))
+        np.median(np.sqrt(4 * np.array([1.0, 4.0]) / np.pi))
+    )
     assert fp.intensity_p01 < 0.01 and fp.intensity_p99 > 0.99
 
 

@@ -109,8 +109,9 @@ def test_inspect_cli_names_all_three_broken_files(
     assert not report["valid"] and len(report["errors"]) == 3
 
 
-def test_inspect_cli_table_and_json(emps_folder: Path, capsys: pytest.CaptureFixture[str],
-                                    tmp_path: Path) -> None:
+def test_inspect_cli_table_and_json(
+    emps_folder: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     assert inspect.main([str(emps_folder), "--quiet", "--out", str(tmp_path / "fp.json")]) == 0
     out = capsys.readouterr().out
     assert "images" in out and "4  (uint8)" in out

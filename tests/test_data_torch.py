@@ -23,8 +23,9 @@ def _stripes(h: int = 40, w: int = 56) -> Micrograph:
 
 def test_tiles_shape_and_alignment_under_geometric_augmentation() -> None:
     aug = A.Compose([A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5), A.RandomRotate90(p=1.0)])
-    ds = TileDataset([_stripes()], tile_size=32, mean=0.5, std=0.5, samples_per_epoch=20,
-                     transform=aug, seed=1)
+    ds = TileDataset(
+        [_stripes()], tile_size=32, mean=0.5, std=0.5, samples_per_epoch=20, transform=aug, seed=1
+    )
     assert len(ds) == 20
     for i in range(20):
         s = ds[i]
@@ -44,8 +45,11 @@ def test_small_images_are_padded_with_mean_and_background() -> None:
 
 
 def test_same_seed_same_tiles_and_workers_differ() -> None:
-    big = Micrograph("b", np.random.default_rng(0).integers(0, 255, (200, 200), dtype=np.uint8),
-                     np.zeros((200, 200), np.uint16))
+    big = Micrograph(
+        "b",
+        np.random.default_rng(0).integers(0, 255, (200, 200), dtype=np.uint8),
+        np.zeros((200, 200), np.uint16),
+    )
     a = TileDataset([big], tile_size=16, mean=0.5, std=0.3, samples_per_epoch=4, seed=7)
     b = TileDataset([big], tile_size=16, mean=0.5, std=0.3, samples_per_epoch=4, seed=7)
     torch.testing.assert_close(a[0]["image"], b[0]["image"])
@@ -62,8 +66,9 @@ def test_whole_images_pad_to_stride_and_keep_original_labels() -> None:
     assert s["image"].shape == (1, 64, 64)
     assert s["size"].tolist() == [40, 56]
     assert s["mask"].shape == (1, 40, 56) and s["instances"].max() == 2
-    torch.testing.assert_close(s["image"][0, :40, :56], torch.from_numpy(
-        (m.image / 255.0 - 0.5) / 0.5).float())
+    torch.testing.assert_close(
+        s["image"][0, :40, :56], torch.from_numpy((m.image / 255.0 - 0.5) / 0.5).float()
+    )
 
 
 def test_scaled_evaluation_keeps_full_resolution_targets() -> None:
@@ -81,10 +86,13 @@ def test_rescale_keeps_labels_integral() -> None:
     assert lab.dtype == np.uint16 and set(np.unique(lab)) <= {0, 1, 2}
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"tile_size": 4}, "tile_size must be >= 8"),
-    ({"std": 0.0}, "std must be > 0"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"tile_size": 4}, "tile_size must be >= 8"),
+        ({"std": 0.0}, "std must be > 0"),
+    ],
+)
 def test_bad_arguments(kwargs: dict, message: str) -> None:
     base = {"tile_size": 32, "mean": 0.5, "std": 0.5} | kwargs
     with pytest.raises(ValueError, match=message):

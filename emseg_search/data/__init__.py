@@ -10,7 +10,23 @@ from emseg_search.data.loading import EMData, Micrograph, clear_cache, load_data
 from emseg_search.data.split import Split, resolve_split, split_names, write_split_file
 
 __all__ = [
-    "DataError", "DataIndex", "EMData", "FileProblem", "Fingerprint", "Micrograph", "Pair",
-    "Problem", "Split", "clear_cache", "compute_fingerprint", "image_to_float01", "load_data",
-    "read_image", "read_mask", "resolve_split", "scan_folder", "split_names", "write_split_file",
+    "DataError",
+    "DataIndex",
+    "EMData",
+    "FileProblem",
+    "Fingerprint",
+    "Micrograph",
+    "Pair",
+    "Problem",
+    "Split",
+    "clear_cache",
+    "compute_fingerprint",
+    "image_to_float01",
+    "load_data",
+    "read_image",
+    "read_mask",
+    "resolve_split",
+    "scan_folder",
+    "split_names",
+    "write_split_file",
 ]

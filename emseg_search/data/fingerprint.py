@@ -31,8 +31,9 @@ class Stats(BaseModel):
         v = np.asarray(values, dtype=np.float64)
         if v.size == 0:
             return cls(min=0.0, median=0.0, mean=0.0, max=0.0)
-        return cls(min=float(v.min()), median=float(np.median(v)), mean=float(v.mean()),
-                   max=float(v.max()))
+        return cls(
+            min=float(v.min()), median=float(np.median(v)), mean=float(v.mean()), max=float(v.max())
+        )
 
 
 class Fingerprint(BaseModel):
@@ -67,9 +68,12 @@ class Fingerprint(BaseModel):
 
     def to_table(self) -> str:
         """A human-readable two-column table."""
+
         def s(st: Stats, fmt: str = "{:.0f}") -> str:
-            return (f"{fmt.format(st.min)} / {fmt.format(st.median)} / {fmt.format(st.mean)} / "
-                    f"{fmt.format(st.max)}")
+            return (
+                f"{fmt.format(st.min)} / {fmt.format(st.median)} / {fmt.format(st.mean)} / "
+                f"{fmt.format(st.max)}"
+            )
 
         pct = ", ".join(f"p{k[1:]}={v:.0f}" for k, v in self.particle_area_px.items())
         dia = ", ".join(f"p{k[1:]}={v:.1f}" for k, v in self.particle_diameter_px.items())
@@ -80,8 +84,10 @@ class Fingerprint(BaseModel):
             ("intensity mean / std [0-1]", f"{self.intensity_mean:.3f} / {self.intensity_std:.3f}"),
             ("intensity p1 / p99 [0-1]", f"{self.intensity_p01:.3f} / {self.intensity_p99:.3f}"),
             ("foreground fraction", f"{self.foreground_fraction:.3f}"),
-            ("particles", f"{self.n_particles}  ({self.images_without_particles} images "
-                          "without any)"),
+            (
+                "particles",
+                f"{self.n_particles}  ({self.images_without_particles} images without any)",
+            ),
             ("particles/image (min/median/mean/max)", s(self.particles_per_image, "{:.1f}")),
             ("particle area px", pct),
             ("particle equiv. diameter px", dia),
@@ -94,7 +100,10 @@ def _percentiles(values: np.ndarray) -> dict[str, float]:
     """Named percentiles ``p5``... of values (zeros when empty)."""
     if values.size == 0:
         return {f"p{q}": 0.0 for q in AREA_PERCENTILES}
-    return {f"p{q}": float(v) for q, v in zip(AREA_PERCENTILES, np.percentile(values, AREA_PERCENTILES))}
+    return {
+        f"p{q}": float(v)
+        for q, v in zip(AREA_PERCENTILES, np.percentile(values, AREA_PERCENTILES), strict=True)
+    }
 
 
 def compute_fingerprint(items: Sequence[Micrograph]) -> Fingerprint:
@@ -111,8 +120,10 @@ def compute_fingerprint(items: Sequence[Micrograph]) -> Fingerprint:
         total += x.size
         s1 += float(x.sum())
         s2 += float(np.square(x).sum())
-        hist += np.bincount(np.minimum((x * _HIST_BINS).astype(np.int64), _HIST_BINS - 1).ravel(),
-                            minlength=_HIST_BINS)
+        hist += np.bincount(
+            np.minimum((x * _HIST_BINS).astype(np.int64), _HIST_BINS - 1).ravel(),
+            minlength=_HIST_BINS,
+        )
         per_label = np.bincount(m.instances.ravel())[1:]
         a = per_label[per_label > 0]
         areas.append(a)

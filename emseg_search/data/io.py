@@ -31,8 +31,16 @@ def _decode(path: Path) -> np.ndarray:
                 arr = np.asarray(im)
     except FileNotFoundError:
         raise FileProblem(path, "file does not exist") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError,
-            EOFError, IndexError, KeyError) as exc:
+    except (
+        UnidentifiedImageError,
+        OSError,
+        SyntaxError,
+        ValueError,
+        Image.DecompressionBombError,
+        EOFError,
+        IndexError,
+        KeyError,
+    ) as exc:
         # tifffile raises TiffFileError (a ValueError) and KeyError/IndexError on damaged IFDs.
         reason = str(exc).strip() or type(exc).__name__
         raise FileProblem(path, f"cannot be decoded (corrupt or truncated?): {reason}") from None
@@ -50,8 +58,9 @@ def _channels_last(arr: np.ndarray, path: Path) -> np.ndarray:
     if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] > 4:
         return np.moveaxis(arr, 0, -1)  # planar TIFF (C, H, W)
     raise FileProblem(
-        path, f"has shape {arr.shape}; expected a single 2-D image (H, W) or (H, W, channels), "
-        "not a stack or a multi-page/volume file"
+        path,
+        f"has shape {arr.shape}; expected a single 2-D image (H, W) or (H, W, channels), "
+        "not a stack or a multi-page/volume file",
     )
 
 
@@ -127,8 +136,9 @@ def read_mask(path: str | Path) -> tuple[np.ndarray, bool]:
     if arr.ndim == 3:
         if not all(np.array_equal(arr[..., 0], arr[..., c]) for c in range(1, arr.shape[-1])):
             raise FileProblem(
-                path, "is a colour mask with differing channels; expected a single-channel "
-                "binary (0/255 or 0/1) or instance-label mask"
+                path,
+                "is a colour mask with differing channels; expected a single-channel "
+                "binary (0/255 or 0/1) or instance-label mask",
             )
         arr = arr[..., 0]
     if arr.dtype == np.bool_:
@@ -136,8 +146,9 @@ def read_mask(path: str | Path) -> tuple[np.ndarray, bool]:
     if arr.dtype.kind == "f":
         if not np.isfinite(arr).all() or not np.array_equal(arr, np.round(arr)):
             raise FileProblem(
-                path, "has fractional or non-finite mask values; expected 0/1, 0/255 or "
-                "integer instance labels"
+                path,
+                "has fractional or non-finite mask values; expected 0/1, 0/255 or "
+                "integer instance labels",
             )
         arr = arr.astype(np.int64)
     if arr.min() < 0:
@@ -151,8 +162,9 @@ def read_mask(path: str | Path) -> tuple[np.ndarray, bool]:
     if arr.dtype == np.uint8 and 255 in nonzero:
         shown = ", ".join(str(int(v)) for v in values[:8]) + (" ..." if len(values) > 8 else "")
         raise FileProblem(
-            path, f"has {len(values)} distinct values ({shown}) including 255: neither binary "
+            path,
+            f"has {len(values)} distinct values ({shown}) including 255: neither binary "
             "(0/255, 0/1) nor instance labels -- an anti-aliased, resized or JPEG-saved mask? "
-            "Save masks as PNG with nearest-neighbour resampling"
+            "Save masks as PNG with nearest-neighbour resampling",
         )
     return arr.astype(np.uint16 if arr.max() <= 65535 else np.int32), True

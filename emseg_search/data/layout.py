@@ -54,8 +54,9 @@ def read_split_file(path: Path) -> list[str]:
     for line in path.read_text(encoding="utf-8-sig").splitlines():
         entry = line.strip().split(",")[0].strip()
         if entry:
-            names.append(Path(entry).stem if Path(entry).suffix.lower() in IMAGE_SUFFIXES
-                          else entry)
+            names.append(
+                Path(entry).stem if Path(entry).suffix.lower() in IMAGE_SUFFIXES else entry
+            )
     return names
 
 
@@ -99,17 +100,33 @@ def scan_folder_problems(root: str | Path) -> tuple[DataIndex, list[Problem]]:
     image_dir = root / "images"
     mask_dir = next((root / d for d in MASK_DIRS if (root / d).is_dir()), None)
     if not image_dir.is_dir() or mask_dir is None:
-        missing = [f"{d}/" for d, ok in (("images", image_dir.is_dir()), ("segmaps|masks", mask_dir))
-                   if not ok]
-        raise DataError(root, [Problem(root, f"missing {' and '.join(missing)}; expected "
-                                       "images/ + segmaps/ (EMPS) or images/ + masks/")])
+        missing = [
+            f"{d}/"
+            for d, ok in (("images", image_dir.is_dir()), ("segmaps|masks", mask_dir))
+            if not ok
+        ]
+        raise DataError(
+            root,
+            [
+                Problem(
+                    root,
+                    f"missing {' and '.join(missing)}; expected "
+                    "images/ + segmaps/ (EMPS) or images/ + masks/",
+                )
+            ],
+        )
     problems: list[Problem] = []
     images, masks = _image_files(image_dir), _image_files(mask_dir)
     for group in (images, masks):
         for files in group.values():
             if len(files) > 1:
-                problems.append(Problem(files[0].parent, "several files share the name "
-                                        f"{files[0].stem!r}: {', '.join(f.name for f in files)}"))
+                problems.append(
+                    Problem(
+                        files[0].parent,
+                        "several files share the name "
+                        f"{files[0].stem!r}: {', '.join(f.name for f in files)}",
+                    )
+                )
     matched, used = _match_masks(images, masks)
     for stem in sorted(set(images) - set(matched)):
         problems.append(Problem(images[stem][0], f"image has no mask in {mask_dir.name}/"))
@@ -126,8 +143,9 @@ def scan_folder_problems(root: str | Path) -> tuple[DataIndex, list[Problem]]:
         names = read_split_file(path)
         absent = [n for n in names if n not in images]
         if absent:
-            shown = ", ".join(absent[:10]) + (f" and {len(absent) - 10} more" if len(absent) > 10
-                                               else "")
+            shown = ", ".join(absent[:10]) + (
+                f" and {len(absent) - 10} more" if len(absent) > 10 else ""
+            )
             problems.append(Problem(path, f"names {len(absent)} image(s) not in images/: {shown}"))
         splits[split] = tuple(dict.fromkeys(names))
     pairs = tuple(Pair(s, images[s][0], matched[s]) for s in sorted(matched))

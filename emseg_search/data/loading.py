@@ -68,9 +68,14 @@ def _decode_pair(name: str, image_path: Path, mask_path: Path) -> Micrograph | l
     except FileProblem as exc:
         problems.append(exc.problem)
     if image is not None and instances is not None and image.shape != instances.shape:
-        problems.append(Problem(mask_path, f"mask is {instances.shape[1]}x{instances.shape[0]} "
-                                f"(WxH) but its image {image_path.name} is "
-                                f"{image.shape[1]}x{image.shape[0]}"))
+        problems.append(
+            Problem(
+                mask_path,
+                f"mask is {instances.shape[1]}x{instances.shape[0]} "
+                f"(WxH) but its image {image_path.name} is "
+                f"{image.shape[1]}x{image.shape[0]}",
+            )
+        )
     return problems or Micrograph(name, image, instances)
 
 

@@ -29,8 +29,9 @@ def split_names(
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
     ordered = sorted(names)
     if len(ordered) < 2:
-        raise ValueError(f"need at least 2 images to split into train and validation, "
-                         f"got {len(ordered)}")
+        raise ValueError(
+            f"need at least 2 images to split into train and validation, got {len(ordered)}"
+        )
     from sklearn.model_selection import train_test_split  # heavy import, only when splitting
 
     train, val = train_test_split(ordered, test_size=val_fraction, random_state=seed, shuffle=True)
@@ -63,11 +64,16 @@ def resolve_split(
         leaked = [n for n in val if n in test]
         problems = []
         if absent:
-            problems.append(Problem(path, f"names {len(absent)} image(s) not in the data set: "
-                                    f"{', '.join(absent[:10])}"))
+            problems.append(
+                Problem(
+                    path,
+                    f"names {len(absent)} image(s) not in the data set: {', '.join(absent[:10])}",
+                )
+            )
         if leaked:
-            problems.append(Problem(path, f"names {len(leaked)} image(s) of test.csv: "
-                                    f"{', '.join(leaked[:10])}"))
+            problems.append(
+                Problem(path, f"names {len(leaked)} image(s) of test.csv: {', '.join(leaked[:10])}")
+            )
         if not val:
             problems.append(Problem(path, "names no images"))
         if problems:

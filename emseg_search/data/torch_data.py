@@ -19,7 +19,9 @@ def to_canonical(image: np.ndarray) -> np.ndarray:
     return image if image.dtype == np.uint8 else image_to_float01(image)
 
 
-def rescale(image: np.ndarray, instances: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
+def rescale(
+    image: np.ndarray, instances: np.ndarray, scale: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Resize an image (area/linear) and its instance labels (nearest) by ``scale``."""
     if scale == 1.0:
         return image, instances
@@ -77,10 +79,17 @@ class TileDataset(Dataset):
         self.images = [p[0] for p in pairs]
         self.masks = [(p[1] > 0).astype(np.uint8) for p in pairs]
         self.samples_per_epoch = samples_per_epoch or len(items)
-        crop = A.RandomCrop(tile_size, tile_size, pad_if_needed=True,
-                            border_mode=cv2.BORDER_CONSTANT, fill=self.mean, fill_mask=0)
-        self.pipeline = A.Compose([crop] + ([transform] if transform is not None else []),
-                                  seed=seed)
+        crop = A.RandomCrop(
+            tile_size,
+            tile_size,
+            pad_if_needed=True,
+            border_mode=cv2.BORDER_CONSTANT,
+            fill=self.mean,
+            fill_mask=0,
+        )
+        self.pipeline = A.Compose(
+            [crop] + ([transform] if transform is not None else []), seed=seed
+        )
 
     def reseed(self, seed: int) -> None:
         """Restart the augmentation stream from ``seed``."""
@@ -93,8 +102,10 @@ class TileDataset(Dataset):
         k = i % len(self.images)
         out = self.pipeline(image=_float01(self.images[k]), mask=self.masks[k])
         image = (np.asarray(out["image"], dtype=np.float32) - self.mean) / self.std
-        return {"image": torch.from_numpy(np.ascontiguousarray(image))[None],
-                "mask": torch.from_numpy(np.ascontiguousarray(out["mask"]).astype(np.float32))[None]}
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(image))[None],
+            "mask": torch.from_numpy(np.ascontiguousarray(out["mask"]).astype(np.float32))[None],
+        }
 
 
 class WholeImageDataset(Dataset):
@@ -118,9 +129,14 @@ class WholeImageDataset(Dataset):
             raise ValueError(f"stride must be >= 1, got {stride}")
         self.items = list(items)
         self.mean, self.std, self.stride, self.scale = float(mean), float(std), stride, scale
-        self.pad = A.PadIfNeeded(min_height=None, min_width=None, pad_height_divisor=stride,
-                                 pad_width_divisor=stride, position="top_left",
-                                 border_mode=cv2.BORDER_REFLECT_101)
+        self.pad = A.PadIfNeeded(
+            min_height=None,
+            min_width=None,
+            pad_height_divisor=stride,
+            pad_width_divisor=stride,
+            position="top_left",
+            border_mode=cv2.BORDER_REFLECT_101,
+        )
 
     def __len__(self) -> int:
         return len(self.items)
