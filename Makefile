@@ -26,7 +26,7 @@ venv:
 	  || (cd "$$here" && "$(PY)" -m pip install -q --no-deps --no-build-isolation -e .)
 
 run: venv
-	@test -f "$(SYNTH_DIR)/synth.json" || "$(PY)" -m emseg_search.synth --out "$(SYNTH_DIR)" --n 200 --seed 0 --progress
+	"$(PY)" -m emseg_search.synth --out "$(SYNTH_DIR)" --if-missing --progress
 	"$(PY)" -m emseg_search.inspect "$(SYNTH_DIR)"
 	"$(PY)" -m emseg_search.montage "$(SYNTH_DIR)" --out results/synthetic_montage.png
 

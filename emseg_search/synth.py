@@ -27,6 +27,11 @@ def _parser() -> argparse.ArgumentParser:
         "--test-fraction", type=float, default=0.2, help="share of images in test.csv (default 0.2)"
     )
     p.add_argument("--overwrite", action="store_true", help="allow a non-empty --out folder")
+    p.add_argument(
+        "--if-missing",
+        action="store_true",
+        help="do nothing if --out already holds a synthetic set (synth.json); what `make run` uses",
+    )
     p.add_argument("--progress", action="store_true", help="show a progress bar")
     return p
 
@@ -35,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     """Parse arguments, write the data set, print a one-line summary; returns the exit code."""
     args = _parser().parse_args(argv)
     out: Path = args.out
+    if args.if_missing and (out / "synth.json").is_file():
+        print(f"synthetic data set already in {out} (synth.json); not regenerating")
+        return 0
     if out.exists() and not out.is_dir():
         print(f"error: --out {out} exists and is not a folder", file=sys.stderr)
         return 2
