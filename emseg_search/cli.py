@@ -10,6 +10,8 @@ COMMANDS = {
     "inspect": ("emseg_search.inspect", "validate a data set and print its fingerprint"),
     "synth": ("emseg_search.synth", "generate the synthetic EM data set"),
     "montage": ("emseg_search.montage", "picture synthetic micrographs next to real ones"),
+    "train": ("emseg_search.train.__main__", "train one configuration with Ray Train"),
+    "weights": ("emseg_search.weights", "fetch offline ImageNet encoder weights"),
 }
 
 

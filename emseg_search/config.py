@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 SYNTHETIC = "synthetic"
 
@@ -68,6 +68,14 @@ class TrialConfig(BaseModel):
     # reproducibility and loading
     seed: int = 0
     loader_workers: int = Field(0, ge=0, description="DataLoader processes per Train worker")
+
+    @field_validator("encoder_weights")
+    @classmethod
+    def _absolute_weights_path(cls, value: str | None) -> str | None:
+        # Ray workers run in other directories: a relative .pth path must not depend on cwd
+        if value is None or value in ("imagenet", "imagenet-offline"):
+            return value
+        return str(Path(value).expanduser().absolute())
 
     @model_validator(mode="after")
     def _check(self) -> TrialConfig:

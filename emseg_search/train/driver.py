@@ -1,0 +1,175 @@
+"""The Train driver: one TorchTrainer run of a TrialConfig, and the files it leaves behind."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from emseg_search.artifact import write_artifact
+from emseg_search.config import TrialConfig
+from emseg_search.train.setup import PreparedData, prepare_data
+from emseg_search.train.worker import BEST_FILE, HISTORY_FILE, train_loop_per_worker
+
+EPOCH_COLUMNS = {  # declared schema of epochs.parquet
+    "epoch": "int64",
+    "train_loss": "float64",
+    "lr": "float64",
+    "epoch_seconds": "float64",
+    "train_images_per_s": "float64",
+    "val_epoch": "int64",
+    "val_iou": "float64",
+    "val_dice": "float64",
+    "val_precision": "float64",
+    "val_recall": "float64",
+    "val_mean_image_iou": "float64",
+    "val_mean_image_dice": "float64",
+    "best_val_iou": "float64",
+    "best_epoch": "int64",
+}
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    """Where a run's files are and how it ended."""
+
+    run_dir: Path
+    model_dir: Path | None
+    epochs: pd.DataFrame
+    best_val_iou: float
+    stop_reason: str | None
+
+
+def epochs_frame(history: list[dict[str, Any]]) -> pd.DataFrame:
+    """The epoch history as a DataFrame with the declared column types."""
+    frame = pd.DataFrame(history)
+    for col, dtype in EPOCH_COLUMNS.items():
+        if col not in frame:
+            frame[col] = pd.Series(dtype=dtype)
+        frame[col] = frame[col].astype(dtype)
+    return frame[list(EPOCH_COLUMNS)]
+
+
+def write_parquet(frame: pd.DataFrame, path: Path) -> Path:
+    """Write a table atomically (temp file + rename): readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    frame.to_parquet(tmp, index=False)
+    tmp.replace(path)
+    return path
+
+
+def scaling(workers: int, use_gpu: bool, cluster: dict[str, float]) -> tuple[dict[str, float], int]:
+    """Resources per Train worker and torch threads each: the cluster's CPUs shared evenly."""
+    cpus = max(1, int(cluster.get("CPU", 1)) // workers)
+    return {"CPU": cpus, **({"GPU": 1} if use_gpu else {})}, cpus
+
+
+def run_training(
+    cfg: TrialConfig,
+    run_dir: str | Path,
+    workers: int = 1,
+    use_gpu: bool = False,
+    address: str | None = None,
+    max_failures: int = 0,
+) -> TrainOutcome:
+    """Validate the data, train with Ray Train (DDP over ``workers``), then write
+    ``run_dir``/{config.yaml, data.json, epochs.parquet, model/}.
+
+    Rerunning with the same ``run_dir`` resumes from the latest checkpoint.
+    """
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from emseg_search.models import check_input_size, min_batch_size, required_stride
+    from emseg_search.ray_setup import init_ray
+
+    run_dir = Path(run_dir).absolute()
+    check_input_size(cfg)
+    if cfg.batch_size < min_batch_size(cfg):
+        raise ValueError(
+            f"batch_size={cfg.batch_size}: {cfg.arch} needs at least "
+            f"{min_batch_size(cfg)} images per batch (BatchNorm on 1x1 maps)"
+        )
+    prepared, _, fingerprint = prepare_data(cfg)  # bad data fails here, before Ray starts
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg.write_yaml(run_dir / "config.yaml")
+    (run_dir / "data.json").write_text(json.dumps(prepared.to_dict(), indent=1), "utf-8")
+
+    cluster = init_ray(address)
+    if use_gpu and cluster.get("GPU", 0) < workers:
+        raise RuntimeError(
+            f"--gpu with {workers} worker(s) needs {workers} GPU(s); the Ray "
+            f"cluster has {cluster.get('GPU', 0):g}"
+        )
+    per_worker, threads = scaling(workers, use_gpu, cluster)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "trial": cfg.to_dict(),
+            "prepared": prepared.to_dict(),
+            "threads": threads,
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=workers, use_gpu=use_gpu, resources_per_worker=per_worker
+        ),
+        run_config=ray.train.RunConfig(
+            name="ray",
+            storage_path=str(run_dir),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+            failure_config=ray.train.FailureConfig(max_failures=max_failures),
+            # per-report INFO lines drown the epoch summaries the worker prints
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
+        ),
+    )
+    result = trainer.fit()
+    return finish_run(cfg, run_dir, result, prepared, fingerprint, required_stride(cfg))
+
+
+def finish_run(
+    cfg: TrialConfig,
+    run_dir: Path,
+    result: Any,
+    prepared: PreparedData,
+    fingerprint: Any,
+    stride: int,
+) -> TrainOutcome:
+    """Write epochs.parquet and the model artifact from a finished Train result."""
+    last = result.metrics or {}
+    stop_reason = last.get("stop_reason") if last.get("diverged") else None
+    if result.checkpoint is None:
+        return TrainOutcome(run_dir, None, epochs_frame([]), 0.0, stop_reason or "no checkpoint")
+    with result.checkpoint.as_directory() as folder:
+        history = json.loads((Path(folder) / HISTORY_FILE).read_text(encoding="utf-8"))
+        best = torch.load(Path(folder) / BEST_FILE, map_location="cpu", weights_only=True)
+    epochs = epochs_frame(history)
+    write_parquet(epochs, run_dir / "epochs.parquet")
+    model_dir = None
+    if best:
+        row = epochs.loc[epochs["val_epoch"] == epochs["best_epoch"].iloc[-1]].iloc[-1]
+        metrics = {
+            k: float(row[k]) for k in EPOCH_COLUMNS if k.startswith("val_") and k != "val_epoch"
+        }
+        metrics["best_epoch"] = int(row["best_epoch"])
+        model_dir = write_artifact(
+            run_dir / "model",
+            cfg,
+            best,
+            prepared.mean,
+            prepared.std,
+            prepared.normalization,
+            fingerprint,
+            stride,
+            metrics,
+        )
+    best_iou = float(epochs["best_val_iou"].max()) if len(epochs) else 0.0
+    return TrainOutcome(run_dir, model_dir, epochs, best_iou, stop_reason)
+
+
+def clear_run(run_dir: str | Path) -> None:
+    """Delete a run folder (for --overwrite)."""
+    shutil.rmtree(run_dir, ignore_errors=True)

@@ -1,0 +1,177 @@
+"""Plain-torch training and evaluation: optimiser, schedule, one epoch, full-image validation."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from emseg_search.config import TrialConfig
+from emseg_search.metrics import per_image_counts, summarize_distributed
+
+
+class DivergedError(RuntimeError):
+    """Training produced a NaN/inf loss; the run stops instead of training on garbage."""
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    """What one training epoch did."""
+
+    train_loss: float
+    images: int
+    seconds: float
+    lr: float
+
+
+def build_optimizer(model: nn.Module, cfg: TrialConfig) -> torch.optim.Optimizer:
+    """AdamW / Adam / SGD over the model's trainable parameters."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(
+        params,
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
+        nesterov=cfg.momentum > 0,
+    )
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int, floor: float = 0.01) -> float:
+    """Linear warm-up to 1, then cosine decay to ``floor``: a pure function of the step."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: TrialConfig, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step warm-up + cosine schedule over ``cfg.epochs``."""
+    total = cfg.epochs * steps_per_epoch
+    warmup = round(cfg.warmup_epochs * steps_per_epoch)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, partial(lr_factor, total_steps=total, warmup_steps=warmup)
+    )
+
+
+def autocast_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
+    """bf16 where the GPU supports it, else fp16; None (full precision) on CPU or when off."""
+    if not enabled or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: Iterable[dict[str, torch.Tensor]],
+    loss_fn: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    device: torch.device,
+    amp_dtype: torch.dtype | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+    grad_clip: float | None = None,
+) -> EpochStats:
+    """One pass over ``loader`` ({"image": (N,1,T,T), "mask": (N,1,T,T)}); mean loss per image.
+
+    Raises DivergedError on a NaN/inf loss, naming the step.
+    """
+    model.train()
+    t0 = time.perf_counter()
+    total, seen = 0.0, 0
+    for step, batch in enumerate(loader):
+        image = batch["image"].to(device, non_blocking=True)
+        mask = batch["mask"].to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = model(image)
+            loss = loss_fn(logits.float(), mask)
+        if not torch.isfinite(loss):
+            raise DivergedError(
+                f"loss became {loss.item()} at step {step} of the epoch "
+                f"(lr {optimizer.param_groups[0]['lr']:.3g}); lower the learning "
+                "rate or enable gradient clipping"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        if grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        total += loss.item() * image.shape[0]
+        seen += image.shape[0]
+    return EpochStats(
+        train_loss=total / max(seen, 1),
+        images=seen,
+        seconds=time.perf_counter() - t0,
+        lr=optimizer.param_groups[0]["lr"],
+    )
+
+
+def full_resolution_logits(
+    model: nn.Module,
+    image: torch.Tensor,
+    size: tuple[int, int],
+    out_size: tuple[int, int],
+    amp_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Logits (1, 1, H, W) at the original size for a padded image (1, 1, Hp, Wp).
+
+    Crops the padding (``size`` is the unpadded size at the model's scale) and, when the
+    model ran at another scale, resizes bilinearly to ``out_size``.
+    """
+    with torch.autocast(image.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        logits = model(image)
+    logits = logits[..., : size[0], : size[1]].float()
+    if tuple(logits.shape[-2:]) != tuple(out_size):
+        logits = F.interpolate(logits, size=out_size, mode="bilinear", align_corners=False)
+    return logits
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module,
+    loader: Iterable[dict[str, object]],
+    device: torch.device,
+    threshold: float = 0.5,
+    amp_dtype: torch.dtype | None = None,
+) -> dict[str, float]:
+    """Score whole images (batch size 1, see WholeImageDataset) at their original resolution.
+
+    Returns data-set level ``iou``/``dice``/``precision``/``recall`` (from summed confusion
+    counts) and ``mean_image_iou``/``mean_image_dice``. Under torch.distributed each rank
+    passes its own disjoint shard and the counts are summed over ranks, so every rank gets
+    the scores of the whole validation set.
+    """
+    model.eval()
+    per_image = []
+    cut = math.log(threshold / (1.0 - threshold))  # sigmoid(x) > t  <=>  x > logit(t)
+    for batch in loader:
+        image = batch["image"].to(device)
+        target = batch["mask"][0, 0].to(device) > 0.5
+        size = tuple(int(v) for v in batch["size"][0])
+        logits = full_resolution_logits(model, image, size, tuple(target.shape), amp_dtype)
+        per_image.append(per_image_counts(logits[0, 0] > cut, target))
+    counts = torch.cat(per_image) if per_image else torch.zeros((0, 4), dtype=torch.int64)
+    counts = counts.cpu()
+    return summarize_distributed(counts.sum(0), counts)

@@ -1,0 +1,190 @@
+"""The Ray Train worker loop: one data-parallel training run, checkpointed by rank 0."""
+
+from __future__ import annotations
+
+import copy
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from emseg_search.config import TrialConfig
+from emseg_search.data import load_data
+from emseg_search.data.torch_data import seed_worker
+from emseg_search.train.loops import (
+    DivergedError,
+    autocast_dtype,
+    build_optimizer,
+    build_scheduler,
+    evaluate,
+    train_one_epoch,
+)
+from emseg_search.train.setup import PreparedData, build_datasets
+
+STATE_FILE = "state.pt"
+BEST_FILE = "best_model.pt"
+HISTORY_FILE = "history.json"
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The bare model inside a DDP wrapper."""
+    return getattr(model, "module", model)
+
+
+def _save_checkpoint(
+    folder: Path,
+    state: dict[str, Any],
+    best: dict[str, torch.Tensor],
+    history: list[dict[str, Any]],
+) -> None:
+    """Training state, best weights so far and the epoch history, in one checkpoint folder."""
+    torch.save(state, folder / STATE_FILE)
+    torch.save(best, folder / BEST_FILE)
+    (folder / HISTORY_FILE).write_text(json.dumps(history), encoding="utf-8")
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train entry point. ``config``: {"trial": TrialConfig dict, "prepared":
+    PreparedData dict, "threads": torch threads per worker}."""
+    import ray.train
+    import ray.train.torch
+
+    cfg = TrialConfig.from_dict(config["trial"])
+    prepared = PreparedData.from_dict(config["prepared"])
+    torch.set_num_threads(int(config.get("threads", 1)))
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.manual_seed(cfg.seed + rank)
+    device = ray.train.torch.get_device()
+
+    from emseg_search.losses import build_loss
+    from emseg_search.models import build_model, unused_parameters
+
+    data = load_data(prepared.data_dir)
+    train_ds, val_ds = build_datasets(cfg, prepared, data, rank, world)
+    loader = DataLoader(
+        train_ds,
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=cfg.loader_workers,
+        worker_init_fn=seed_worker,
+        persistent_workers=cfg.loader_workers > 0,
+        pin_memory=device.type == "cuda",
+    )
+    loader = ray.train.torch.prepare_data_loader(loader)
+    val_loader = DataLoader(val_ds, batch_size=1, shuffle=False)  # disjoint shard per rank
+
+    model = build_model(cfg)
+    # some encoders/depths leave parameters without gradients, which DDP must be told about
+    unused = bool(unused_parameters(model, cfg)) if world > 1 else False
+    model = ray.train.torch.prepare_model(
+        model, parallel_strategy_kwargs={"find_unused_parameters": unused}
+    )
+    loss_fn = build_loss(cfg.loss, cfg.loss_weight)
+    optimizer = build_optimizer(model, cfg)
+    steps = len(loader)
+    if steps == 0:
+        raise ValueError(
+            f"batch_size={cfg.batch_size} exceeds the {len(train_ds)} training tiles "
+            f"per epoch on each of {world} workers; lower batch_size"
+        )
+    scheduler = build_scheduler(optimizer, cfg, steps)
+    amp_dtype = autocast_dtype(device, cfg.amp)
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+
+    start, best_iou, best_epoch, history = 0, -1.0, -1, []
+    best_state: dict[str, torch.Tensor] = {}
+    val: dict[str, float] = {}
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as folder:
+            state = torch.load(Path(folder) / STATE_FILE, map_location=device, weights_only=False)
+            best_state = torch.load(Path(folder) / BEST_FILE, map_location="cpu")
+            history = json.loads((Path(folder) / HISTORY_FILE).read_text(encoding="utf-8"))
+        _unwrap(model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        start, best_iou, best_epoch = state["epoch"] + 1, state["best_iou"], state["best_epoch"]
+        val = state.get("val", {})
+
+    for epoch in range(start, cfg.epochs):
+        if world > 1 and hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(epoch)
+        try:
+            stats = train_one_epoch(
+                model,
+                loader,
+                loss_fn,
+                optimizer,
+                scheduler,
+                device,
+                amp_dtype,
+                scaler,
+                cfg.grad_clip,
+            )
+        except DivergedError as exc:
+            ray.train.report(
+                {
+                    "epoch": epoch,
+                    "diverged": True,
+                    "stop_reason": str(exc),
+                    "val_iou": 0.0,
+                    "best_val_iou": max(best_iou, 0.0),
+                }
+            )
+            return
+        last = epoch == cfg.epochs - 1
+        if (epoch + 1) % cfg.val_every == 0 or last:
+            val = evaluate(model, val_loader, device, cfg.threshold, amp_dtype)
+            val["epoch"] = epoch
+        if val and val["epoch"] == epoch and val["iou"] > best_iou:
+            best_iou, best_epoch = val["iou"], epoch
+            if rank == 0:
+                best_state = copy.deepcopy(
+                    {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()}
+                )
+        metrics = {
+            "epoch": epoch,
+            "train_loss": stats.train_loss,
+            "lr": stats.lr,
+            "epoch_seconds": stats.seconds,
+            "train_images_per_s": stats.images * world / stats.seconds,
+            "val_epoch": val.get("epoch", -1),
+            **{f"val_{k}": v for k, v in val.items() if k != "epoch"},
+            "best_val_iou": best_iou,
+            "best_epoch": best_epoch,
+            "diverged": False,
+        }
+        history.append(metrics)
+        if rank == 0:
+            shown = (
+                f"val IoU {val['iou']:.4f} Dice {val['dice']:.4f} (best {best_iou:.4f})"
+                if val
+                else "not validated yet"
+            )
+            print(
+                f"[emseg] epoch {epoch + 1}/{cfg.epochs}  loss {stats.train_loss:.4f}  {shown}"
+                f"  {stats.seconds:.1f} s",
+                flush=True,
+            )
+            state = {
+                "model": _unwrap(model).state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None,
+                "epoch": epoch,
+                "best_iou": best_iou,
+                "best_epoch": best_epoch,
+                "val": val,
+            }
+            with tempfile.TemporaryDirectory() as tmp:
+                _save_checkpoint(Path(tmp), state, best_state, history)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        else:
+            ray.train.report(metrics)
