@@ -10,6 +10,8 @@ WORKER_ENV = {
     "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
     "NO_ALBUMENTATIONS_UPDATE": "1",
     "PYTHONWARNINGS": "ignore::DeprecationWarning",
+    # Train V2 re-logs every print() of a worker, so each progress line showed twice
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
 }
 
 

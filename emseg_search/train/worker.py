@@ -182,6 +182,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 "best_iou": best_iou,
                 "best_epoch": best_epoch,
                 "val": val,
+                "config": cfg.to_dict(),
             }
             with tempfile.TemporaryDirectory() as tmp:
                 _save_checkpoint(Path(tmp), state, best_state, history)
