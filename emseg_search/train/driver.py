@@ -13,25 +13,9 @@ import torch
 
 from emseg_search.artifact import write_artifact
 from emseg_search.config import TrialConfig
+from emseg_search.results import EPOCH_METRICS, EPOCH_SCHEMA, write_table
 from emseg_search.train.setup import PreparedData, prepare_data
 from emseg_search.train.worker import BEST_FILE, HISTORY_FILE, train_loop_per_worker
-
-EPOCH_COLUMNS = {  # declared schema of epochs.parquet
-    "epoch": "int64",
-    "train_loss": "float64",
-    "lr": "float64",
-    "epoch_seconds": "float64",
-    "train_images_per_s": "float64",
-    "val_epoch": "int64",
-    "val_iou": "float64",
-    "val_dice": "float64",
-    "val_precision": "float64",
-    "val_recall": "float64",
-    "val_mean_image_iou": "float64",
-    "val_mean_image_dice": "float64",
-    "best_val_iou": "float64",
-    "best_epoch": "int64",
-}
 
 
 @dataclass(frozen=True)
@@ -45,22 +29,10 @@ class TrainOutcome:
     stop_reason: str | None
 
 
-def epochs_frame(history: list[dict[str, Any]]) -> pd.DataFrame:
-    """The epoch history as a DataFrame with the declared column types."""
-    frame = pd.DataFrame(history)
-    for col, dtype in EPOCH_COLUMNS.items():
-        if col not in frame:
-            frame[col] = pd.Series(dtype=dtype)
-        frame[col] = frame[col].astype(dtype)
-    return frame[list(EPOCH_COLUMNS)]
-
-
-def write_parquet(frame: pd.DataFrame, path: Path) -> Path:
-    """Write a table atomically (temp file + rename): readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    frame.to_parquet(tmp, index=False)
-    tmp.replace(path)
-    return path
+def write_epochs(history: list[dict[str, Any]], path: Path, trial_id: str = "") -> pd.DataFrame:
+    """Write a run's epoch history as epochs.parquet (declared schema); returns it as pandas."""
+    write_table([{**row, "trial_id": trial_id} for row in history], EPOCH_SCHEMA, path)
+    return pd.read_parquet(path)
 
 
 def scaling(workers: int, use_gpu: bool, cluster: dict[str, float]) -> tuple[dict[str, float], int]:
@@ -137,22 +109,23 @@ def finish_run(
     prepared: PreparedData,
     fingerprint: Any,
     stride: int,
+    trial_id: str = "",
 ) -> TrainOutcome:
     """Write epochs.parquet and the model artifact from a finished Train result."""
     last = result.metrics or {}
     stop_reason = last.get("stop_reason") if last.get("diverged") else None
     if result.checkpoint is None:
-        return TrainOutcome(run_dir, None, epochs_frame([]), 0.0, stop_reason or "no checkpoint")
+        empty = pd.DataFrame(columns=EPOCH_SCHEMA.names)
+        return TrainOutcome(run_dir, None, empty, 0.0, stop_reason or "no checkpoint")
     with result.checkpoint.as_directory() as folder:
         history = json.loads((Path(folder) / HISTORY_FILE).read_text(encoding="utf-8"))
         best = torch.load(Path(folder) / BEST_FILE, map_location="cpu", weights_only=True)
-    epochs = epochs_frame(history)
-    write_parquet(epochs, run_dir / "epochs.parquet")
+    epochs = write_epochs(history, run_dir / "epochs.parquet", trial_id)
     model_dir = None
     if best:
         row = epochs.loc[epochs["val_epoch"] == epochs["best_epoch"].iloc[-1]].iloc[-1]
         metrics = {
-            k: float(row[k]) for k in EPOCH_COLUMNS if k.startswith("val_") and k != "val_epoch"
+            k: float(row[k]) for k in EPOCH_METRICS if k.startswith("val_") and k != "val_epoch"
         }
         metrics["best_epoch"] = int(row["best_epoch"])
         model_dir = write_artifact(

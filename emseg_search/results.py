@@ -1,0 +1,111 @@
+"""Result tables: declared Parquet schemas, atomic writers, and loaders for pandas.
+
+results/<experiment>/trials.parquet   one row per trial   (TRIAL_COLUMNS + params_<name>)
+results/<experiment>/epochs.parquet   one row per trial x epoch   (EPOCH_COLUMNS)
+"""
+
+from __future__ import annotations
+
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+# Metrics of one epoch, as the Train worker reports them.
+EPOCH_METRICS: dict[str, pa.DataType] = {
+    "epoch": pa.int64(),
+    "train_loss": pa.float64(),
+    "lr": pa.float64(),
+    "epoch_seconds": pa.float64(),
+    "train_images_per_s": pa.float64(),
+    "val_epoch": pa.int64(),
+    "val_iou": pa.float64(),
+    "val_dice": pa.float64(),
+    "val_precision": pa.float64(),
+    "val_recall": pa.float64(),
+    "val_mean_image_iou": pa.float64(),
+    "val_mean_image_dice": pa.float64(),
+    "best_val_iou": pa.float64(),
+    "best_epoch": pa.int64(),
+}
+EPOCH_SCHEMA = pa.schema([("trial_id", pa.string()), *EPOCH_METRICS.items()])
+
+TRIAL_STATUSES = ("running", "completed", "pruned", "error")
+TRIAL_COLUMNS: dict[str, pa.DataType] = {
+    "trial_id": pa.string(),
+    "status": pa.string(),
+    "best_val_iou": pa.float64(),
+    "last_val_iou": pa.float64(),
+    "best_val_dice": pa.float64(),
+    "best_epoch": pa.int64(),
+    "epochs_run": pa.int64(),
+    "train_seconds": pa.float64(),
+    "error": pa.string(),
+    "model_dir": pa.string(),
+}
+
+
+def _arrow_type(annotation: Any) -> pa.DataType:
+    """pyarrow type of a TrialConfig field annotation (Optional/Literal unwrapped)."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        annotation = next(a for a in args if a is not type(None))
+        args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is typing.Literal:
+        annotation = type(args[0])
+    return {bool: pa.bool_(), int: pa.int64(), float: pa.float64()}.get(annotation, pa.string())
+
+
+def trial_schema(param_names: tuple[str, ...] | list[str]) -> pa.Schema:
+    """Schema of trials.parquet for a search space: fixed columns + ``params_<name>``."""
+    from emseg_search.config import TrialConfig
+
+    fields = TrialConfig.model_fields
+    params = [(f"params_{n}", _arrow_type(fields[n].annotation)) for n in param_names]
+    return pa.schema([*TRIAL_COLUMNS.items(), *params])
+
+
+def write_table(rows: list[dict[str, Any]], schema: pa.Schema, path: str | Path) -> Path:
+    """Write rows with a declared schema, atomically (temp file + rename)."""
+    path = Path(path)
+    columns = {f.name: [r.get(f.name) for r in rows] for f in schema}
+    table = pa.Table.from_pydict(columns, schema=schema)
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table, tmp)
+    tmp.replace(path)
+    return path
+
+
+def read_rows(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a Parquet table (empty list when the file does not exist)."""
+    path = Path(path)
+    return pq.read_table(path).to_pylist() if path.is_file() else []
+
+
+def load_experiment(path: str | Path) -> dict[str, Any]:
+    """An experiment folder as pandas: {"trials": DataFrame, "epochs": DataFrame,
+    "experiment": dict from experiment.json}."""
+    path = Path(path)
+    if not (path / "trials.parquet").is_file():
+        raise FileNotFoundError(
+            f"{path}: no trials.parquet; not an emseg-search experiment "
+            "(or no trial has started yet)"
+        )
+    experiment = {}
+    if (path / "experiment.json").is_file():
+        experiment = json.loads((path / "experiment.json").read_text(encoding="utf-8"))
+    epochs = (
+        pd.read_parquet(path / "epochs.parquet")
+        if (path / "epochs.parquet").is_file()
+        else pd.DataFrame(columns=EPOCH_SCHEMA.names)
+    )
+    return {
+        "trials": pd.read_parquet(path / "trials.parquet"),
+        "epochs": epochs,
+        "experiment": experiment,
+    }
