@@ -25,10 +25,16 @@ venv:
 	  sys.exit(os.path.dirname(os.path.dirname(os.path.abspath(emseg_search.__file__))) != sys.argv[1])" "$$here" 2>/dev/null \
 	  || (cd "$$here" && "$(PY)" -m pip install -q --no-deps --no-build-isolation -e .)
 
+SPACE ?= search_spaces/quick.yaml
+EXPERIMENT ?= quick
+
+# The default search on the synthetic data. A finished or interrupted experiment is resumed
+# (never overwritten); `make run RUN_ARGS=--overwrite` starts it again.
 run: venv
 	"$(PY)" -m emseg_search.synth --out "$(SYNTH_DIR)" --if-missing --progress
-	"$(PY)" -m emseg_search.inspect "$(SYNTH_DIR)"
 	"$(PY)" -m emseg_search.montage "$(SYNTH_DIR)" --out results/synthetic_montage.png
+	@if [ -d "results/$(EXPERIMENT)/tune" ] && [ -z "$(RUN_ARGS)" ]; then resume=--resume; fi; \
+	  "$(PY)" -m emseg_search.run "$(SPACE)" --name "$(EXPERIMENT)" $$resume $(RUN_ARGS)
 
 test: venv
 	"$(PY)" -m pytest $(PYTEST_ARGS)

@@ -7,6 +7,7 @@ import sys
 
 # command -> (module, one-line help); each module has main(argv) -> int
 COMMANDS = {
+    "run": ("emseg_search.run", "search models over a YAML space (the main job)"),
     "inspect": ("emseg_search.inspect", "validate a data set and print its fingerprint"),
     "synth": ("emseg_search.synth", "generate the synthetic EM data set"),
     "montage": ("emseg_search.montage", "picture synthetic micrographs next to real ones"),

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import os
-from typing import Any
 
 # What every Ray worker process gets: offline habits (../shared/ENV.md) and quiet logs.
 WORKER_ENV = {
-    "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
+    "HF_HUB_OFFLINE": "1",
     "NO_ALBUMENTATIONS_UPDATE": "1",
     "PYTHONWARNINGS": "ignore::DeprecationWarning",
     # Train V2 re-logs every print() of a worker, so each progress line showed twice
@@ -17,23 +16,30 @@ WORKER_ENV = {
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> dict[str, float]:
     """Join the cluster at ``address`` (or $RAY_ADDRESS, or one started with `ray start`), else
-    start a local Ray bound to 127.0.0.1. Returns the cluster's resources."""
+    start a local Ray bound to 127.0.0.1. Returns the cluster's resources.
+
+    WORKER_ENV goes into this process's environment (unless already set), which a local Ray's
+    workers inherit; on a cluster the job's runtime env sets it (cluster/runtime_env.yaml).
+    Passing it as a runtime_env here would clash with a `ray job submit` runtime env.
+    """
     import ray
 
+    for key, value in WORKER_ENV.items():
+        os.environ.setdefault(key, value)
     if not ray.is_initialized():
-        kwargs: dict[str, Any] = {"runtime_env": {"env_vars": WORKER_ENV}, "log_to_driver": True}
         address = address or os.environ.get("RAY_ADDRESS")
         if address:
-            ray.init(address=address, **kwargs)
+            ray.init(address=address)
         else:
-            try:  # a cluster started here with `ray start --head`
-                ray.init(address="auto", **kwargs)
-            except (ConnectionError, RuntimeError, ValueError):
+            # A new local Ray of our own. address="auto" first would also join the private Ray
+            # of any other process on this machine and die with it.
+            try:
                 ray.init(
                     num_cpus=num_cpus or os.cpu_count(),
                     include_dashboard=True,
                     dashboard_host="127.0.0.1",
                     _node_ip_address="127.0.0.1",
-                    **kwargs,
                 )
+            except (ConnectionError, RuntimeError, ValueError):
+                ray.init(address="auto")  # a `ray start` cluster on this machine claims it
     return ray.cluster_resources()

@@ -99,27 +99,40 @@ def run_training(
         ),
     )
     result = trainer.fit()
-    return finish_run(cfg, run_dir, result, prepared, fingerprint, required_stride(cfg))
+    last = result.metrics or {}
+    stop_reason = last.get("stop_reason") if last.get("diverged") else None
+    if result.checkpoint is None:
+        return finish_run(
+            cfg, run_dir, None, prepared, fingerprint, required_stride(cfg), stop_reason=stop_reason
+        )
+    with result.checkpoint.as_directory() as folder:
+        return finish_run(
+            cfg,
+            run_dir,
+            Path(folder),
+            prepared,
+            fingerprint,
+            required_stride(cfg),
+            stop_reason=stop_reason,
+        )
 
 
 def finish_run(
     cfg: TrialConfig,
     run_dir: Path,
-    result: Any,
+    checkpoint_dir: Path | None,
     prepared: PreparedData,
     fingerprint: Any,
     stride: int,
     trial_id: str = "",
+    stop_reason: str | None = None,
 ) -> TrainOutcome:
-    """Write epochs.parquet and the model artifact from a finished Train result."""
-    last = result.metrics or {}
-    stop_reason = last.get("stop_reason") if last.get("diverged") else None
-    if result.checkpoint is None:
+    """Write epochs.parquet and the model artifact (best epoch) from a run's last checkpoint."""
+    if checkpoint_dir is None:
         empty = pd.DataFrame(columns=EPOCH_SCHEMA.names)
         return TrainOutcome(run_dir, None, empty, 0.0, stop_reason or "no checkpoint")
-    with result.checkpoint.as_directory() as folder:
-        history = json.loads((Path(folder) / HISTORY_FILE).read_text(encoding="utf-8"))
-        best = torch.load(Path(folder) / BEST_FILE, map_location="cpu", weights_only=True)
+    history = json.loads((checkpoint_dir / HISTORY_FILE).read_text(encoding="utf-8"))
+    best = torch.load(checkpoint_dir / BEST_FILE, map_location="cpu", weights_only=True)
     epochs = write_epochs(history, run_dir / "epochs.parquet", trial_id)
     model_dir = None
     if best:
@@ -141,6 +154,12 @@ def finish_run(
         )
     best_iou = float(epochs["best_val_iou"].max()) if len(epochs) else 0.0
     return TrainOutcome(run_dir, model_dir, epochs, best_iou, stop_reason)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest ``checkpoint_*`` folder Ray Train left in a run folder (names sort by time)."""
+    found = sorted(p for p in Path(run_dir).glob("checkpoint_*") if p.is_dir())
+    return found[-1] if found else None
 
 
 def clear_run(run_dir: str | Path) -> None:

@@ -1,0 +1,147 @@
+"""A Tune callback that keeps trials.parquet and epochs.parquet current while a search runs."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+
+from emseg_search.results import EPOCH_METRICS, EPOCH_SCHEMA, read_rows, trial_schema, write_table
+from emseg_search.space import SearchSpace
+
+
+def _finite(value: Any) -> float | None:
+    """A float, or None for missing/NaN values."""
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+class TableRecorder(Callback):
+    """Writes one row per trial and one per trial x epoch, atomically, after every result.
+
+    On --resume it starts from the tables on disk, so nothing recorded before is lost, and
+    (trial_id, epoch) rows are never duplicated.
+    """
+
+    def __init__(self, exp_dir: str | Path, space: SearchSpace, data: str) -> None:
+        self.exp_dir = Path(exp_dir)
+        self.space = space
+        self.data = data
+        self.schema = trial_schema(space.param_names)
+        self.setup()
+
+    def setup(self, **info: Any) -> None:
+        """Start from the tables on disk (a restored callback may carry stale rows)."""
+        self.trials = {r["trial_id"]: r for r in read_rows(self.exp_dir / "trials.parquet")}
+        self.epochs = {
+            (r["trial_id"], r["epoch"]): r for r in read_rows(self.exp_dir / "epochs.parquet")
+        }
+
+    def _row(self, trial: Any) -> dict[str, Any]:
+        row = self.trials.setdefault(
+            trial.trial_id, {"trial_id": trial.trial_id, "status": "running", "epochs_run": 0}
+        )
+        for name, value in self.space.sampled_params(trial.config).items():
+            row[f"params_{name}"] = value
+        return row
+
+    def _flush(self) -> None:
+        write_table(list(self.trials.values()), self.schema, self.exp_dir / "trials.parquet")
+        rows = sorted(self.epochs.values(), key=lambda r: (r["trial_id"], r["epoch"]))
+        write_table(rows, EPOCH_SCHEMA, self.exp_dir / "epochs.parquet")
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """A trial began (or was restored): it is 'running'."""
+        self._row(trial)["status"] = "running"
+        self._flush()
+
+    def on_trial_result(
+        self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
+    ) -> None:
+        """One epoch finished: add its row, update the trial's best so far."""
+        if "epoch" not in result:
+            return
+        row = self._row(trial)
+        epoch = int(result["epoch"])
+        self.epochs[(trial.trial_id, epoch)] = {
+            "trial_id": trial.trial_id,
+            **{k: result.get(k) for k in EPOCH_METRICS},
+        }
+        mine = [r for (t, _), r in self.epochs.items() if t == trial.trial_id]
+        ious = [(r["val_iou"], r) for r in mine if _finite(r.get("val_iou")) is not None]
+        if ious:
+            best_iou, best = max(ious, key=lambda p: p[0])
+            row.update(
+                best_val_iou=best_iou,
+                best_val_dice=_finite(best.get("val_dice")),
+                best_epoch=best["epoch"],
+                last_val_iou=_finite(result.get("val_iou")),
+            )
+        row["epochs_run"] = len(mine)
+        row["train_seconds"] = float(sum(r.get("epoch_seconds") or 0.0 for r in mine))
+        if result.get("diverged"):
+            row["error"] = result.get("stop_reason")
+        self._flush()
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """Completed all epochs, or stopped early by the scheduler (pruned)."""
+        row = self._row(trial)
+        last = trial.last_result or {}
+        if last.get("diverged"):
+            row["status"] = "error"
+        elif row.get("epochs_run", 0) < self.space.scheduler.max_epochs:
+            row["status"] = "pruned"
+        else:
+            row["status"] = "completed"
+        model = self._write_model(trial)
+        row["model_dir"] = None if model is None else str(model)
+        self._flush()
+
+    def _write_model(self, trial: Any) -> Path | None:
+        """The trial's epochs.parquet and model artifact, from its last Train checkpoint.
+
+        Written here, by the driver, because the scheduler may stop a trial's function at
+        any report, its last one included.
+        """
+        from emseg_search.models import required_stride
+        from emseg_search.train.driver import finish_run, latest_checkpoint
+        from emseg_search.train.setup import prepare_data
+
+        run_dir = self.exp_dir / "trials" / trial.trial_id
+        checkpoint = latest_checkpoint(run_dir)
+        if checkpoint is None:
+            return None
+        cfg = self.space.trial_config(self.space.sampled_params(trial.config), data=self.data)
+        prepared, _, fingerprint = prepare_data(cfg)
+        outcome = finish_run(
+            cfg,
+            run_dir,
+            checkpoint,
+            prepared,
+            fingerprint,
+            required_stride(cfg),
+            trial_id=trial.trial_id,
+        )
+        return outcome.model_dir
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """The trial failed for good (after its retries)."""
+        row = self._row(trial)
+        row["status"] = "error"
+        row["error"] = _error_text(trial)
+        self._flush()
+
+
+def _error_text(trial: Any) -> str:
+    """The last line of the trial's error (the exception message), or a generic note."""
+    path = getattr(trial, "error_file", None) or getattr(trial, "pickled_error_file", None)
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace") if path else ""
+    except OSError:
+        text = ""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[-1][:500] if lines else "trial failed (see the Tune logs under tune/)"

@@ -1,0 +1,300 @@
+"""The search: a Tune trainable that runs one TorchTrainer per trial, and build_tuner/run_search.
+
+results/<name>/
+  experiment.json  trials.parquet  epochs.parquet  optuna.db  best/
+  tune/            Ray Tune's experiment state (what --resume restores)
+  trials/<id>/     each trial's Train run: checkpoints, epochs.parquet, model/
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ray.tune.search.optuna import OptunaSearch
+
+from emseg_search.space import SearchSpace
+
+TUNE_DIR = "tune"
+TRIALS_DIR = "trials"
+TRIAL_DRIVER_MEMORY = 64 * 1024**2  # bytes reserved per trial driver (a scheduling token)
+
+
+@dataclass(frozen=True)
+class SearchContext:
+    """What every trial needs besides its sampled parameters (passed with tune.with_parameters)."""
+
+    space: SearchSpace
+    exp_dir: str
+    data: str
+    use_gpu: bool
+    threads: int
+
+
+def run_trial(params: dict[str, Any], context: SearchContext) -> None:
+    """Tune trainable: one data-parallel Train run of the sampled configuration."""
+    import ray.train
+    import ray.tune
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from emseg_search.train.setup import prepare_data
+    from emseg_search.train.worker import train_loop_per_worker
+
+    space = context.space
+    cfg = space.trial_config(space.sampled_params(params), data=context.data)
+    trial_id = ray.tune.get_context().get_trial_id()
+    prepared, _, _ = prepare_data(cfg)
+    trials = Path(context.exp_dir) / TRIALS_DIR
+    res = space.resources
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "trial": cfg.to_dict(),
+            "prepared": prepared.to_dict(),
+            "threads": context.threads,
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=res.workers,
+            use_gpu=context.use_gpu,
+            resources_per_worker={
+                "CPU": res.cpus_per_worker,
+                **({"GPU": res.gpus_per_worker} if context.use_gpu else {}),
+            },
+        ),
+        run_config=ray.train.RunConfig(
+            name=trial_id,  # stable: a restored trial finds its own checkpoints
+            storage_path=str(trials),
+            callbacks=[TuneReportCallback()],
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+            # retries happen at the Tune level; a retried trial resumes from this run's checkpoint
+            failure_config=ray.train.FailureConfig(max_failures=0),
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
+        ),
+    )
+    # The result files (epochs, model) are written by the Tune driver when the trial ends
+    # (recorder.TableRecorder): ASHA may stop this function at any report, the last included.
+    trainer.fit()
+
+
+def concurrency(space: SearchSpace, cluster: dict[str, float]) -> int:
+    """How many trials fit the cluster at once: their Train workers need real CPUs/GPUs."""
+    res = space.resources
+    fits = int(cluster.get("CPU", 1) // (res.workers * res.cpus_per_worker))
+    if res.gpus_per_worker:
+        fits = min(fits, int(cluster.get("GPU", 0) // (res.workers * res.gpus_per_worker)))
+    limit = space.budget.max_concurrent_trials
+    return max(1, min(fits, limit) if limit else fits)
+
+
+def build_searcher(space: SearchSpace, exp_dir: Path) -> Any:
+    """OptunaSearch over the space's define-by-run function, its study stored in optuna.db.
+
+    TPE (seeded, with constant liar for parallel trials) or random sampling; trials that ASHA
+    stops early are told to Optuna as PRUNED with their intermediate values.
+    """
+    import optuna
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{exp_dir / 'optuna.db'}")
+    return PruningOptunaSearch(
+        max_epochs=space.scheduler.max_epochs,
+        space=space.define_by_run(),
+        metric=space.metric,
+        mode=space.mode,
+        sampler=space.searcher.build_sampler(),
+        storage=storage,
+        study_name=space.name,
+    )
+
+
+class PruningOptunaSearch(OptunaSearch):
+    """OptunaSearch that records trials stopped before ``max_epochs`` as PRUNED, not COMPLETE."""
+
+    def __init__(self, max_epochs: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._max_epochs = max_epochs
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict | None = None, error: bool = False
+    ) -> None:
+        """Tell Optuna how the trial ended."""
+        import optuna
+
+        stopped_early = (
+            not error
+            and result is not None
+            and not result.get("diverged")
+            and result.get("training_iteration", self._max_epochs) < self._max_epochs
+        )
+        if stopped_early and trial_id in self._ot_trials and trial_id not in self._completed_trials:
+            self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
+            self._completed_trials.add(trial_id)
+            return
+        super().on_trial_complete(trial_id, result=result, error=error)
+
+
+def build_scheduler(space: SearchSpace) -> Any:
+    """ASHA over epochs, or None (FIFO)."""
+    from ray.tune.schedulers import ASHAScheduler
+
+    sch = space.scheduler
+    if sch.type == "none":
+        return None
+    return ASHAScheduler(
+        time_attr="training_iteration",
+        max_t=sch.max_epochs,
+        grace_period=sch.grace_period,
+        reduction_factor=sch.reduction_factor,
+    )
+
+
+def copy_best(exp_dir: Path, trials: Any) -> Path | None:
+    """Copy the best trial's model artifact to ``best/`` (atomically); None if no model yet."""
+    done = trials[trials["model_dir"].notna() & trials["best_val_iou"].notna()]
+    if done.empty:
+        return None
+    row = done.sort_values("best_val_iou", ascending=False).iloc[0]
+    tmp = exp_dir / ".best.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(row["model_dir"], tmp)
+    (tmp / "TRIAL").write_text(f"{row['trial_id']}\n", encoding="utf-8")
+    shutil.rmtree(exp_dir / "best", ignore_errors=True)
+    tmp.replace(exp_dir / "best")
+    return exp_dir / "best"
+
+
+def _git_commit() -> str | None:
+    """The commit of the code that ran, when it runs from a git checkout."""
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def write_experiment_json(exp_dir: Path, info: dict[str, Any]) -> None:
+    """Merge ``info`` into experiment.json (atomically)."""
+    import json
+
+    path = exp_dir / "experiment.json"
+    data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    data.update(info)
+    tmp = path.with_name(".experiment.json.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def run_search(
+    space: SearchSpace,
+    exp_dir: str | Path,
+    data: str | None = None,
+    resume: bool = False,
+    address: str | None = None,
+    max_failures: int = 1,
+) -> Any:
+    """Validate the data, run (or resume) the search, write best/ and return trials as pandas."""
+    import datetime as dt
+
+    import numpy as np
+    from ray import tune
+
+    from emseg_search.artifact import versions
+    from emseg_search.data import compute_fingerprint
+    from emseg_search.ray_setup import init_ray
+    from emseg_search.recorder import TableRecorder
+    from emseg_search.results import load_experiment
+    from emseg_search.train.setup import prepare_data, resolve_data_dir
+
+    exp_dir = Path(exp_dir).absolute()
+    probe = space.trial_config(space.random_params(np.random.default_rng(0)), data=data)
+    data_dir = str(resolve_data_dir(probe))
+    prepared, loaded, _ = prepare_data(probe.model_copy(update={"data": data_dir}))
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    cluster = init_ray(address)
+    use_gpu = space.resources.gpus_per_worker > 0
+    if use_gpu and not cluster.get("GPU"):
+        raise RuntimeError(f"space {space.name!r} asks for GPUs but the Ray cluster has none")
+    limit = concurrency(space, cluster)
+    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    write_experiment_json(
+        exp_dir,
+        {
+            "name": exp_dir.name,
+            "space": space.to_dict(),
+            "data": data_dir,
+            "split": {
+                "train": len(prepared.train),
+                "val": len(prepared.val),
+                "source": prepared.split_source,
+            },
+            "data_fingerprint": compute_fingerprint(loaded.items).model_dump(),
+            "versions": versions(),
+            "git_commit": _git_commit(),
+            "cluster_resources": cluster,
+            "max_concurrent_trials": limit,
+            **({"resumed_at": now} if resume else {"started_at": now}),
+            "finished_at": None,
+        },
+    )
+    context = SearchContext(
+        space=space,
+        exp_dir=str(exp_dir),
+        data=data_dir,
+        use_gpu=use_gpu,
+        threads=space.resources.cpus_per_worker,
+    )
+    # The trial driver only waits on its TorchTrainer: it takes no CPU, so the Train workers
+    # get every CPU (ENV.md: 1 CPU per trial driver stalls a 2-CPU machine; even 0.01 CPU
+    # leaves 1.99, too few for a 2-CPU worker). A token of memory gives the bundle a resource.
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, context=context),
+        {"CPU": 0, "memory": TRIAL_DRIVER_MEMORY},
+    )
+    if resume:
+        tuner = tune.Tuner.restore(
+            str(exp_dir / TUNE_DIR),
+            trainable=trainable,
+            resume_unfinished=True,
+            resume_errored=True,
+        )
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                metric=space.metric,
+                mode=space.mode,
+                search_alg=build_searcher(space, exp_dir),
+                scheduler=build_scheduler(space),
+                num_samples=space.budget.num_samples,
+                max_concurrent_trials=limit,
+                time_budget_s=space.budget.time_budget_s,
+            ),
+            run_config=tune.RunConfig(
+                name=TUNE_DIR,
+                storage_path=str(exp_dir),
+                callbacks=[TableRecorder(exp_dir, space, data_dir)],
+                failure_config=tune.FailureConfig(max_failures=max_failures),
+            ),
+        )
+    tuner.fit()
+    trials = load_experiment(exp_dir)["trials"]
+    best = copy_best(exp_dir, trials)
+    write_experiment_json(
+        exp_dir,
+        {
+            "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "best": None if best is None else str(best),
+        },
+    )
+    return trials

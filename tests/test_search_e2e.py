@@ -1,0 +1,179 @@
+"""End-to-end searches through the CLI: tables, leaderboard, kill + --resume, ray job submit."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from emseg_search.data.synthetic_default import ensure_synthetic_data
+from emseg_search.results import load_experiment
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_space(path: Path, data: Path, num_samples: int, max_epochs: int) -> Path:
+    """A CPU space small enough for CI: 64 px tiles on 64 px synthetic images."""
+    space = {
+        "name": "tiny",
+        "data": str(data),
+        "budget": {"num_samples": num_samples},
+        "resources": {"workers": 1, "cpus_per_worker": 1},
+        "scheduler": {
+            "type": "asha",
+            "max_epochs": max_epochs,
+            "grace_period": 1,
+            "reduction_factor": 2,
+        },
+        "searcher": {"type": "optuna", "seed": 0, "n_startup_trials": 2},
+        "fixed": {
+            "tile_size": 64,
+            "tiles_per_image": 2,
+            "batch_size": 4,
+            "encoder": "resnet18",
+            "augment": "flips",
+            "warmup_epochs": 0,
+        },
+        "parameters": {
+            "arch": {"type": "categorical", "choices": ["unet", "deeplabv3plus"]},
+            "lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+        },
+    }
+    path.write_text(yaml.safe_dump(space, sort_keys=False))
+    return path
+
+
+def env() -> dict[str, str]:
+    """Subprocess environment: this venv first on PATH, offline, no Ray token auth locally."""
+    e = dict(os.environ)
+    e["PATH"] = f"{Path(sys.executable).parent}:{e['PATH']}"
+    e.update(HF_HUB_OFFLINE="1", NO_ALBUMENTATIONS_UPDATE="1", RAY_AUTH_MODE="disabled")
+    e.pop("RAY_ADDRESS", None)
+    return e
+
+
+def run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "emseg_search.run", *args],
+        cwd=REPO,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return ensure_synthetic_data(tmp_path_factory.mktemp("d") / "synth", n=24, seed=5, size=64)
+
+
+def test_killed_search_resumes_without_losing_or_duplicating(data: Path, tmp_path: Path) -> None:
+    space = tiny_space(tmp_path / "tiny.yaml", data, num_samples=4, max_epochs=2)
+    results = tmp_path / "results"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "emseg_search.run", str(space), "--results", str(results)],
+        cwd=REPO,
+        env=env(),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    trials_file = results / "tiny" / "trials.parquet"
+    deadline = time.time() + 300
+    done = pd.DataFrame()
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(2)
+        if trials_file.is_file():
+            done = pd.read_parquet(trials_file)
+            if (done["status"].isin(["completed", "pruned"])).sum() >= 1:
+                break
+    assert proc.poll() is None, "the search ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)  # driver, its local Ray and every trial
+    proc.wait()
+    finished_before = done[done["status"].isin(["completed", "pruned"])]
+    assert len(finished_before) >= 1
+    epochs_before = pd.read_parquet(results / "tiny" / "epochs.parquet")
+
+    out = run_cli(str(space), "--results", str(results), "--resume")
+    assert out.returncode == 0, out.stderr[-3000:]
+    exp = load_experiment(results / "tiny")
+    trials, epochs = exp["trials"], exp["epochs"]
+    assert trials["trial_id"].is_unique and len(trials) == 4
+    assert set(trials["status"]) <= {"completed", "pruned"}
+    assert not epochs.duplicated(["trial_id", "epoch"]).any()
+    merged = epochs_before.merge(epochs, on=["trial_id", "epoch"], suffixes=("", "_after"))
+    assert len(merged) == len(epochs_before)  # nothing recorded before the kill was lost
+    assert (results / "tiny" / "best" / "weights.pt").is_file()
+    assert "leaderboard" in out.stdout
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ray_job_submit(data: Path, tmp_path: Path) -> None:
+    ray = str(Path(sys.executable).parent / "ray")
+    port, dash = _free_port(), _free_port()
+    start = subprocess.run(
+        [
+            ray,
+            "start",
+            "--head",
+            "--node-ip-address=127.0.0.1",
+            f"--port={port}",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dash}",
+            "--num-cpus=2",
+            "--disable-usage-stats",
+        ],
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert start.returncode == 0, start.stderr[-2000:]
+    try:
+        results = tmp_path / "results"
+        submit = subprocess.run(
+            [
+                ray,
+                "job",
+                "submit",
+                "--address",
+                f"http://127.0.0.1:{dash}",
+                "--working-dir",
+                str(REPO),
+                "--",
+                "python",
+                "-m",
+                "emseg_search.run",
+                "search_spaces/quick.yaml",
+                "--smoke-test",
+                "--data",
+                str(data),
+                "--results",
+                str(results),
+            ],
+            env=env(),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert submit.returncode == 0, (submit.stdout + submit.stderr)[-4000:]
+        assert "succeeded" in submit.stdout
+        trials = load_experiment(results / "quick-smoke")["trials"]
+        assert len(trials) == 2 and set(trials["status"]) <= {"completed", "pruned"}
+    finally:
+        subprocess.run([ray, "stop", "--force"], env=env(), capture_output=True, timeout=120)
