@@ -90,36 +90,37 @@ def concurrency(space: SearchSpace, cluster: dict[str, float]) -> int:
 
 
 def build_searcher(space: SearchSpace, exp_dir: Path) -> Any:
-    """OptunaSearch over the space's define-by-run function, its study stored in optuna.db.
+    """OptunaSearch over the space's define-by-run function (TPE or random, seeded).
 
-    TPE (seeded, with constant liar for parallel trials) or random sampling; trials that ASHA
-    stops early are told to Optuna as PRUNED with their intermediate values.
+    The study lives in memory, inside the searcher state that Tune snapshots together with its
+    own, so a resumed search sees both as of one moment; after every finished trial it is
+    exported to optuna.db (for optuna-dashboard). Trials that ASHA stops early are told to
+    Optuna as PRUNED with their intermediate values.
     """
-    import optuna
-
-    storage = optuna.storages.RDBStorage(f"sqlite:///{exp_dir / 'optuna.db'}")
     return PruningOptunaSearch(
         max_epochs=space.scheduler.max_epochs,
+        export_to=str(exp_dir / "optuna.db"),
         space=space.define_by_run(),
         metric=space.metric,
         mode=space.mode,
         sampler=space.searcher.build_sampler(),
-        storage=storage,
         study_name=space.name,
     )
 
 
 class PruningOptunaSearch(OptunaSearch):
-    """OptunaSearch that records trials stopped before ``max_epochs`` as PRUNED, not COMPLETE."""
+    """OptunaSearch that records trials stopped before ``max_epochs`` as PRUNED, not COMPLETE,
+    and exports the study to SQLite after each finished trial."""
 
-    def __init__(self, max_epochs: int, **kwargs: Any) -> None:
+    def __init__(self, max_epochs: int, export_to: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._max_epochs = max_epochs
+        self._export_to = export_to
 
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
     ) -> None:
-        """Tell Optuna how the trial ended."""
+        """Tell Optuna how the trial ended, then export the study."""
         import optuna
 
         stopped_early = (
@@ -131,8 +132,25 @@ class PruningOptunaSearch(OptunaSearch):
         if stopped_early and trial_id in self._ot_trials and trial_id not in self._completed_trials:
             self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
             self._completed_trials.add(trial_id)
+        else:
+            super().on_trial_complete(trial_id, result=result, error=error)
+        self.export()
+
+    def export(self) -> None:
+        """Copy the in-memory study to the SQLite file, atomically (temp file + rename)."""
+        import optuna
+
+        if self._ot_study is None or not self._export_to:
             return
-        super().on_trial_complete(trial_id, result=result, error=error)
+        target = Path(self._export_to)
+        tmp = target.with_name(f".{target.name}.tmp")
+        tmp.unlink(missing_ok=True)
+        optuna.copy_study(
+            from_study_name=self._ot_study.study_name,
+            from_storage=self._ot_study._storage,
+            to_storage=f"sqlite:///{tmp}",
+        )
+        tmp.replace(target)
 
 
 def build_scheduler(space: SearchSpace) -> Any:
@@ -242,7 +260,8 @@ def run_search(
             "versions": versions(),
             "git_commit": _git_commit(),
             "cluster_resources": cluster,
-            "max_concurrent_trials": limit,
+            # a restored Tuner keeps the limit it started with
+            **({} if resume else {"max_concurrent_trials": limit}),
             **({"resumed_at": now} if resume else {"started_at": now}),
             "finished_at": None,
         },

@@ -113,6 +113,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         start, best_iou, best_epoch = state["epoch"] + 1, state["best_iou"], state["best_epoch"]
         val = state.get("val", {})
 
+    if start >= cfg.epochs and history:
+        # resumed after its last epoch (a search killed between the two): report the final
+        # metrics again so the caller gets a result; no training, no new checkpoint
+        ray.train.report(history[-1])
+        return
     for epoch in range(start, cfg.epochs):
         if world > 1 and hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
             loader.sampler.set_epoch(epoch)
