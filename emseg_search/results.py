@@ -22,6 +22,7 @@ EPOCH_METRICS: dict[str, pa.DataType] = {
     "train_loss": pa.float64(),
     "lr": pa.float64(),
     "epoch_seconds": pa.float64(),
+    "val_seconds": pa.float64(),
     "train_images_per_s": pa.float64(),
     "val_epoch": pa.int64(),
     "val_iou": pa.float64(),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -145,8 +146,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             )
             return
         last = epoch == cfg.epochs - 1
+        val_seconds = 0.0
         if (epoch + 1) % cfg.val_every == 0 or last:
+            t0 = time.perf_counter()
             val = evaluate(model, val_loader, device, cfg.threshold, amp_dtype)
+            val_seconds = time.perf_counter() - t0
             val["epoch"] = epoch
         if val and val["epoch"] == epoch and val["iou"] > best_iou:
             best_iou, best_epoch = val["iou"], epoch
@@ -159,6 +163,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "train_loss": stats.train_loss,
             "lr": stats.lr,
             "epoch_seconds": stats.seconds,
+            "val_seconds": val_seconds,
             "train_images_per_s": stats.images * world / stats.seconds,
             "val_epoch": val.get("epoch", -1),
             **{f"val_{k}": v for k, v in val.items() if k != "epoch"},
