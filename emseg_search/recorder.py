@@ -128,6 +128,19 @@ class TableRecorder(Callback):
         )
         return outcome.model_dir
 
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        """Rows still 'running' that Tune does not know: started just before a kill, after
+        Tune's last snapshot of the experiment, and so not restored by --resume."""
+        known = {t.trial_id for t in trials}
+        for trial_id, row in self.trials.items():
+            if row["status"] == "running" and trial_id not in known:
+                row["status"] = "error"
+                row["error"] = (
+                    "interrupted: the search was killed before Ray Tune saved this "
+                    "trial, so --resume could not restore it"
+                )
+        self._flush()
+
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         """The trial failed for good (after its retries)."""
         row = self._row(trial)

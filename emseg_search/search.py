@@ -8,6 +8,7 @@ results/<name>/
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -266,6 +267,9 @@ def run_search(
             "finished_at": None,
         },
     )
+    # Tune snapshots its experiment state (what --resume restores) every 10 s by default; a
+    # trial started and killed inside that window could not be restored. Snapshots are small.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     context = SearchContext(
         space=space,
         exp_dir=str(exp_dir),
