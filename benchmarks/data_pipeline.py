@@ -20,12 +20,11 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import albumentations as A  # noqa: E402
 import torch  # noqa: E402
+from _report import write_report  # noqa: E402
 
 from emseg_search.data import clear_cache, compute_fingerprint, load_data  # noqa: E402
 from emseg_search.data.synth import generate_sample, write_synthetic_dataset  # noqa: E402
 from emseg_search.data.torch_data import TileDataset  # noqa: E402
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def _light_augment() -> A.Compose:
@@ -110,18 +109,7 @@ def main() -> None:
         f"machine: {platform.machine()}, {os.cpu_count()} cores, 1 thread, "
         f"python {platform.python_version()}, torch {torch.__version__}"
     )
-    width = max(len(r[0]) for r in rows)
-    lines = [
-        head,
-        "",
-        f"| {'measurement':<{width}} | unit     | value |",
-        f"|{'-' * (width + 2)}|----------|-------|",
-    ]
-    lines += [f"| {a:<{width}} | {b:<8} | {c} |" for a, b, c in rows]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "data_pipeline.md").write_text(text)
+    write_report("data_pipeline", head, ["measurement", "unit", "value"], rows)
 
 
 if __name__ == "__main__":

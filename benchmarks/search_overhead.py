@@ -20,8 +20,6 @@ from pathlib import Path
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-RESULTS = Path(__file__).parent / "results"
-
 
 def main() -> None:
     """Run the search, measure, write the table."""
@@ -33,6 +31,7 @@ def main() -> None:
 
     import pandas as pd
     import ray
+    from _report import write_report
 
     from emseg_search.search import run_search
     from emseg_search.space import space_from_dict
@@ -98,12 +97,7 @@ def main() -> None:
         f"(~{int(128 * args.tiles_per_image)} tiles/epoch); {platform.machine()}, {cores} "
         "cores; one Ray start per search (~4 s) is in the wall time"
     )
-    lines = [head, "", "| measurement | value |", "|---|---|"]
-    lines += [f"| {a} | {b} |" for a, b in rows]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "search_overhead.md").write_text(text)
+    write_report("search_overhead", head, ["measurement", "value"], rows)
 
 
 if __name__ == "__main__":

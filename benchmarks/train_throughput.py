@@ -23,6 +23,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
+from _report import write_report  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from emseg_search.config import TrialConfig  # noqa: E402
@@ -35,8 +36,6 @@ from emseg_search.train.loops import (  # noqa: E402
     train_one_epoch,
 )
 from emseg_search.train.setup import build_datasets, prepare_data  # noqa: E402
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def plain(cfg: TrialConfig, threads: int, device: torch.device) -> tuple[float, float]:
@@ -129,24 +128,15 @@ def main() -> None:
             else ""
         )
     )
-    lines = [
-        head,
-        "",
-        "| path | processes | images/s | x plain | wall s (incl. start-up) |",
-        "|---|---|---|---|---|",
+    table = [
+        (name, how, f"{rate:.1f}", f"{rate / base:.2f}", "" if wall is None else f"{wall:.0f}")
+        for name, how, rate, wall in rows
     ]
-    for name, how, rate, wall in rows:
-        lines.append(
-            f"| {name} | {how} | {rate:.1f} | {rate / base:.2f} | "
-            f"{'' if wall is None else f'{wall:.0f}'} |"
-        )
-    lines.append(
-        f"| data loader alone | 1 process | {loader_rate:.0f} | {loader_rate / base:.1f} | |"
+    table.append(
+        ("data loader alone", "1 process", f"{loader_rate:.0f}", f"{loader_rate / base:.1f}", "")
     )
-    text = "\n".join(lines) + "\n"
-    print(text)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"train_throughput{'_gpu' if args.gpu else ''}.md").write_text(text)
+    columns = ["path", "processes", "images/s", "x plain", "wall s (incl. start-up)"]
+    write_report(f"train_throughput{'_gpu' if args.gpu else ''}", head, columns, table)
 
 
 if __name__ == "__main__":
