@@ -302,9 +302,8 @@ def run_search(
                 num_samples=space.budget.num_samples,
                 max_concurrent_trials=limit,
                 time_budget_s=space.budget.time_budget_s,
-                # a trial driver process is reused for the next trial: no new process and
-                # imports (~3 s) per trial
-                reuse_actors=True,
+                # no reuse_actors: a reused trial driver whose Train run is still shutting
+                # down fails its reset (counted as a trial failure) or keeps training
             ),
             run_config=tune.RunConfig(
                 name=TUNE_DIR,
