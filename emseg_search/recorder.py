@@ -97,7 +97,11 @@ class TableRecorder(Callback):
             row["status"] = "pruned"
         else:
             row["status"] = "completed"
-        model = self._write_model(trial)
+        try:
+            model = self._write_model(trial)
+        except Exception as exc:  # noqa: BLE001 - one broken checkpoint must not end the search
+            model = None
+            row["error"] = f"model artifact not written: {type(exc).__name__}: {exc}"[:500]
         row["model_dir"] = None if model is None else str(model)
         self._flush()
 

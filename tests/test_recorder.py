@@ -80,3 +80,21 @@ def test_diverged_trial_is_an_error_with_its_reason(tmp_path: Path) -> None:
     rec.on_trial_complete(0, [], t)
     row = pd.read_parquet(tmp_path / "trials.parquet").iloc[0]
     assert row["status"] == "error" and row["error"] == "loss became nan"
+
+
+def test_broken_checkpoint_is_recorded_not_fatal(tmp_path: Path) -> None:
+    from emseg_search.data.synthetic_default import ensure_synthetic_data
+
+    data = ensure_synthetic_data(tmp_path / "d", n=6, size=64)
+    rec = TableRecorder(tmp_path, SPACE, data=str(data))
+    t = _trial("x")
+    rec.on_trial_start(0, [], t)
+    rec.on_trial_result(0, [], t, _epoch(0, 0.4))
+    broken = tmp_path / "trials" / "x" / "checkpoint_2026"
+    broken.mkdir(parents=True)
+    (broken / "history.json").write_text("{not json")
+    rec.on_trial_complete(0, [], t)  # must not raise: the search goes on
+    row = pd.read_parquet(tmp_path / "trials.parquet").iloc[0]
+    assert row["status"] == "pruned" and pd.isna(row["model_dir"])
+    assert row["error"].startswith("model artifact not written: JSONDecodeError")
+    assert row["best_val_iou"] == 0.4
