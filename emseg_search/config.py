@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import types
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -131,3 +133,16 @@ class TrialConfig(BaseModel):
         path = Path(path)
         path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False), encoding="utf-8")
         return path
+
+
+def field_type(name: str) -> tuple[type, tuple[Any, ...] | None, bool]:
+    """(python type, Literal choices or None, optional) of a TrialConfig field."""
+    annotation = TrialConfig.model_fields[name].annotation
+    args = typing.get_args(annotation)
+    optional = type(None) in args
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        annotation = next(a for a in args if a is not type(None))
+        args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is typing.Literal:
+        return type(args[0]), args, optional
+    return annotation, None, optional

@@ -7,8 +7,6 @@ results/<experiment>/epochs.parquet   one row per trial x epoch   (EPOCH_COLUMNS
 from __future__ import annotations
 
 import json
-import types
-import typing
 from pathlib import Path
 from typing import Any
 
@@ -51,23 +49,14 @@ TRIAL_COLUMNS: dict[str, pa.DataType] = {
 }
 
 
-def _arrow_type(annotation: Any) -> pa.DataType:
-    """pyarrow type of a TrialConfig field annotation (Optional/Literal unwrapped)."""
-    args = typing.get_args(annotation)
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        annotation = next(a for a in args if a is not type(None))
-        args = typing.get_args(annotation)
-    if typing.get_origin(annotation) is typing.Literal:
-        annotation = type(args[0])
-    return {bool: pa.bool_(), int: pa.int64(), float: pa.float64()}.get(annotation, pa.string())
+_ARROW = {bool: pa.bool_(), int: pa.int64(), float: pa.float64()}
 
 
 def trial_schema(param_names: tuple[str, ...] | list[str]) -> pa.Schema:
     """Schema of trials.parquet for a search space: fixed columns + ``params_<name>``."""
-    from emseg_search.config import TrialConfig
+    from emseg_search.config import field_type
 
-    fields = TrialConfig.model_fields
-    params = [(f"params_{n}", _arrow_type(fields[n].annotation)) for n in param_names]
+    params = [(f"params_{n}", _ARROW.get(field_type(n)[0], pa.string())) for n in param_names]
     return pa.schema([*TRIAL_COLUMNS.items(), *params])
 
 

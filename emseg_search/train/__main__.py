@@ -4,24 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-import types
-import typing
 from pathlib import Path
 from typing import Any
 
-from emseg_search.config import ConfigError, TrialConfig
-
-
-def _field_type(annotation: Any) -> tuple[type, list[Any] | None, bool]:
-    """(python type, choices, optional) of a TrialConfig field annotation."""
-    args = typing.get_args(annotation)
-    optional = type(None) in args
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        annotation = next(a for a in args if a is not type(None))
-        args = typing.get_args(annotation)
-    if typing.get_origin(annotation) is typing.Literal:
-        return type(args[0]), list(args), optional
-    return annotation, None, optional
+from emseg_search.config import ConfigError, TrialConfig, field_type
 
 
 def _none_or(kind: type) -> Any:
@@ -51,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or local)")
     fields = p.add_argument_group("configuration fields (override the YAML)")
     for name, info in TrialConfig.model_fields.items():
-        kind, choices, optional = _field_type(info.annotation)
+        kind, choices, optional = field_type(name)
         flag = "--" + name.replace("_", "-")
         help_ = f"{info.description + '; ' if info.description else ''}default {info.default!r}"
         if kind is bool:
