@@ -71,10 +71,20 @@ def write_table(rows: list[dict[str, Any]], schema: pa.Schema, path: str | Path)
     return path
 
 
+def read_table(path: str | Path) -> pa.Table:
+    """A consistent snapshot of a Parquet table that a running search may be rewriting.
+
+    The file is read into memory with one open() and parsed from there: ``write_table``
+    replaces it atomically, but a reader that opens the path twice (pyarrow reads the
+    footer, then the pages) can mix two versions and fail with "Couldn't deserialize thrift".
+    """
+    return pq.read_table(pa.BufferReader(Path(path).read_bytes()))
+
+
 def read_rows(path: str | Path) -> list[dict[str, Any]]:
     """Rows of a Parquet table (empty list when the file does not exist)."""
     path = Path(path)
-    return pq.read_table(path).to_pylist() if path.is_file() else []
+    return read_table(path).to_pylist() if path.is_file() else []
 
 
 def load_experiment(path: str | Path) -> dict[str, Any]:
@@ -90,12 +100,12 @@ def load_experiment(path: str | Path) -> dict[str, Any]:
     if (path / "experiment.json").is_file():
         experiment = json.loads((path / "experiment.json").read_text(encoding="utf-8"))
     epochs = (
-        pd.read_parquet(path / "epochs.parquet")
+        read_table(path / "epochs.parquet").to_pandas()
         if (path / "epochs.parquet").is_file()
         else pd.DataFrame(columns=EPOCH_SCHEMA.names)
     )
     return {
-        "trials": pd.read_parquet(path / "trials.parquet"),
+        "trials": read_table(path / "trials.parquet").to_pandas(),
         "epochs": epochs,
         "experiment": experiment,
     }
