@@ -1,10 +1,13 @@
 """Search overhead: search wall time vs the sum of its trials' own training time, and the fixed
 cost of a trial before and after its epochs.
 
-    python benchmarks/search_overhead.py [--trials 3] [--tiles-per-image 12] [--epochs 2]
+    python benchmarks/search_overhead.py [--trials 3] [--tiles-per-image 6] [--epochs 2]
+                                         [--runner auto] [--runner train]
 
 Runs a search of identical UNet(resnet18) trials on the synthetic set with no early stopping,
-one trial at a time (1 worker x all CPUs), and reads the per-epoch timings the workers report.
+one trial at a time (1 worker x all CPUs), once per runner (``resources.runner``: ``auto``
+trains a 1-worker trial inside its Tune process, ``train`` in a TorchTrainer), and reads the
+per-epoch timings the trials report. Defaults give ~1-minute trials on 2 cores.
 Writes benchmarks/results/search_overhead.md.
 """
 
@@ -21,28 +24,20 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def main() -> None:
-    """Run the search, measure, write the table."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--trials", type=int, default=3)
-    p.add_argument("--tiles-per-image", type=int, default=12)
-    p.add_argument("--epochs", type=int, default=2)
-    args = p.parse_args()
-
-    import pandas as pd
+def measure(runner: str, args: argparse.Namespace) -> dict[str, float]:
+    """One search of identical trials with ``runner``; its timings."""
     import ray
-    from _report import write_report
 
+    from emseg_search.results import load_experiment
     from emseg_search.search import run_search
     from emseg_search.space import space_from_dict
 
-    cores = os.cpu_count() or 1
     space = space_from_dict(
         {
             "name": "overhead",
             "data": "synthetic",
             "budget": {"num_samples": args.trials, "max_concurrent_trials": 1},
-            "resources": {"workers": 1, "cpus_per_worker": cores},
+            "resources": {"workers": 1, "cpus_per_worker": os.cpu_count() or 1, "runner": runner},
             "scheduler": {"type": "none", "max_epochs": args.epochs},
             "searcher": {"type": "random", "seed": 0},
             "fixed": {
@@ -63,41 +58,62 @@ def main() -> None:
         t0 = time.perf_counter()
         run_search(space, exp)
         wall = time.perf_counter() - t0
-        trials = pd.read_parquet(exp / "trials.parquet")
-        epochs = pd.read_parquet(exp / "epochs.parquet")
+        tables = load_experiment(exp)
     ray.shutdown()
-    train = float(trials["train_seconds"].sum())
-    val = float(epochs["val_seconds"].sum())
-    per_trial = wall / len(trials)
-    train_per_trial = train / len(trials)
+    n = len(tables["trials"])
+    train = float(tables["trials"]["train_seconds"].sum())
+    val = float(tables["epochs"]["val_seconds"].sum())
+    return {"n": n, "wall": wall, "train": train, "val": val}
+
+
+def main() -> None:
+    """Run the searches, measure, write the table."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--trials", type=int, default=3)
+    p.add_argument("--tiles-per-image", type=int, default=6)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument(
+        "--runner",
+        action="append",
+        choices=["auto", "train"],
+        help="resources.runner to measure (repeat; default: both)",
+    )
+    args = p.parse_args()
+    from _report import write_report
+
+    runners = args.runner or ["auto", "train"]
+    got = {r: measure(r, args) for r in runners}
+    names = {"auto": "inline (runner: auto, 1 worker)", "train": "TorchTrainer (runner: train)"}
+
+    def row(label: str, fn) -> list[str]:
+        return [label, *(fn(got[r]) for r in runners)]
+
     rows = [
-        (
-            "trials",
-            f"{len(trials)} x {args.epochs} epochs, "
-            f"{int(epochs.groupby('trial_id').size().iloc[0])} reported each",
-        ),
-        ("search wall time (incl. Ray start, data check)", f"{wall:.1f} s"),
-        ("sum of trials' training time (epoch loops)", f"{train:.1f} s"),
-        ("training time per trial", f"{train_per_trial:.1f} s"),
-        ("wall time per trial", f"{per_trial:.1f} s"),
-        ("validation time per trial", f"{val / len(trials):.1f} s"),
-        ("fixed cost per trial (wall - training)", f"{per_trial - train_per_trial:.1f} s"),
-        (
+        row("trials", lambda m: f"{m['n']} x {args.epochs} epochs"),
+        row("search wall time (incl. Ray start, data check)", lambda m: f"{m['wall']:.1f} s"),
+        row("training time per trial (epoch loops)", lambda m: f"{m['train'] / m['n']:.1f} s"),
+        row("validation time per trial", lambda m: f"{m['val'] / m['n']:.1f} s"),
+        row("wall time per trial", lambda m: f"{m['wall'] / m['n']:.1f} s"),
+        row(
             "fixed cost per trial (wall - training - validation)",
-            f"{per_trial - (train + val) / len(trials):.1f} s",
+            lambda m: f"{(m['wall'] - m['train'] - m['val']) / m['n']:.1f} s",
         ),
-        ("overhead (1 - training / wall)", f"{100 * (1 - train / wall):.1f} %"),
-        (
+        row(
             "overhead (1 - (training + validation) / wall)",
-            f"{100 * (1 - (train + val) / wall):.1f} %",
+            lambda m: f"{100 * (1 - (m['train'] + m['val']) / m['wall']):.1f} %",
+        ),
+        row(
+            "overhead (1 - training / wall)",
+            lambda m: f"{100 * (1 - m['train'] / m['wall']):.1f} %",
         ),
     ]
     head = (
         f"UNet(resnet18), 128 px tiles, batch 8, {args.tiles_per_image} tiles/image "
-        f"(~{int(128 * args.tiles_per_image)} tiles/epoch); {platform.machine()}, {cores} "
-        "cores; one Ray start per search (~4 s) is in the wall time"
+        f"(~{int(128 * args.tiles_per_image)} tiles/epoch), 1 worker x {os.cpu_count()} threads; "
+        f"{platform.machine()}, {os.cpu_count()} cores; one Ray start per search (~4 s) is in "
+        "the wall time"
     )
-    write_report("search_overhead", head, ["measurement", "value"], rows)
+    write_report("search_overhead", head, ["measurement", *(names[r] for r in runners)], rows)
 
 
 if __name__ == "__main__":

@@ -35,28 +35,45 @@ class SearchContext:
 
 
 def run_trial(params: dict[str, Any], context: SearchContext) -> None:
-    """Tune trainable: one data-parallel Train run of the sampled configuration."""
-    import ray.train
+    """Tune trainable: one training run of the sampled configuration.
+
+    A 1-worker trial trains right here (``Resources.inline``); more workers train
+    data-parallel in a TorchTrainer that this function starts and waits on. Either way the
+    checkpoints land in ``trials/<trial_id>/`` and every epoch is reported to Tune.
+    """
     import ray.tune
-    from ray.train.torch import TorchTrainer
-    from ray.tune.integration.ray_train import TuneReportCallback
 
     from emseg_search.train.setup import prepare_data
-    from emseg_search.train.worker import train_loop_per_worker
 
     space = context.space
     cfg = space.trial_config(space.sampled_params(params), data=context.data)
     trial_id = ray.tune.get_context().get_trial_id()
     prepared, _, _ = prepare_data(cfg)
     trials = Path(context.exp_dir) / TRIALS_DIR
+    loop_config = {
+        "trial": cfg.to_dict(),
+        "prepared": prepared.to_dict(),
+        "threads": context.threads,
+    }
+    # The result files (epochs, model) are written by the Tune driver when the trial ends
+    # (recorder.TableRecorder): ASHA may stop this function at any report, the last included.
+    if space.resources.inline:
+        from emseg_search.train.session import TuneSession
+        from emseg_search.train.worker import run_worker
+
+        run_worker(loop_config, TuneSession(trials / trial_id, context.use_gpu))
+        return
+
+    import ray.train
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from emseg_search.train.worker import train_loop_per_worker
+
     res = space.resources
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={
-            "trial": cfg.to_dict(),
-            "prepared": prepared.to_dict(),
-            "threads": context.threads,
-        },
+        train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(
             num_workers=res.workers,
             use_gpu=context.use_gpu,
@@ -75,9 +92,24 @@ def run_trial(params: dict[str, Any], context: SearchContext) -> None:
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
     )
-    # The result files (epochs, model) are written by the Tune driver when the trial ends
-    # (recorder.TableRecorder): ASHA may stop this function at any report, the last included.
     trainer.fit()
+
+
+def trial_resources(space: SearchSpace) -> dict[str, float]:
+    """What Tune reserves for one trial's own process.
+
+    An inline trial trains in it, so it takes the worker's CPUs/GPUs. A TorchTrainer trial
+    only waits on its Train workers: it takes no CPU, so the workers get every CPU (ENV.md:
+    1 CPU per trial driver stalls a 2-CPU machine; even 0.01 CPU leaves 1.99, too few for a
+    2-CPU worker); a token of memory gives the bundle a resource.
+    """
+    res = space.resources
+    if res.inline:
+        return {
+            "CPU": res.cpus_per_worker,
+            **({"GPU": res.gpus_per_worker} if res.gpus_per_worker else {}),
+        }
+    return {"CPU": 0, "memory": TRIAL_DRIVER_MEMORY}
 
 
 def concurrency(space: SearchSpace, cluster: dict[str, float]) -> int:
@@ -277,12 +309,8 @@ def run_search(
         use_gpu=use_gpu,
         threads=space.resources.cpus_per_worker,
     )
-    # The trial driver only waits on its TorchTrainer: it takes no CPU, so the Train workers
-    # get every CPU (ENV.md: 1 CPU per trial driver stalls a 2-CPU machine; even 0.01 CPU
-    # leaves 1.99, too few for a 2-CPU worker). A token of memory gives the bundle a resource.
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, context=context),
-        {"CPU": 0, "memory": TRIAL_DRIVER_MEMORY},
+        tune.with_parameters(run_trial, context=context), trial_resources(space)
     )
     if resume:
         tuner = tune.Tuner.restore(

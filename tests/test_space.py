@@ -129,6 +129,10 @@ ERRORS = {
         with_changes(scheduler={"max_epoch": 3}),
         r"scheduler\.max_epoch: unknown key; valid keys: type, max_epochs, grace_period",
     ),
+    "unknown runner": (
+        with_changes(resources={"runner": "inline"}),
+        r"resources\.runner: Input should be 'auto' or 'train'",
+    ),
     "unknown spec key": (
         with_changes(parameters__lr={"type": "float", "low": 1, "high": 2, "lgo": True}),
         r"parameters\.lr\.lgo: unknown key; valid keys: when, type, low, high, log, step",
@@ -323,6 +327,22 @@ def test_file_errors_start_with_the_path(tmp_path: Path) -> None:
         load_space(path)
     with pytest.raises(SpaceError, match=r"missing\.yaml: cannot read YAML"):
         load_space(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize(
+    "resources, inline",
+    [
+        ({}, True),
+        ({"workers": 2}, False),
+        ({"runner": "train"}, False),
+        ({"gpus_per_worker": 1}, True),
+    ],
+)
+def test_one_worker_trials_run_inline_unless_told_otherwise(
+    resources: dict[str, Any], inline: bool
+) -> None:
+    space = space_from_dict(with_changes(resources=resources), source="base.yaml")
+    assert space.resources.inline is inline
 
 
 # ---- Optuna define-by-run and Ray's OptunaSearch -----------------------------------------------

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import copy
+import functools
 import json
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -35,11 +35,11 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "module", model)
 
 
-def _save_checkpoint(
-    folder: Path,
+def _save(
     state: dict[str, Any],
     best: dict[str, torch.Tensor],
     history: list[dict[str, Any]],
+    folder: Path,
 ) -> None:
     """Training state, best weights so far and the epoch history, in one checkpoint folder."""
     torch.save(state, folder / STATE_FILE)
@@ -50,16 +50,19 @@ def _save_checkpoint(
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point. ``config``: {"trial": TrialConfig dict, "prepared":
     PreparedData dict, "threads": torch threads per worker}."""
-    import ray.train
-    import ray.train.torch
+    from emseg_search.train.session import TrainSession
 
+    run_worker(config, TrainSession())
+
+
+def run_worker(config: dict[str, Any], session: Any) -> None:
+    """One training run, reporting every epoch to ``session`` (train.session: a Ray Train
+    worker, or a Tune trial's own process). ``config`` as for train_loop_per_worker."""
     cfg = TrialConfig.from_dict(config["trial"])
     prepared = PreparedData.from_dict(config["prepared"])
     torch.set_num_threads(int(config.get("threads", 1)))
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    rank, world, device = session.rank, session.world, session.device
     torch.manual_seed(cfg.seed + rank)
-    device = ray.train.torch.get_device()
 
     from emseg_search.losses import build_loss
     from emseg_search.models import build_model, unused_parameters
@@ -76,15 +79,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         persistent_workers=cfg.loader_workers > 0,
         pin_memory=device.type == "cuda",
     )
-    loader = ray.train.torch.prepare_data_loader(loader)
+    loader = session.prepare_loader(loader)
     val_loader = DataLoader(val_ds, batch_size=1, shuffle=False)  # disjoint shard per rank
 
     model = build_model(cfg)
     # some encoders/depths leave parameters without gradients, which DDP must be told about
     unused = bool(unused_parameters(model, cfg)) if world > 1 else False
-    model = ray.train.torch.prepare_model(
-        model, parallel_strategy_kwargs={"find_unused_parameters": unused}
-    )
+    model = session.prepare_model(model, find_unused_parameters=unused)
     loss_fn = build_loss(cfg.loss, cfg.loss_weight)
     optimizer = build_optimizer(model, cfg)
     steps = len(loader)
@@ -96,16 +97,24 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     scheduler = build_scheduler(optimizer, cfg, steps)
     amp_dtype = autocast_dtype(device, cfg.amp)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    if rank == 0:
+        print(
+            f"[emseg] {cfg.arch}/{cfg.encoder}: world size {world} on {device.type}, "
+            f"{len(train_ds)} tiles x {cfg.epochs} epochs and {len(val_ds)} validation "
+            f"images per worker",
+            flush=True,
+        )
 
     start, best_iou, best_epoch, history = 0, -1.0, -1, []
     best_state: dict[str, torch.Tensor] = {}
     val: dict[str, float] = {}
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as folder:
+    state: dict[str, Any] | None = None
+    with session.checkpoint_dir() as folder:
+        if folder is not None:
             state = torch.load(Path(folder) / STATE_FILE, map_location=device, weights_only=False)
             best_state = torch.load(Path(folder) / BEST_FILE, map_location="cpu")
             history = json.loads((Path(folder) / HISTORY_FILE).read_text(encoding="utf-8"))
+    if state is not None:
         _unwrap(model).load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -117,7 +126,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if start >= cfg.epochs and history:
         # resumed after its last epoch (a search killed between the two): report the final
         # metrics again so the caller gets a result; no training, no new checkpoint
-        ray.train.report(history[-1])
+        session.report(history[-1])
         return
     for epoch in range(start, cfg.epochs):
         if world > 1 and hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
@@ -135,7 +144,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 cfg.grad_clip,
             )
         except DivergedError as exc:
-            ray.train.report(
+            session.report(
                 {
                     "epoch": epoch,
                     "diverged": True,
@@ -194,8 +203,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 "val": val,
                 "config": cfg.to_dict(),
             }
-            with tempfile.TemporaryDirectory() as tmp:
-                _save_checkpoint(Path(tmp), state, best_state, history)
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+            session.report(metrics, save=functools.partial(_save, state, best_state, history))
         else:
-            ray.train.report(metrics)
+            session.report(metrics)
