@@ -12,7 +12,10 @@ COMMANDS = {
     "synth": ("emseg_search.synth", "generate the synthetic EM data set"),
     "montage": ("emseg_search.montage", "picture synthetic micrographs next to real ones"),
     "train": ("emseg_search.train.__main__", "train one configuration with Ray Train"),
+    "evaluate": ("emseg_search.evaluate", "score a trained model on labelled images"),
+    "predict": ("emseg_search.predict", "segment new micrographs and measure particles"),
     "weights": ("emseg_search.weights", "fetch offline ImageNet encoder weights"),
+    "export": ("emseg_search.export", "export a model artifact to TorchScript or ONNX, verified"),
 }
 
 

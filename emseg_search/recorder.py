@@ -10,6 +10,7 @@ from ray.tune import Callback
 
 from emseg_search.results import EPOCH_METRICS, EPOCH_SCHEMA, read_rows, trial_schema, write_table
 from emseg_search.space import SearchSpace
+from emseg_search.storage import Storage
 
 
 def _finite(value: Any) -> float | None:
@@ -27,10 +28,13 @@ class TableRecorder(Callback):
     (trial_id, epoch) rows are never duplicated.
     """
 
-    def __init__(self, exp_dir: str | Path, space: SearchSpace, data: str) -> None:
+    def __init__(
+        self, exp_dir: str | Path, space: SearchSpace, data: str, storage: Storage | None = None
+    ) -> None:
         self.exp_dir = Path(exp_dir)
         self.space = space
         self.data = data
+        self.storage = storage or Storage.open(exp_dir)
         self.schema = trial_schema(space.param_names)
         self.setup()
 
@@ -106,30 +110,38 @@ class TableRecorder(Callback):
         self._flush()
 
     def _write_model(self, trial: Any) -> Path | None:
-        """The trial's epochs.parquet and model artifact, from its last Train checkpoint.
+        """The trial's epochs.parquet and model artifact (in the experiment folder), from its
+        last checkpoint (in the search's storage).
 
         Written here, by the driver, because the scheduler may stop a trial's function at
         any report, its last one included.
         """
+        import tempfile
+
         from emseg_search.models import required_stride
-        from emseg_search.train.driver import finish_run, latest_checkpoint
+        from emseg_search.train.driver import finish_run
         from emseg_search.train.setup import prepare_data
 
-        run_dir = self.exp_dir / "trials" / trial.trial_id
-        checkpoint = latest_checkpoint(run_dir)
+        checkpoint = self.storage.latest_checkpoint(f"trials/{trial.trial_id}")
         if checkpoint is None:
             return None
         cfg = self.space.trial_config(self.space.sampled_params(trial.config), data=self.data)
         prepared, _, fingerprint = prepare_data(cfg)
-        outcome = finish_run(
-            cfg,
-            run_dir,
-            checkpoint,
-            prepared,
-            fingerprint,
-            required_stride(cfg),
-            trial_id=trial.trial_id,
-        )
+        with tempfile.TemporaryDirectory() as tmp:
+            local = (
+                Path(checkpoint)
+                if self.storage.is_local
+                else self.storage.download(checkpoint, tmp)
+            )
+            outcome = finish_run(
+                cfg,
+                self.exp_dir / "trials" / trial.trial_id,
+                local,
+                prepared,
+                fingerprint,
+                required_stride(cfg),
+                trial_id=trial.trial_id,
+            )
         return outcome.model_dir
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:

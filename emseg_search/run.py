@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
 from pathlib import Path
+
+from emseg_search.storage import Storage, StorageError
 
 
 def default_space() -> Path:
@@ -42,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
         "absolute path on shared storage on a cluster",
     )
     p.add_argument(
+        "--storage",
+        help="keep checkpoints and Ray Tune's state under this URI (s3://bucket/prefix, "
+        "gs://..., for multi-node clusters without a shared filesystem; the tables and "
+        "models stay in --results). --resume reuses the experiment's own.",
+    )
+    p.add_argument(
         "--resume", action="store_true", help="continue an interrupted experiment of this name"
     )
     p.add_argument("--overwrite", action="store_true", help="delete the experiment first")
@@ -60,6 +69,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--top", type=int, default=10, help="leaderboard rows (default 10)")
     return p
+
+
+def open_storage(exp_dir: Path, uri: str | None, resume: bool) -> Storage:
+    """The experiment's storage: ``uri``, or on --resume the one experiment.json recorded."""
+    recorded = None
+    if resume and (exp_dir / "experiment.json").is_file():
+        recorded = json.loads((exp_dir / "experiment.json").read_text("utf-8")).get("storage")
+    if uri and recorded and uri != recorded:
+        raise StorageError(f"--storage {uri}: {exp_dir} was started with --storage {recorded}")
+    return Storage.open(exp_dir, uri or recorded)
 
 
 def leaderboard(trials, top: int) -> str:  # noqa: ANN001 (pandas DataFrame)
@@ -88,18 +107,31 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke_test:
         space = space.smoke_test()
     exp_dir = args.results / (args.name or default_name)
-    if args.resume and not (exp_dir / "tune").is_dir():
-        print(f"error: --resume: {exp_dir} holds no experiment to resume", file=sys.stderr)
+    try:
+        storage = open_storage(exp_dir, args.storage, args.resume)
+        state = storage.exists("tune")  # Ray Tune's experiment state
+    except StorageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
-    if exp_dir.exists() and any(exp_dir.iterdir()) and not args.resume:
+    if args.resume and not state:
+        print(
+            f"error: --resume: {storage.describe()} holds no experiment to resume",
+            file=sys.stderr,
+        )
+        return 2
+    started = state or (exp_dir.exists() and any(exp_dir.iterdir()))
+    if started and not args.resume:
         if not args.overwrite:
+            where = exp_dir if exp_dir.exists() else storage.describe()
             print(
-                f"error: {exp_dir} exists; pass --resume to continue it or --overwrite to "
+                f"error: {where} exists; pass --resume to continue it or --overwrite to "
                 "delete it and start again",
                 file=sys.stderr,
             )
             return 2
-        shutil.rmtree(exp_dir)
+        shutil.rmtree(exp_dir, ignore_errors=True)
+        if not storage.is_local:
+            storage.fs.delete_dir_contents(storage.root, missing_dir_ok=True)
 
     from emseg_search.search import run_search
 
@@ -116,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             resume=args.resume,
             address=args.address,
             max_failures=args.max_failures,
+            storage_uri=storage.uri,
         )
     except (DataError, ConfigError, SpaceError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -17,6 +17,7 @@ from typing import Any
 from ray.tune.search.optuna import OptunaSearch
 
 from emseg_search.space import SearchSpace
+from emseg_search.storage import Storage
 
 TUNE_DIR = "tune"
 TRIALS_DIR = "trials"
@@ -28,7 +29,7 @@ class SearchContext:
     """What every trial needs besides its sampled parameters (passed with tune.with_parameters)."""
 
     space: SearchSpace
-    exp_dir: str
+    storage: Storage  # checkpoints: <storage>/trials/<trial_id>/
     data: str
     use_gpu: bool
     threads: int
@@ -39,7 +40,7 @@ def run_trial(params: dict[str, Any], context: SearchContext) -> None:
 
     A 1-worker trial trains right here (``Resources.inline``); more workers train
     data-parallel in a TorchTrainer that this function starts and waits on. Either way the
-    checkpoints land in ``trials/<trial_id>/`` and every epoch is reported to Tune.
+    checkpoints land in ``<storage>/trials/<trial_id>/`` and every epoch is reported to Tune.
     """
     import ray.tune
 
@@ -49,7 +50,7 @@ def run_trial(params: dict[str, Any], context: SearchContext) -> None:
     cfg = space.trial_config(space.sampled_params(params), data=context.data)
     trial_id = ray.tune.get_context().get_trial_id()
     prepared, _, _ = prepare_data(cfg)
-    trials = Path(context.exp_dir) / TRIALS_DIR
+    storage = context.storage
     loop_config = {
         "trial": cfg.to_dict(),
         "prepared": prepared.to_dict(),
@@ -61,7 +62,7 @@ def run_trial(params: dict[str, Any], context: SearchContext) -> None:
         from emseg_search.train.session import TuneSession
         from emseg_search.train.worker import run_worker
 
-        run_worker(loop_config, TuneSession(trials / trial_id, context.use_gpu))
+        run_worker(loop_config, TuneSession(storage, f"{TRIALS_DIR}/{trial_id}", context.use_gpu))
         return
 
     import ray.train
@@ -84,7 +85,8 @@ def run_trial(params: dict[str, Any], context: SearchContext) -> None:
         ),
         run_config=ray.train.RunConfig(
             name=trial_id,  # stable: a restored trial finds its own checkpoints
-            storage_path=str(trials),
+            storage_path=storage.path(TRIALS_DIR),
+            storage_filesystem=None if storage.is_local else storage.fs,
             callbacks=[TuneReportCallback()],
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
             # retries happen at the Tune level; a retried trial resumes from this run's checkpoint
@@ -253,8 +255,12 @@ def run_search(
     resume: bool = False,
     address: str | None = None,
     max_failures: int = 1,
+    storage_uri: str | None = None,
 ) -> Any:
-    """Validate the data, run (or resume) the search, write best/ and return trials as pandas."""
+    """Validate the data, run (or resume) the search, write best/ and return trials as pandas.
+
+    ``storage_uri``: keep checkpoints and Tune's state there (see storage.py) instead of in
+    ``exp_dir``."""
     import datetime as dt
 
     import numpy as np
@@ -272,6 +278,9 @@ def run_search(
     data_dir = str(resolve_data_dir(probe))
     prepared, loaded, _ = prepare_data(probe.model_copy(update={"data": data_dir}))
     exp_dir.mkdir(parents=True, exist_ok=True)
+    storage = Storage.open(exp_dir, storage_uri)
+    if not storage.is_local:
+        storage.check_writable()
     cluster = init_ray(address)
     use_gpu = space.resources.gpus_per_worker > 0
     if use_gpu and not cluster.get("GPU"):
@@ -293,6 +302,7 @@ def run_search(
             "versions": versions(),
             "git_commit": _git_commit(),
             "cluster_resources": cluster,
+            "storage": storage_uri,
             # a restored Tuner keeps the limit it started with
             **({} if resume else {"max_concurrent_trials": limit}),
             **({"resumed_at": now} if resume else {"started_at": now}),
@@ -304,7 +314,7 @@ def run_search(
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     context = SearchContext(
         space=space,
-        exp_dir=str(exp_dir),
+        storage=storage,
         data=data_dir,
         use_gpu=use_gpu,
         threads=space.resources.cpus_per_worker,
@@ -312,12 +322,14 @@ def run_search(
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, context=context), trial_resources(space)
     )
+    remote_fs = None if storage.is_local else storage.fs
     if resume:
         tuner = tune.Tuner.restore(
-            str(exp_dir / TUNE_DIR),
+            storage.path(TUNE_DIR),
             trainable=trainable,
             resume_unfinished=True,
             resume_errored=True,
+            storage_filesystem=remote_fs,
         )
     else:
         tuner = tune.Tuner(
@@ -335,8 +347,9 @@ def run_search(
             ),
             run_config=tune.RunConfig(
                 name=TUNE_DIR,
-                storage_path=str(exp_dir),
-                callbacks=[TableRecorder(exp_dir, space, data_dir)],
+                storage_path=storage.root,
+                storage_filesystem=remote_fs,
+                callbacks=[TableRecorder(exp_dir, space, data_dir, storage)],
                 failure_config=tune.FailureConfig(max_failures=max_failures),
             ),
         )

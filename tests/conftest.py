@@ -62,3 +62,34 @@ def make_folder(
 def emps_folder(tmp_path: Path) -> Path:
     """A valid 4-image EMPS-layout folder."""
     return make_folder(tmp_path / "emps")
+
+
+def write_tiny_artifact(out: Path, seed: int = 0, **fields: object) -> Path:
+    """A random-init model artifact (resnet18 UNet unless ``fields`` say otherwise), written
+    as training writes one; no weights are downloaded."""
+    import torch
+
+    from emseg_search.artifact import write_artifact
+    from emseg_search.config import TrialConfig
+    from emseg_search.data import compute_fingerprint
+    from emseg_search.data.loading import Micrograph
+    from emseg_search.models import build_model, required_stride
+
+    cfg = TrialConfig(**{"arch": "unet", "encoder": "resnet18", **fields})
+    torch.manual_seed(seed)
+    model = build_model(cfg)
+    rng = np.random.default_rng(seed)
+    sample = Micrograph(
+        "s", rng.integers(0, 255, (64, 64), dtype=np.uint8), disk(64, 64, [(32, 32, 9)])
+    )
+    return write_artifact(
+        out,
+        cfg,
+        model.state_dict(),
+        mean=0.5,
+        std=0.25,
+        normalization_source="test",
+        fingerprint=compute_fingerprint([sample]),
+        stride=required_stride(cfg),
+        metrics={"val_iou": 0.5, "best_epoch": 0},
+    )

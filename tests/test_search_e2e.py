@@ -21,9 +21,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[1]
 
 
-def tiny_space(
-    path: Path, data: Path, num_samples: int, max_epochs: int, workers: int = 1
-) -> Path:
+def tiny_space(path: Path, data: Path, num_samples: int, max_epochs: int, workers: int = 1) -> Path:
     """A CPU space small enough for CI: 64 px tiles on 64 px synthetic images."""
     space = {
         "name": "tiny",
@@ -132,6 +130,50 @@ def test_multi_worker_trials_train_data_parallel(data: Path, tmp_path: Path) -> 
     # Ray Train's own checkpoint bookkeeping: the trial ran through a TorchTrainer
     assert (run_dir / "checkpoint_manager_snapshot.json").is_file(), sorted(os.listdir(run_dir))
     assert "world size 2" in out.stdout + out.stderr
+
+
+def test_search_with_checkpoints_in_s3_and_resume_from_there(data: Path, tmp_path: Path) -> None:
+    """--storage s3://...: checkpoints and Tune's state in the bucket (a local S3 server),
+    tables and models in --results; --resume finds the storage in experiment.json."""
+    from moto.server import ThreadedMotoServer
+    from pyarrow import fs as pafs
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    creds = {
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    os.environ.update(creds)  # for this process's S3 client; run_cli passes os.environ on
+    try:
+        s3 = pafs.S3FileSystem(
+            endpoint_override=f"127.0.0.1:{port}", scheme="http", allow_bucket_creation=True
+        )
+        s3.create_dir("emseg")
+        uri = f"s3://emseg/searches?endpoint_override=127.0.0.1:{port}&scheme=http"
+        space = tiny_space(tmp_path / "tiny.yaml", data, num_samples=2, max_epochs=1)
+        results = tmp_path / "results"
+        out = run_cli(str(space), "--results", str(results), "--storage", uri)
+        assert out.returncode == 0, out.stderr[-3000:]
+        trials = load_experiment(results / "tiny")["trials"]
+        assert len(trials) == 2 and set(trials["status"]) == {"completed"}
+        for trial_id in trials["trial_id"]:
+            found = s3.get_file_info(pafs.FileSelector(f"emseg/searches/tiny/trials/{trial_id}"))
+            assert any(i.base_name.startswith("checkpoint_") for i in found)
+            assert (results / "tiny" / "trials" / trial_id / "model" / "weights.pt").is_file()
+        assert s3.get_file_info("emseg/searches/tiny/tune").type == pafs.FileType.Directory
+        assert not (results / "tiny" / "tune").exists()  # nothing of Tune's state locally
+        assert (results / "tiny" / "best" / "weights.pt").is_file()
+
+        again = run_cli(str(space), "--results", str(results), "--resume")
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert len(load_experiment(results / "tiny")["trials"]) == 2
+    finally:
+        server.stop()
+        for key in creds:
+            os.environ.pop(key, None)
 
 
 def _free_port() -> int:

@@ -132,6 +132,7 @@ def finish_run(
         empty = pd.DataFrame(columns=EPOCH_SCHEMA.names)
         return TrainOutcome(run_dir, None, empty, 0.0, stop_reason or "no checkpoint")
     history = json.loads((checkpoint_dir / HISTORY_FILE).read_text(encoding="utf-8"))
+    run_dir.mkdir(parents=True, exist_ok=True)  # checkpoints may live in cloud storage
     best = torch.load(checkpoint_dir / BEST_FILE, map_location="cpu", weights_only=True)
     epochs = write_epochs(history, run_dir / "epochs.parquet", trial_id)
     model_dir = None
@@ -154,12 +155,6 @@ def finish_run(
         )
     best_iou = float(epochs["best_val_iou"].max()) if len(epochs) else 0.0
     return TrainOutcome(run_dir, model_dir, epochs, best_iou, stop_reason)
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest ``checkpoint_*`` folder Ray Train left in a run folder (names sort by time)."""
-    found = sorted(p for p in Path(run_dir).glob("checkpoint_*") if p.is_dir())
-    return found[-1] if found else None
 
 
 def clear_run(run_dir: str | Path) -> None:

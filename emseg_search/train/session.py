@@ -7,10 +7,11 @@ inside its Tune trial process (``TuneSession``, no worker group to start).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-CHECKPOINT_PREFIX = "checkpoint_"
+from emseg_search.storage import CHECKPOINT_PREFIX, Storage
 
 
 class TrainSession:
@@ -44,10 +45,15 @@ class TrainSession:
             model, parallel_strategy_kwargs={"find_unused_parameters": find_unused_parameters}
         )
 
-    def checkpoint_dir(self) -> Any:
-        """A context manager giving the folder of the checkpoint to resume from, or None."""
+    @contextlib.contextmanager
+    def checkpoint_dir(self) -> Iterator[Path | None]:
+        """The folder of the checkpoint to resume from, or None."""
         checkpoint = self._train.get_checkpoint()
-        return checkpoint.as_directory() if checkpoint else _NoCheckpoint()
+        if checkpoint is None:
+            yield None
+        else:
+            with checkpoint.as_directory() as folder:
+                yield Path(folder)
 
     def report(self, metrics: dict[str, Any], save: Callable[[Path], None] | None = None) -> None:
         """Report one epoch; ``save(folder)`` fills its checkpoint (rank 0 only)."""
@@ -60,19 +66,20 @@ class TrainSession:
 
 
 class TuneSession:
-    """Inside a Tune trial process, one worker: no DDP, checkpoints kept in ``run_dir``.
+    """Inside a Tune trial process, one worker: no DDP; checkpoints in the search's storage.
 
-    Checkpoints are laid out as a TorchTrainer lays them out (``run_dir/checkpoint_*``, the
-    newest kept), so resuming and writing the trial's model read them the same way.
+    Checkpoints go to ``storage``/``run``/checkpoint_epoch_<n> (the newest kept), beside where
+    a TorchTrainer trial keeps its own, so resuming and writing the trial's model find them
+    the same way, locally or in cloud storage.
     """
 
     rank, world = 0, 1
 
-    def __init__(self, run_dir: str | Path, use_gpu: bool) -> None:
+    def __init__(self, storage: Storage, run: str, use_gpu: bool) -> None:
         import ray.tune
 
         self._tune = ray.tune
-        self.run_dir = Path(run_dir)
+        self.storage, self.run = storage, run
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         if use_gpu and self.device.type != "cuda":
             raise RuntimeError(
@@ -88,42 +95,28 @@ class TuneSession:
         """The model on the trial's device."""
         return model.to(self.device)
 
-    def checkpoint_dir(self) -> Any:
-        """A context manager giving the newest checkpoint folder in ``run_dir``, or None."""
-        from emseg_search.train.driver import latest_checkpoint
-
-        return _NoCheckpoint(latest_checkpoint(self.run_dir))
+    @contextlib.contextmanager
+    def checkpoint_dir(self) -> Iterator[Path | None]:
+        """The newest complete checkpoint of this run as a local folder, or None."""
+        latest = self.storage.latest_checkpoint(self.run)
+        if latest is None:
+            yield None
+        elif self.storage.is_local:
+            yield Path(latest)
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                yield self.storage.download(latest, tmp)
 
     def report(self, metrics: dict[str, Any], save: Callable[[Path], None] | None = None) -> None:
-        """Write the checkpoint (``save(folder)``, renamed into place, older ones deleted),
-        then report to Tune: it is on disk before Tune hears of the epoch, as with Ray Train.
-        """
+        """Store the checkpoint (``save(folder)`` fills it), then report to Tune: it is in
+        storage before Tune hears of the epoch, as with Ray Train."""
         if save is not None:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            name = f"{CHECKPOINT_PREFIX}epoch_{int(metrics['epoch']):06d}"
-            staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=self.run_dir))
+            staging = self.storage.staging_dir(self.run)
             try:
                 save(staging)
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
-            target = self.run_dir / name
-            shutil.rmtree(target, ignore_errors=True)
-            os.replace(staging, target)
-            for old in self.run_dir.glob(f"{CHECKPOINT_PREFIX}*"):
-                if old != target and old.is_dir():
-                    shutil.rmtree(old, ignore_errors=True)
+            name = f"{CHECKPOINT_PREFIX}epoch_{int(metrics['epoch']):06d}"
+            self.storage.save_checkpoint(self.run, name, staging)
         self._tune.report(metrics)
-
-
-class _NoCheckpoint:
-    """``with`` helper yielding a fixed folder (or None)."""
-
-    def __init__(self, folder: Path | None = None) -> None:
-        self.folder = folder
-
-    def __enter__(self) -> Path | None:
-        return self.folder
-
-    def __exit__(self, *exc: object) -> None:
-        return None

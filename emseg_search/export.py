@@ -1,0 +1,452 @@
+"""Export a model artifact for use outside Python: TorchScript or ONNX, plus ``export.json``.
+
+``python -m emseg_search.export MODEL_DIR --format torchscript|onnx [--out PATH]``
+
+- torchscript: ``torch.jit.trace`` -> ``model.pt`` (libtorch: ``torch::jit::load``). Tracing,
+  not scripting: scripting fails for unetplusplus, fcn and dpt, while traces of every registered
+  arch were measured to give the eager logits at sizes other than the trace example (smp and
+  timm size their upsampling from the input, so H/W are not baked in).
+- onnx: torch's dynamo exporter (needs ``onnxscript``), opset 18, dynamic N, H and W, checked
+  with onnxruntime (``pip install 'emseg-search[export]'``). pspnet and upernet do not export:
+  their adaptive pooling to fixed bins has no ONNX form for a dynamic input size.
+
+Every export is verified: the exported file and the artifact's eager model run on synthetic
+micrographs at two non-square sizes (the first is the trace example's size, the second not;
+batch 1 then 2, the example has 2) and must give the same masks. ``export.json`` beside the
+model says how to preprocess an image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from emseg_search.artifact import ArtifactError, ModelArtifact, load_artifact
+
+EXPORT_FORMAT = "emseg-search-export/1"
+MODEL_FILES = {"torchscript": "model.pt", "onnx": "model.onnx"}
+INFO_FILE = "export.json"
+ONNX_OPSET = 18  # what torch's dynamo exporter builds natively (no version conversion)
+LOGIT_TIE = 1e-3  # a mask may differ only where the eager logit is this close to the threshold
+ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")  # the `export` extra
+INSTALL_HINT = "pip install 'emseg-search[export]'"
+JIT_DEPRECATED = r"`torch\.jit\.\w+` is deprecated"  # torch 2.14 warns on every jit call
+
+Runner = Callable[[np.ndarray], np.ndarray]
+
+
+class ExportError(RuntimeError):
+    """An export cannot be made or run; the message says why and what to do."""
+
+
+class ExportSetupError(ExportError):
+    """An export cannot start: unknown format, bad check size, missing `export` extra."""
+
+
+@dataclass(frozen=True)
+class SizeCheck:
+    """Exported vs eager model on one (N, 1, H, W) input."""
+
+    shape: tuple[int, int, int, int]
+    max_abs_diff: float  # max |logit difference|
+    mask_mismatch: int  # pixels whose mask differs
+    mask_mismatch_off_tie: int  # ... of those, where the eager logit is not within LOGIT_TIE
+    finite: bool
+
+    @property
+    def agreement(self) -> float:
+        """Fraction of pixels with the same mask."""
+        return 1.0 - self.mask_mismatch / math.prod(self.shape)
+
+    @property
+    def ok(self) -> bool:
+        """Masks agree except on near-ties of the threshold, and no NaN/inf."""
+        return self.finite and self.mask_mismatch_off_tie == 0
+
+    def summary(self) -> str:
+        """One line for the terminal."""
+        n, _, h, w = self.shape
+        return (
+            f"{h}x{w} (N={n}): max |logit diff| {self.max_abs_diff:.2e}, masks agree on "
+            f"{100 * self.agreement:.4f}% ({self.mask_mismatch} px differ)"
+            + ("" if self.ok else "  <- FAILED")
+        )
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """Where an export went and how it compared with the eager model."""
+
+    model_path: Path
+    info_path: Path
+    fmt: str
+    checks: tuple[SizeCheck, ...]
+
+    @property
+    def ok(self) -> bool:
+        """True when every size check passed."""
+        return all(c.ok for c in self.checks)
+
+    @property
+    def max_abs_diff(self) -> float:
+        """Largest logit difference over all checks."""
+        return max(c.max_abs_diff for c in self.checks)
+
+
+def default_sizes(art: ModelArtifact) -> list[tuple[int, int]]:
+    """Two small non-square (H, W), multiples of the stride; the first is the trace example's."""
+    from emseg_search.models import min_input_size
+
+    stride = int(art.meta["stride"])
+    m = -(-max(64, 2 * stride, min_input_size(art.config)) // stride) * stride
+    return [(m, m + stride), (m + 2 * stride, m)]
+
+
+def check_sizes(art: ModelArtifact, sizes: Sequence[tuple[int, int]]) -> None:
+    """Raise ExportSetupError unless every (H, W) is a multiple of the stride, >= min size."""
+    from emseg_search.models import min_input_size
+
+    stride, low = int(art.meta["stride"]), min_input_size(art.config)
+    bad = [f"{h}x{w}" for h, w in sizes if h % stride or w % stride or min(h, w) < low]
+    if bad:
+        raise ExportSetupError(
+            f"check sizes must be multiples of {stride} of at least {low}, got {', '.join(bad)}"
+        )
+
+
+def check_inputs(art: ModelArtifact, sizes: Sequence[tuple[int, int]]) -> list[np.ndarray]:
+    """Normalised synthetic micrographs (N, 1, H, W) float32: N=1 at the first size, else 2."""
+    from emseg_search.data import image_to_float01
+    from emseg_search.data.synth import generate_sample
+
+    out = []
+    for i, (h, w) in enumerate(sizes):
+        imgs = [generate_sample(10 * i + k, (h, w)).image for k in range(1 if i == 0 else 2)]
+        x = np.stack([image_to_float01(im) for im in imgs])[:, None]
+        out.append(((x - art.mean) / art.std).astype(np.float32))
+    return out
+
+
+def to_torchscript(model: Any, example: np.ndarray, path: Path) -> list[str]:
+    """Trace ``model`` on ``example`` (N, 1, H, W) and save it; returns tracer warnings."""
+    import torch
+
+    with warnings.catch_warnings(record=True) as caught, torch.no_grad():
+        warnings.simplefilter("always")
+        traced = torch.jit.trace(model, torch.from_numpy(example), check_trace=False)
+        torch.jit.save(traced, str(path))
+    return sorted(
+        {
+            f"{w.filename.rpartition('site-packages/')[2]}:{w.lineno}: {w.message}"
+            for w in caught
+            if issubclass(w.category, torch.jit.TracerWarning)
+        }
+    )
+
+
+def _require_onnx() -> None:
+    """Raise ExportError naming the missing packages of the `export` extra."""
+    import importlib.util
+
+    import torch
+
+    missing = [m for m in ONNX_PACKAGES if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ExportSetupError(
+            f"--format onnx needs {', '.join(missing)} (not installed); install them with: "
+            f"{INSTALL_HINT}"
+        )
+    if not hasattr(torch.export, "Dim") or not hasattr(torch.export.Dim, "DYNAMIC"):
+        raise ExportSetupError(
+            f"--format onnx needs torch>=2.6 (dynamo exporter), found {torch.__version__}"
+        )
+
+
+def to_onnx(model: Any, example: np.ndarray, path: Path) -> list[str]:
+    """Export ``model`` with dynamic N, H, W (dynamo exporter, opset ONNX_OPSET); no warnings."""
+    import torch
+
+    _require_onnx()
+    dyn = {d: torch.export.Dim.DYNAMIC for d in (0, 2, 3)}
+    torch.onnx.export(
+        model,
+        (torch.from_numpy(example),),
+        str(path),
+        dynamo=True,
+        dynamic_shapes=(dyn,),
+        input_names=["image"],
+        output_names=["logits"],
+        opset_version=ONNX_OPSET,
+        external_data=False,
+        verbose=False,
+    )
+    return []
+
+
+def load_runner(path: Path, fmt: str) -> Runner:
+    """A function running the exported file: (N, 1, H, W) float32 -> logits, numpy in and out."""
+    if fmt == "onnx":
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 4  # its errors are raised and reported; no log line too
+        sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        name = sess.get_inputs()[0].name
+        return lambda x: sess.run(None, {name: x})[0]
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", JIT_DEPRECATED, FutureWarning)
+        module = torch.jit.load(str(path), map_location="cpu")
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return module(torch.from_numpy(x)).numpy()
+
+    return run
+
+
+def compare(eager: np.ndarray, exported: np.ndarray, threshold: float) -> SizeCheck:
+    """Compare exported logits with eager ones (N, 1, H, W) at the mask threshold."""
+    cut = math.log(threshold / (1.0 - threshold))  # sigmoid(x) > t  <=>  x > logit(t)
+    if exported.shape != eager.shape:
+        raise ExportError(f"exported model returned shape {exported.shape}, eager {eager.shape}")
+    differ = (eager > cut) != (exported > cut)
+    return SizeCheck(
+        shape=tuple(int(v) for v in eager.shape),
+        max_abs_diff=float(np.abs(eager.astype(np.float64) - exported).max()),
+        mask_mismatch=int(differ.sum()),
+        mask_mismatch_off_tie=int((differ & (np.abs(eager - cut) > LOGIT_TIE)).sum()),
+        finite=bool(np.isfinite(exported).all()),
+    )
+
+
+def eager_logits(art: ModelArtifact, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """The artifact's own model on each input (N, 1, H, W) -> logits (N, 1, H, W)."""
+    import torch
+
+    with torch.inference_mode():
+        return [art.model(torch.from_numpy(x)).numpy() for x in inputs]
+
+
+def verify_export(
+    path: Path,
+    fmt: str,
+    inputs: Sequence[np.ndarray],
+    reference: Sequence[np.ndarray],
+    threshold: float,
+) -> tuple[SizeCheck, ...]:
+    """Run the exported file on each input and compare its masks with the reference logits."""
+    run = load_runner(path, fmt)
+    checks = []
+    for x, eager in zip(inputs, reference, strict=True):
+        try:
+            exported = run(x)
+        except Exception as exc:  # onnxruntime/libtorch errors have no common base
+            hint = "; --format torchscript may work" if fmt == "onnx" else ""
+            raise ExportError(
+                f"the exported {fmt} model fails at input shape {x.shape}: "
+                f"{str(exc).strip().splitlines()[0]}{hint}"
+            ) from exc
+        checks.append(compare(eager, exported, threshold))
+    return tuple(checks)
+
+
+def build_info(art: ModelArtifact, fmt: str, model_path: Path, notes: list[str]) -> dict[str, Any]:
+    """What ``export.json`` says: input/output, preprocessing, threshold, source metrics."""
+    import importlib.metadata as md
+
+    import torch
+
+    from emseg_search import __version__
+    from emseg_search.models import min_input_size
+
+    t, stride = art.threshold, int(art.meta["stride"])
+    cut = math.log(t / (1.0 - t))
+    return {
+        "format": EXPORT_FORMAT,
+        "model_format": fmt,
+        "model_file": model_path.name,
+        "exporter": "torch.jit.trace"
+        if fmt == "torchscript"
+        else f"torch.onnx.export(dynamo=True), opset {ONNX_OPSET}",
+        "input": {"name": "image", "shape": ["N", 1, "H", "W"], "dtype": "float32"},
+        "output": {"name": "logits", "shape": ["N", 1, "H", "W"], "dtype": "float32"},
+        "mean": art.mean,
+        "std": art.std,
+        "normalization_source": art.meta["normalization"].get("source", ""),
+        "threshold": t,
+        "logit_threshold": cut,
+        "scale": float(art.meta["scale"]),
+        "stride": stride,
+        "min_size": min_input_size(art.config),
+        "preprocessing": [
+            "read the micrograph as one grey channel (H0, W0) (grey saved as RGB: any channel)",
+            "intensity to [0, 1]: 8-bit images x / 255; deeper images (16-bit, float) "
+            "clip((x - p0.1) / (p99.9 - p0.1), 0, 1) with the image's own 0.1 and 99.9 "
+            "percentiles (linear interpolation; all zeros if p99.9 <= p0.1)",
+            "if scale != 1: resize to (round(H0 * scale), round(W0 * scale)) = (H, W), area "
+            "interpolation when shrinking, bilinear when enlarging",
+            "pad bottom and right by reflection without repeating the edge (numpy 'reflect', "
+            "OpenCV BORDER_REFLECT_101) to (Hp, Wp), multiples of `stride`, at least `min_size`",
+            "x = (x - mean) / std as float32, shape (N, 1, Hp, Wp)",
+        ],
+        "postprocessing": [
+            "logits = model(x), shape (N, 1, Hp, Wp); crop to [:H, :W]",
+            "if scale != 1: resize the logits bilinearly (half-pixel centres) to (H0, W0)",
+            "particle mask = sigmoid(logits) > threshold, i.e. logits > logit_threshold",
+        ],
+        "arch": art.meta["arch"],
+        "encoder": art.meta["encoder"],
+        "encoder_depth": art.config.encoder_depth,
+        "metrics": art.meta.get("metrics", {}),
+        "source_artifact": str(art.path.resolve()),
+        "trained_with": art.meta.get("versions", {}),
+        "exported_with": {
+            "emseg-search": __version__,
+            "torch": torch.__version__,
+            **({m: md.version(m) for m in ONNX_PACKAGES} if fmt == "onnx" else {}),
+        },
+        "notes": notes,
+    }
+
+
+def output_path(out: str | Path | None, model_dir: Path, fmt: str) -> Path:
+    """The model file: ``out``, or model.pt/.onnx in a folder (``out`` without a suffix)."""
+    out = Path(out) if out else model_dir / fmt
+    return out / MODEL_FILES[fmt] if out.is_dir() or not out.suffix else out
+
+
+def _run_exporter(fmt: str, art: ModelArtifact, example: np.ndarray, path: Path) -> list[str]:
+    """Export with the format's exporter; its errors become one ExportError line."""
+    exporter = to_torchscript if fmt == "torchscript" else to_onnx
+    try:
+        return exporter(art.model, example, path)
+    except ExportError:
+        raise
+    except Exception as exc:  # exporters raise many types; say which model failed
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        hint = "; --format torchscript may work" if fmt == "onnx" else ""
+        raise ExportError(
+            f"{fmt} export of {art.meta['arch']}/{art.meta['encoder']} failed: {first}{hint}"
+        ) from exc
+
+
+def export_model(
+    model_dir: str | Path,
+    fmt: str,
+    out: str | Path | None = None,
+    sizes: Sequence[tuple[int, int]] | None = None,
+) -> ExportResult:
+    """Export an artifact to ``out`` (default MODEL_DIR/<fmt>/model.*), verify, write export.json.
+
+    Raises ArtifactError (not an artifact), ExportSetupError (unknown format, bad size,
+    missing extra), ExportError (exporter or runtime failure). Masks that differ do not raise:
+    the files are written, marked unverified in export.json; see ``ExportResult.ok``.
+    """
+    if fmt not in MODEL_FILES:
+        raise ExportSetupError(
+            f"format: unknown format {fmt!r}; valid: {', '.join(sorted(MODEL_FILES))}"
+        )
+    if fmt == "onnx":
+        _require_onnx()  # before the slow part
+    art = load_artifact(model_dir)
+    out = output_path(out, art.path, fmt)
+    trace_size, *_ = defaults = default_sizes(art)
+    check_sizes(art, sizes or [])
+    inputs = check_inputs(art, sizes or defaults)
+    reference = eager_logits(art, inputs)  # before exporting: exporters may touch the model
+    example = np.concatenate(2 * check_inputs(art, [trace_size]))  # N=2: N stays dynamic
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # written in a temp folder (file names matter: TorchScript names its archive after the
+    # file), moved into place once both files are complete
+    tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out.parent))
+    try:
+        notes = _run_exporter(fmt, art, example, tmp / out.name)
+        checks = verify_export(tmp / out.name, fmt, inputs, reference, art.threshold)
+        info = build_info(art, fmt, out, notes)
+        info["verification"] = {
+            "ok": all(c.ok for c in checks),
+            "logit_tie": LOGIT_TIE,
+            "checks": [{**asdict(c), "agreement": c.agreement} for c in checks],
+        }
+        (tmp / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp / out.name, out)
+        os.replace(tmp / INFO_FILE, out.parent / INFO_FILE)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return ExportResult(out, out.parent / INFO_FILE, fmt, checks)
+
+
+def _size(text: str) -> tuple[int, int]:
+    """argparse type for 'HxW'."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW, e.g. 256x384, got {text!r}") from None
+    return h, w
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Options of `export`."""
+    p = argparse.ArgumentParser(
+        prog="emseg-search export",
+        description="Export a model artifact (a training run's model/ folder) to TorchScript or "
+        "ONNX, with export.json beside it (preprocessing, threshold, metrics), and check that the "
+        "exported file gives the same masks as the artifact. Exits 1 if it does not.",
+    )
+    p.add_argument("model_dir", type=Path, help="model artifact folder")
+    p.add_argument("--format", required=True, choices=sorted(MODEL_FILES), dest="fmt")
+    p.add_argument(
+        "--out",
+        type=Path,
+        metavar="PATH",
+        help="output file, or folder if it has no suffix (default MODEL_DIR/<format>/)",
+    )
+    p.add_argument(
+        "--check-size",
+        type=_size,
+        action="append",
+        dest="sizes",
+        metavar="HxW",
+        help="verify at this input size (repeatable; default two small non-square sizes)",
+    )
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Export; returns the exit code (0 verified, 1 export or verification failed, 2 bad input)."""
+    args = build_parser().parse_args(argv)
+    try:
+        result = export_model(args.model_dir, args.fmt, args.out, args.sizes)
+    except (ArtifactError, ExportSetupError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ExportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {result.model_path} and {result.info_path}")
+    print("verification against the artifact's eager model:")
+    for check in result.checks:
+        print(f"  {check.summary()}")
+    if not result.ok:
+        print(f"error: masks differ; do not use {result.model_path}", file=sys.stderr)
+        return 1
+    print("OK: same masks")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,245 @@
+"""`python -m emseg_search.predict MODEL_DIR INPUT... --out DIR`: segment new micrographs.
+
+DIR/
+  masks/NAME.png       particle mask, 0/255, at the original resolution
+  instances/NAME.png   16-bit particle labels (touching particles split with --split-touching)
+  overlays/NAME.png    particle outlines over the micrograph
+  particles.parquet    one row per particle (particles.PARTICLE_COLUMNS), px and nm
+  sizes.png            histogram of equivalent diameters
+  summary.json         model, options, images, particles, failures
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from emseg_search.data.io import IMAGE_SUFFIXES
+
+MAX_LABELS = 65535  # instances/NAME.png is 16-bit
+
+
+@dataclass(frozen=True)
+class Segmented:
+    """One micrograph through the model: mask, particle labels and their measurements."""
+
+    mask: np.ndarray  # (H, W) bool
+    instances: np.ndarray  # (H, W) int32, 0 = background
+    particles: Any  # pandas DataFrame, particles.PARTICLE_COLUMNS
+
+
+def segment(
+    predictor: Any,
+    image: np.ndarray,
+    name: str,
+    split_touching: bool = False,
+    pixel_size: float | None = None,
+    min_area: int = 4,
+) -> Segmented:
+    """Mask, instances and particle table of one grey image with an inference.Predictor."""
+    from emseg_search.particles import label_particles, measure_particles
+
+    mask = predictor.predict_mask(image)
+    instances = label_particles(mask, split_touching=split_touching, min_area=min_area)
+    particles = measure_particles(instances, image=image, pixel_size=pixel_size, name=name)
+    return Segmented(mask, instances, particles)
+
+
+def find_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[str]]:
+    """Image files named by ``inputs`` (files, or folders of images / with an images/ folder),
+    and one message per input that is neither. Names (file stems) must be unique: outputs
+    are named after them."""
+    files: list[Path] = []
+    problems: list[str] = []
+    for raw in inputs:
+        path = Path(raw)
+        if path.is_dir():
+            folder = path / "images" if (path / "images").is_dir() else path
+            found = sorted(
+                p
+                for p in folder.iterdir()
+                if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
+            )
+            if not found:
+                problems.append(f"{path}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            problems.append(f"{path}: no such file or folder")
+    seen: dict[str, Path] = {}
+    for f in files:
+        if f.stem in seen and seen[f.stem] != f:
+            problems.append(f"{f}: same name as {seen[f.stem]}; outputs are named after files")
+        seen.setdefault(f.stem, f)
+    return list(dict.fromkeys(files)), problems
+
+
+@dataclass
+class PredictRun:
+    """What predict_files did: outputs, particle table, failures (file, reason)."""
+
+    out: Path
+    images: int = 0
+    particles: Any = None
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _write_outputs(out: Path, name: str, image: np.ndarray, seg: Segmented) -> None:
+    from PIL import Image
+
+    from emseg_search.particles import overlay, write_png
+
+    write_png(out / "masks" / f"{name}.png", seg.mask.astype(np.uint8) * 255)
+    if seg.instances.max() > MAX_LABELS:
+        raise ValueError(f"{seg.instances.max()} particles do not fit a 16-bit label image")
+    (out / "instances").mkdir(parents=True, exist_ok=True)
+    Image.fromarray(seg.instances.astype(np.uint16)).save(out / "instances" / f"{name}.png")
+    write_png(out / "overlays" / f"{name}.png", overlay(image, seg.instances))
+
+
+def predict_files(
+    predictor: Any,
+    files: Iterable[Path],
+    out: str | Path,
+    split_touching: bool = False,
+    pixel_size: float | None = None,
+    progress: bool = True,
+) -> PredictRun:
+    """Segment every file into ``out`` (see the module docstring); a file that cannot be read
+    or segmented is listed in ``failures`` and the others go on."""
+    from tqdm import tqdm
+
+    from emseg_search.data.io import read_image
+    from emseg_search.particles import concat_particles, size_histogram, write_particles
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    run, tables = PredictRun(out), []
+    files = list(files)
+    for path in tqdm(files, desc="predict", unit="image", disable=not progress):
+        try:
+            image = read_image(path)
+            seg = segment(predictor, image, path.stem, split_touching, pixel_size)
+            _write_outputs(out, path.stem, image, seg)
+        except Exception as exc:  # noqa: BLE001 - one bad file must not stop the others
+            run.failures.append((str(path), f"{type(exc).__name__}: {exc}"))
+            continue
+        tables.append(seg.particles)
+        run.images += 1
+    run.particles = concat_particles(tables)
+    write_particles(run.particles, out / "particles.parquet")
+    inner = run.particles[~run.particles["touches_border"]]
+    size_histogram(
+        inner,
+        out / "sizes.png",
+        title=f"Particle sizes: {run.images} image(s), border particles excluded",
+    )
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line options of `predict`."""
+    p = argparse.ArgumentParser(
+        prog="emseg-search predict",
+        description="Segment micrographs with a trained model: masks, 16-bit particle labels, "
+        "overlays, a per-particle table (particles.parquet) and a size histogram.",
+    )
+    p.add_argument("model", type=Path, help="model artifact folder (results/<exp>/best, .../model)")
+    p.add_argument("inputs", nargs="+", help="image files or folders (PNG, TIFF, JPEG)")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument(
+        "--split-touching",
+        action="store_true",
+        help="split touching particles with a distance-transform watershed",
+    )
+    add_inference_options(p)
+    return p
+
+
+def add_inference_options(p: argparse.ArgumentParser) -> None:
+    """Options `predict` and `evaluate` share: how the model runs, pixel size, progress."""
+    p.add_argument("--pixel-size", type=float, help="nm per pixel: sizes also in nm")
+    p.add_argument("--tta", action="store_true", help="average over flips (4x slower)")
+    p.add_argument(
+        "--tile-size",
+        type=int,
+        default=1024,
+        help="sliding-window tile in px at the model's scale (default 1024); larger images "
+        "are tiled with overlap so memory stays bounded",
+    )
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def load_predictor(args: argparse.Namespace) -> Any:
+    """The inference.Predictor the shared options ask for (ValueError/ArtifactError when the
+    model folder or an option is bad)."""
+    from emseg_search.inference import Predictor
+
+    if args.pixel_size is not None and not args.pixel_size > 0:
+        raise ValueError(f"--pixel-size must be > 0 nm per px, got {args.pixel_size}")
+    return Predictor.from_dir(
+        args.model, tile_size=args.tile_size, tta=args.tta, device=args.device
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Predict; exit 0 when every input was segmented, 1 when some failed, 2 on bad usage."""
+    from emseg_search.artifact import ArtifactError
+
+    args = build_parser().parse_args(argv)
+    files, problems = find_inputs(args.inputs)
+    if problems:
+        print("error: " + "\n       ".join(problems), file=sys.stderr)
+        return 2
+    try:
+        predictor = load_predictor(args)
+    except (ArtifactError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    run = predict_files(
+        predictor,
+        files,
+        args.out,
+        split_touching=args.split_touching,
+        pixel_size=args.pixel_size,
+        progress=not args.quiet,
+    )
+    summary = {
+        "model": str(args.model.absolute()),
+        "inputs": [str(f) for f in files],
+        "options": {
+            "pixel_size_nm": args.pixel_size,
+            "split_touching": args.split_touching,
+            "tta": args.tta,
+            "tile_size": args.tile_size,
+        },
+        "images": run.images,
+        "particles": len(run.particles),
+        "failures": [{"file": f, "error": e} for f, e in run.failures],
+    }
+    (run.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", "utf-8")
+    seconds = predictor.throughput.seconds
+    print(
+        f"{run.images} image(s), {len(run.particles)} particles "
+        f"({int(run.particles['touches_border'].sum())} touch the border), "
+        f"{seconds:.1f} s of inference -> {run.out}/"
+    )
+    if run.failures:
+        print(f"{len(run.failures)} input(s) failed:", file=sys.stderr)
+        for f, e in run.failures:
+            print(f"  {f}: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
