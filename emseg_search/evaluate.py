@@ -203,13 +203,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from emseg_search.artifact import ArtifactError
     from emseg_search.data import DataError, load_data
-    from emseg_search.particles import (
-        concat_particles,
-        measure_particles,
-        overlay,
-        size_histogram,
-        write_png,
-    )
+    from emseg_search.figures import overlay, size_histogram, write_png
+    from emseg_search.particles import concat_particles, measure_particles
     from emseg_search.results import write_table
 
     args = build_parser().parse_args(argv)

@@ -95,7 +95,7 @@ class PredictRun:
 def _write_outputs(out: Path, name: str, image: np.ndarray, seg: Segmented) -> None:
     from PIL import Image
 
-    from emseg_search.particles import overlay, write_png
+    from emseg_search.figures import overlay, write_png
 
     write_png(out / "masks" / f"{name}.png", seg.mask.astype(np.uint8) * 255)
     if seg.instances.max() > MAX_LABELS:
@@ -118,7 +118,8 @@ def predict_files(
     from tqdm import tqdm
 
     from emseg_search.data.io import read_image
-    from emseg_search.particles import concat_particles, size_histogram, write_particles
+    from emseg_search.figures import size_histogram
+    from emseg_search.particles import concat_particles, write_particles
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

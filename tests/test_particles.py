@@ -1,4 +1,4 @@
-"""Tests for particle labelling, per-particle tables and size figures (emseg_search.particles)."""
+"""Tests for particle labelling and per-particle tables (emseg_search.particles)."""
 
 from __future__ import annotations
 
@@ -9,22 +9,16 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from conftest import disk
-from PIL import Image
 
-from emseg_search.data.io import image_to_float01
 from emseg_search.data.synth import generate_sample
 from emseg_search.particles import (
     PARTICLE_COLUMNS,
     PARTICLE_SCHEMA,
-    PRED_COLOR,
-    TRUE_COLOR,
     concat_particles,
     diameter_distance,
     label_particles,
     measure_particles,
-    overlay,
     size_distribution_distance,
-    size_histogram,
     write_particles,
 )
 
@@ -186,42 +180,3 @@ def test_size_distance_with_an_empty_side() -> None:
     assert d == size_distribution_distance(empty, labels) == pytest.approx(16.0, rel=0.02)
     assert size_distribution_distance(empty, empty) == 0.0
     assert diameter_distance([], [3.0, 5.0]) == 4.0
-
-
-def test_overlay_colours_outlines_only() -> None:
-    image = np.tile(np.linspace(0, 6000, 40), (40, 1)).astype(np.uint16)  # 16-bit ramp
-    pred = disk(40, 40, [(20, 20, 8)])
-    rgb = overlay(image, pred)
-    assert rgb.shape == (40, 40, 3) and rgb.dtype == np.uint8
-    outline = (rgb != rgb[..., :1]).any(axis=2)  # pixels that are not grey any more
-    assert outline[20, 12] and tuple(rgb[20, 12]) == PRED_COLOR  # leftmost pixel of the disk
-    assert outline.sum() == pytest.approx(2 * np.pi * 8, rel=0.3)  # a thin ring, no fill
-    grey = np.round(image_to_float01(image) * 255).astype(np.uint8)
-    assert np.array_equal(rgb[~outline][:, 0], grey[~outline])  # interior + ground unchanged
-    assert grey[20, 20] not in (0, 255)
-    assert np.array_equal(overlay(image, pred > 0), rgb)  # a bool mask outlines the same
-    both = overlay(grey, pred, true_labels=pred)
-    assert tuple(both[20, 12]) == PRED_COLOR and tuple(both[20, 11]) == TRUE_COLOR
-
-
-def test_overlay_outlines_touching_particles() -> None:
-    labels = np.zeros((20, 20), np.int32)
-    labels[5:15, 2:10], labels[5:15, 10:18] = 1, 2
-    rgb = overlay(np.full((20, 20), 100, np.uint8), labels)
-    assert tuple(rgb[10, 9]) == tuple(rgb[10, 10]) == PRED_COLOR
-    assert tuple(rgb[10, 5]) == (100, 100, 100)
-
-
-@pytest.mark.parametrize("with_true", [False, True])
-def test_size_histogram_writes_png(tmp_path: Path, with_true: bool) -> None:
-    pred = measure_particles(disk(80, 80, [(20, 20, 6), (50, 50, 10)]), pixel_size=1.5)
-    true = measure_particles(disk(80, 80, [(20, 20, 7), (50, 50, 9)])) if with_true else None
-    out = size_histogram(pred, tmp_path / "sub" / "h.png", true_particles=true)
-    assert out.stat().st_size > 1000
-    with Image.open(out) as im:
-        assert im.format == "PNG" and im.size[0] > 300
-
-
-def test_size_histogram_of_no_particles(tmp_path: Path) -> None:
-    out = size_histogram(concat_particles([]), tmp_path / "h.png")
-    assert out.stat().st_size > 1000
