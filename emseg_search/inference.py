@@ -23,13 +23,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from emseg_search.artifact import ModelArtifact, load_artifact
-from emseg_search.data.torch_data import _float01, to_canonical
+from emseg_search.data.torch_data import (
+    pad_to_input,
+    rescale_image,
+    scaled_size,
+    to_canonical,
+    to_float01,
+)
 from emseg_search.models import check_input_size, min_input_size, required_stride
 from emseg_search.train.loops import autocast_dtype
 
@@ -145,10 +150,7 @@ class Predictor:
 
     def scaled_shape(self, shape: tuple[int, ...]) -> tuple[int, int]:
         """(H, W) of an image of ``shape`` at the model's scale, before padding."""
-        h, w = shape
-        if self.scale == 1.0:
-            return h, w
-        return max(1, round(h * self.scale)), max(1, round(w * self.scale))
+        return scaled_size(shape, self.scale)
 
     def prepare(self, image: np.ndarray) -> torch.Tensor:
         """The model input for one grey image (H, W): (1, 1, Hp, Wp) float32 on the device.
@@ -159,14 +161,9 @@ class Predictor:
         if image.ndim != 2 or image.size == 0:
             raise ValueError(f"expected one grey image (H, W), got shape {image.shape}")
         image = to_canonical(image)
-        hs, ws = self.scaled_shape(image.shape)
-        if (hs, ws) != image.shape:  # torch_data.rescale: area when shrinking, else linear
-            interp = cv2.INTER_AREA if self.scale < 1.0 else cv2.INTER_LINEAR
-            image = cv2.resize(image, (ws, hs), interpolation=interp)
-        image = _float01(image)
-        height, width = self._fit(hs), self._fit(ws)
-        if (hs, ws) != (height, width):
-            image = cv2.copyMakeBorder(image, 0, height - hs, 0, width - ws, cv2.BORDER_REFLECT_101)
+        image = pad_to_input(
+            to_float01(rescale_image(image, self.scale)), self.stride, self.min_size
+        )
         image = (np.asarray(image, dtype=np.float32) - self.mean) / self.std
         return torch.from_numpy(np.ascontiguousarray(image)).to(self.device)[None, None]
 
@@ -203,10 +200,6 @@ class Predictor:
             raise ValueError(f"threshold must be in (0, 1), got {t}")
         # sigmoid(x) > t  <=>  x > logit(t): the comparison training's evaluate makes
         return self.predict_logits(image) > np.float32(math.log(t / (1.0 - t)))
-
-    def _fit(self, length: int) -> int:
-        """Smallest valid model input length >= ``length``."""
-        return max(-(-length // self.stride) * self.stride, self.min_size)
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
         """Model logits (N, 1, h, w) float32 for a normalised batch (N, 1, h, w); TTA-averaged."""

@@ -64,7 +64,14 @@ def emps_folder(tmp_path: Path) -> Path:
     return make_folder(tmp_path / "emps")
 
 
-def write_tiny_artifact(out: Path, seed: int = 0, **fields: object) -> Path:
+def write_tiny_artifact(
+    out: Path,
+    seed: int = 0,
+    mean: float = 0.5,
+    std: float = 0.25,
+    metrics: dict | None = None,
+    **fields: object,
+) -> Path:
     """A random-init model artifact (resnet18 UNet unless ``fields`` say otherwise), written
     as training writes one; no weights are downloaded."""
     import torch
@@ -86,10 +93,10 @@ def write_tiny_artifact(out: Path, seed: int = 0, **fields: object) -> Path:
         out,
         cfg,
         model.state_dict(),
-        mean=0.5,
-        std=0.25,
+        mean=mean,
+        std=std,
         normalization_source="test",
         fingerprint=compute_fingerprint([sample]),
         stride=required_stride(cfg),
-        metrics={"val_iou": 0.5, "best_epoch": 0},
+        metrics=metrics or {"val_iou": 0.5, "best_epoch": 0},
     )

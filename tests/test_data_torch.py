@@ -71,6 +71,16 @@ def test_whole_images_pad_to_stride_and_keep_original_labels() -> None:
     )
 
 
+def test_whole_images_pad_to_the_models_minimum_input() -> None:
+    """PAN needs 8 x its stride: a small validation image is padded up to that, not crashed."""
+    m = _stripes(40, 56)
+    s = WholeImageDataset([m], mean=0.5, std=0.5, stride=32, min_size=256)[0]
+    assert s["image"].shape == (1, 256, 256) and s["size"].tolist() == [40, 56]
+    torch.testing.assert_close(
+        s["image"][0, :40, :56], torch.from_numpy((m.image / 255.0 - 0.5) / 0.5).float()
+    )
+
+
 def test_scaled_evaluation_keeps_full_resolution_targets() -> None:
     m = _stripes(40, 56)
     s = WholeImageDataset([m], mean=0.5, std=0.5, stride=16, scale=0.5)[0]

@@ -8,17 +8,16 @@ import math
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import write_tiny_artifact
 
 from emseg_search import export
-from emseg_search.artifact import load_artifact, write_artifact
-from emseg_search.config import TrialConfig
-from emseg_search.data.fingerprint import Fingerprint, Stats
+from emseg_search.artifact import load_artifact
 from emseg_search.export import (
     ExportResult,
     ExportSetupError,
@@ -27,7 +26,7 @@ from emseg_search.export import (
     load_runner,
     main,
 )
-from emseg_search.models import build_model, required_stride
+from emseg_search.models import required_stride
 
 REPO = Path(__file__).resolve().parents[1]
 ARCHS = ("unet", "deeplabv3plus")
@@ -36,58 +35,24 @@ needs_onnx = pytest.mark.skipif(not HAS_ONNX, reason="the `export` extra is not 
 FORMATS = ("torchscript", pytest.param("onnx", marks=needs_onnx))
 
 
-def _fingerprint() -> Fingerprint:
-    zero = Stats(min=0.0, median=0.0, mean=0.0, max=0.0)
-    return Fingerprint(
-        n_images=1,
-        dtypes=["uint8"],
-        height=zero,
-        width=zero,
-        intensity_mean=0.45,
-        intensity_std=0.2,
-        intensity_p01=0.0,
-        intensity_p99=1.0,
-        foreground_fraction=0.2,
-        particles_per_image=zero,
-        n_particles=0,
-        images_without_particles=0,
-        particle_area_px={},
-        particle_diameter_px={},
-    )
-
-
-def write_tiny_artifact(out: Path, arch: str) -> Path:
+def tiny_artifact(out: Path, arch: str) -> Path:
     """A random-init resnet18 artifact (no weights downloaded) with non-default scale/threshold."""
-    cfg = TrialConfig(arch=arch, encoder="resnet18", threshold=0.4, scale=0.5)
-    torch.manual_seed(0)
-    model = build_model(cfg)
-    return write_artifact(
+    return write_tiny_artifact(
         out,
-        cfg,
-        model.state_dict(),
         mean=0.45,
         std=0.22,
-        normalization_source="fingerprint",
-        fingerprint=_fingerprint(),
-        stride=required_stride(cfg),
         metrics={"val_iou": 0.75, "best_epoch": 3},
+        arch=arch,
+        encoder="resnet18",
+        threshold=0.4,
+        scale=0.5,
     )
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """One torch thread: tiny inputs gain little from two, and two stall when other processes
-    share the CPUs (this file: 87 s -> 34 s on a loaded 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("artifacts")
-    return {arch: write_tiny_artifact(root / arch, arch) for arch in ARCHS}
+    return {arch: tiny_artifact(root / arch, arch) for arch in ARCHS}
 
 
 @pytest.fixture(scope="module")

@@ -9,15 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import disk
+from conftest import disk, write_tiny_artifact
 from torch import nn
 
-from emseg_search.artifact import ModelArtifact, load_artifact, write_artifact
+from emseg_search.artifact import ModelArtifact, load_artifact
 from emseg_search.config import TrialConfig
-from emseg_search.data import Micrograph, compute_fingerprint
+from emseg_search.data import Micrograph
 from emseg_search.data.torch_data import WholeImageDataset
 from emseg_search.inference import Predictor, blend_window, tile_origins
-from emseg_search.models import build_model, required_stride
 from emseg_search.train.loops import full_resolution_logits
 
 CFG = TrialConfig(arch="unet", encoder="resnet18", encoder_depth=3, threshold=0.4)  # stride 8
@@ -36,20 +35,7 @@ def _image(h: int, w: int, seed: int = 0) -> np.ndarray:
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An untrained UNet(resnet18, depth 3) artifact written as training writes it."""
-    torch.manual_seed(0)
-    model = build_model(CFG)
-    sample = Micrograph("s", _image(64, 64), disk(64, 64, [(32, 32, 9)]))
-    return write_artifact(
-        tmp_path_factory.mktemp("art") / "model",
-        CFG,
-        model.state_dict(),
-        mean=0.5,
-        std=0.25,
-        normalization_source="test",
-        fingerprint=compute_fingerprint([sample]),
-        stride=required_stride(CFG),
-        metrics={},
-    )
+    return write_tiny_artifact(tmp_path_factory.mktemp("art") / "model", **CFG.to_dict())
 
 
 @pytest.fixture(scope="module")

@@ -19,21 +19,49 @@ def to_canonical(image: np.ndarray) -> np.ndarray:
     return image if image.dtype == np.uint8 else image_to_float01(image)
 
 
+def scaled_size(shape: tuple[int, ...], scale: float) -> tuple[int, int]:
+    """(H, W) of an image of ``shape`` resized by ``scale`` (at least 1 px each)."""
+    h, w = shape[:2]
+    if scale == 1.0:
+        return h, w
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+def rescale_image(image: np.ndarray, scale: float) -> np.ndarray:
+    """Resize a canonical image by ``scale``: area averaging when shrinking, else linear."""
+    if scale == 1.0:
+        return image
+    h, w = scaled_size(image.shape, scale)
+    interp = cv2.INTER_AREA if scale < 1.0 else cv2.INTER_LINEAR
+    return cv2.resize(image, (w, h), interpolation=interp)
+
+
 def rescale(
     image: np.ndarray, instances: np.ndarray, scale: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Resize an image (area/linear) and its instance labels (nearest) by ``scale``."""
+    """Resize an image (``rescale_image``) and its instance labels (nearest) by ``scale``."""
     if scale == 1.0:
         return image, instances
-    h, w = image.shape
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    interp = cv2.INTER_AREA if scale < 1.0 else cv2.INTER_LINEAR
+    h, w = scaled_size(image.shape, scale)
     lab = instances.astype(np.int32) if instances.dtype != np.uint16 else instances
-    small = cv2.resize(lab, size, interpolation=cv2.INTER_NEAREST).astype(instances.dtype)
-    return cv2.resize(image, size, interpolation=interp), small
+    small = cv2.resize(lab, (w, h), interpolation=cv2.INTER_NEAREST).astype(instances.dtype)
+    return rescale_image(image, scale), small
 
 
-def _float01(image: np.ndarray) -> np.ndarray:
+def pad_to_input(image: np.ndarray, stride: int, min_size: int = 1) -> np.ndarray:
+    """Reflect-pad an image (H, W) bottom/right to a model input size: multiples of ``stride``
+    and at least ``min_size`` each way (the crop back is ``[:H, :W]``)."""
+    h, w = image.shape
+
+    def fit(n: int) -> int:
+        return max(-(-n // stride) * stride, min_size)
+
+    if (fit(h), fit(w)) == (h, w):
+        return image
+    return cv2.copyMakeBorder(image, 0, fit(h) - h, 0, fit(w) - w, cv2.BORDER_REFLECT_101)
+
+
+def to_float01(image: np.ndarray) -> np.ndarray:
     """Canonical image -> float32 [0, 1]."""
     return image.astype(np.float32) / np.float32(255.0) if image.dtype == np.uint8 else image
 
@@ -100,7 +128,7 @@ class TileDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         k = i % len(self.images)
-        out = self.pipeline(image=_float01(self.images[k]), mask=self.masks[k])
+        out = self.pipeline(image=to_float01(self.images[k]), mask=self.masks[k])
         image = (np.asarray(out["image"], dtype=np.float32) - self.mean) / self.std
         return {
             "image": torch.from_numpy(np.ascontiguousarray(image))[None],
@@ -109,7 +137,8 @@ class TileDataset(Dataset):
 
 
 class WholeImageDataset(Dataset):
-    """Whole images for evaluation, padded bottom/right to a multiple of ``stride``.
+    """Whole images for evaluation, padded bottom/right to a multiple of ``stride`` and at
+    least ``min_size`` (``pad_to_input``).
 
     Yields {"image": (1, Hp, Wp) normalised, at ``scale``; "size": (2,) the unpadded size at
     scale; "mask": (1, H, W) and "instances": (H, W) at the ORIGINAL resolution; "name"}, so
@@ -124,28 +153,22 @@ class WholeImageDataset(Dataset):
         std: float,
         stride: int = 32,
         scale: float = 1.0,
+        min_size: int = 1,
     ) -> None:
         if stride < 1:
             raise ValueError(f"stride must be >= 1, got {stride}")
         self.items = list(items)
         self.mean, self.std, self.stride, self.scale = float(mean), float(std), stride, scale
-        self.pad = A.PadIfNeeded(
-            min_height=None,
-            min_width=None,
-            pad_height_divisor=stride,
-            pad_width_divisor=stride,
-            position="top_left",
-            border_mode=cv2.BORDER_REFLECT_101,
-        )
+        self.min_size = min_size
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, i: int) -> dict[str, object]:
         m = self.items[i]
-        image, _ = rescale(to_canonical(m.image), m.instances, self.scale)
+        image = to_float01(rescale_image(to_canonical(m.image), self.scale))
         h, w = image.shape
-        padded = self.pad(image=_float01(image))["image"]
+        padded = pad_to_input(image, self.stride, self.min_size)
         padded = (np.asarray(padded, dtype=np.float32) - self.mean) / self.std
         return {
             "image": torch.from_numpy(np.ascontiguousarray(padded))[None],

@@ -75,7 +75,7 @@ def build_datasets(
     """Training tiles (all training images; a DistributedSampler shards them) and this rank's
     disjoint share of the validation images (so no image is scored twice)."""
     from emseg_search.augment import build_augment
-    from emseg_search.models import required_stride
+    from emseg_search.models import min_input_size, required_stride
 
     train_items = data.subset(prepared.train)
     train = TileDataset(
@@ -95,5 +95,6 @@ def build_datasets(
         std=prepared.std,
         stride=required_stride(cfg),
         scale=cfg.scale,
+        min_size=min_input_size(cfg),
     )
     return train, val
