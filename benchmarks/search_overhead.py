@@ -78,6 +78,11 @@ def main() -> None:
         choices=["auto", "train"],
         help="resources.runner to measure (repeat; default: both)",
     )
+    p.add_argument(
+        "--report",
+        default="search_overhead",
+        help="name of the table under benchmarks/results/ (default search_overhead)",
+    )
     args = p.parse_args()
     from _report import write_report
 
@@ -113,7 +118,7 @@ def main() -> None:
         f"{platform.machine()}, {os.cpu_count()} cores; one Ray start per search (~4 s) is in "
         "the wall time"
     )
-    write_report("search_overhead", head, ["measurement", *(names[r] for r in runners)], rows)
+    write_report(args.report, head, ["measurement", *(names[r] for r in runners)], rows)
 
 
 if __name__ == "__main__":
