@@ -23,7 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="emseg-search run",
         description="Search architectures, encoders, losses, augmentations and optimisers "
-        "(Ray Tune + Optuna TPE + ASHA; every trial a data-parallel Ray Train run) and write "
+        "(Ray Tune + Optuna TPE + ASHA; multi-worker trials train data-parallel with Ray Train) "
+        "and write "
         "<results>/<name>/: trials.parquet, epochs.parquet, experiment.json, best/.",
     )
     p.add_argument(

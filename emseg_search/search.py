@@ -1,4 +1,5 @@
-"""The search: a Tune trainable that runs one TorchTrainer per trial, and build_tuner/run_search.
+"""The search: a Tune trainable that trains one configuration per trial (in the trial process
+for 1 worker, else a data-parallel TorchTrainer), and build_tuner/run_search.
 
 results/<name>/
   experiment.json  trials.parquet  epochs.parquet  optuna.db  best/
