@@ -44,3 +44,13 @@ def test_seeded_validation_split_of_the_train_csv(emps) -> None:
     split = resolve_split(emps.index, val_fraction=0.2, seed=0)
     assert len(split.val) == 74 and len(split.train) == 292
     assert not set(split.train) & set(split.val)
+
+
+def test_committed_validation_split_is_the_seeded_one_and_never_trained_on(emps) -> None:
+    """configs/splits/emps_val.csv (the recipes' val_file) names 74 real images, equals the
+    seed-0 20 % split, and resolve_split keeps all of them out of training."""
+    path = Path(__file__).resolve().parents[1] / "configs" / "splits" / "emps_val.csv"
+    split = resolve_split(emps.index, val_file=path)
+    assert len(split.val) == 74 and not set(split.val) & set(split.train)
+    assert len(split.train) + len(split.val) == 366
+    assert sorted(split.val) == sorted(resolve_split(emps.index, 0.2, 0).val)
