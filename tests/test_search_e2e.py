@@ -185,6 +185,18 @@ def _free_port() -> int:
 def test_ray_job_submit(data: Path, tmp_path: Path) -> None:
     ray = str(Path(sys.executable).parent / "ray")
     port, dash = _free_port(), _free_port()
+    # every agent port too: another Ray on this machine (a lingering test cluster, a user's
+    # search) holds the defaults, and a head whose dashboard agent cannot bind 52365 answers
+    # every submission with "No available agent to submit job"
+    agent_ports = [
+        f"--{name}={_free_port()}"
+        for name in (
+            "dashboard-agent-listen-port",
+            "dashboard-agent-grpc-port",
+            "runtime-env-agent-port",
+            "metrics-export-port",
+        )
+    ]
     start = subprocess.run(
         [
             ray,
@@ -194,6 +206,7 @@ def test_ray_job_submit(data: Path, tmp_path: Path) -> None:
             f"--port={port}",
             "--dashboard-host=127.0.0.1",
             f"--dashboard-port={dash}",
+            *agent_ports,
             "--num-cpus=2",
             "--disable-usage-stats",
         ],
