@@ -1,0 +1,127 @@
+"""Search efficiency: TPE + ASHA against random search without early stopping, same trial budget.
+
+    python benchmarks/search_efficiency.py [--space search_spaces/quick.yaml] [--seeds 3]
+                                           [--trials 12] [--max-epochs 4] [--data synthetic]
+
+Runs the space once per method and seed (one trial at a time, so compute is cumulative wall
+time of the trials' epochs and validations), follows the best validation IoU found against the
+cumulative training + validation seconds, and reports how much of random search's compute
+TPE + ASHA needs to reach random search's final best IoU (mean over its seeds). Writes
+benchmarks/results/search_efficiency.md and search_efficiency.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+METHODS = {
+    "tpe+asha": {"searcher": "optuna", "scheduler": "asha"},
+    "random": {"searcher": "random", "scheduler": "none"},
+}
+
+
+def curve(trials, epochs) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001 (pandas)
+    """(cumulative seconds, best IoU so far) after every epoch, trials in the order they ran."""
+    seconds, best, total, top = [], [], 0.0, 0.0
+    for trial_id in trials["trial_id"]:  # rows are added as trials start
+        mine = epochs[epochs["trial_id"] == trial_id].sort_values("epoch")
+        for row in mine.itertuples():
+            total += float(row.epoch_seconds) + float(row.val_seconds or 0.0)
+            if row.val_iou == row.val_iou:  # not NaN
+                top = max(top, float(row.val_iou))
+            seconds.append(total)
+            best.append(top)
+    return np.asarray(seconds), np.asarray(best)
+
+
+def run_one(base: dict, method: str, seed: int, args: argparse.Namespace) -> tuple:
+    """One search; its curve."""
+    import ray
+
+    from emseg_search.results import load_experiment
+    from emseg_search.search import run_search
+    from emseg_search.space import space_from_dict
+
+    values = yaml.safe_load(yaml.safe_dump(base))
+    values["name"] = f"eff-{method}-{seed}"
+    values["budget"] = {"num_samples": args.trials, "max_concurrent_trials": 1}
+    sch = values["scheduler"]
+    sch["max_epochs"] = args.max_epochs
+    sch["type"] = METHODS[method]["scheduler"]
+    sch["grace_period"] = min(sch.get("grace_period", 1), args.max_epochs)
+    values["searcher"] = {**values.get("searcher", {}), "type": METHODS[method]["searcher"]}
+    values["searcher"]["seed"] = seed
+    space = space_from_dict(values, source=f"{args.space} ({method}, seed {seed})")
+    with tempfile.TemporaryDirectory() as tmp:
+        run_search(space, Path(tmp) / values["name"], data=args.data)
+        tables = load_experiment(Path(tmp) / values["name"])
+    ray.shutdown()
+    return curve(tables["trials"], tables["epochs"])
+
+
+def main() -> None:
+    """Run every method x seed, then write the table and the figure."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--space", default="search_spaces/quick.yaml")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--trials", type=int, default=12)
+    p.add_argument("--max-epochs", type=int, default=4)
+    p.add_argument("--data", default=None, help="data folder (default: the space's)")
+    p.add_argument("--report", default="search_efficiency")
+    args = p.parse_args()
+    from _report import RESULTS, write_report
+    from matplotlib.figure import Figure
+
+    base = yaml.safe_load(Path(args.space).read_text(encoding="utf-8"))
+    runs = {m: [run_one(base, m, s, args) for s in range(args.seeds)] for m in METHODS}
+    target = float(np.mean([b[-1] for _, b in runs["random"]]))
+    random_compute = float(np.mean([s[-1] for s, _ in runs["random"]]))
+    rows = []
+    for method, curves in runs.items():
+        for seed, (secs, best) in enumerate(curves):
+            reached = secs[best >= target]
+            need = (
+                f"{reached[0]:.0f} s ({100 * reached[0] / random_compute:.0f} %)"
+                if len(reached)
+                else "not reached"
+            )
+            rows.append([method, seed, f"{best[-1]:.4f}", f"{secs[-1]:.0f} s", need])
+    fig = Figure(figsize=(7, 4.2), dpi=120)
+    ax = fig.subplots()
+    for method, color in zip(METHODS, ("tab:purple", "tab:gray"), strict=True):
+        for seed, (secs, best) in enumerate(runs[method]):
+            ax.step(secs, best, where="post", color=color, alpha=0.8,
+                    label=method if seed == 0 else None)  # fmt: skip
+    ax.axhline(target, ls=":", color="k", lw=1, label=f"random's mean final best {target:.3f}")
+    ax.set_xlabel("cumulative training + validation seconds")
+    ax.set_ylabel("best validation IoU so far")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    RESULTS.mkdir(exist_ok=True)
+    fig.savefig(RESULTS / f"{args.report}.png")
+    head = (
+        f"{args.space}: {args.trials} trials x <= {args.max_epochs} epochs per search, "
+        f"{args.seeds} seeds per method, one trial at a time; target = random search's mean final "
+        f"best IoU {target:.4f}, its mean compute {random_compute:.0f} s; {platform.machine()}, "
+        f"{os.cpu_count()} cores"
+    )
+    write_report(
+        args.report,
+        head,
+        ["method", "seed", "final best IoU", "compute", "compute to reach the target"],
+        rows,
+    )
+
+
+if __name__ == "__main__":
+    main()
