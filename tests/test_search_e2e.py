@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -264,3 +265,8 @@ def test_ray_job_submit(data: Path, tmp_path: Path) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(head.pid, signal.SIGKILL)
         head.wait()
+        # what `ray stop` would also do: forget this head, or a later ray.init() on this
+        # machine tries to join it (and hangs on the dead address)
+        current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+        if current.is_file() and current.read_text().strip().endswith(f":{port}"):
+            current.unlink()
