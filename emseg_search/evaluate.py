@@ -85,8 +85,9 @@ def select(data: Any, split: str, cfg: Any) -> tuple[list[str], str]:
 
 def score_image(
     predictor: Any, item: Any, split_touching: bool = False, pixel_size: float | None = None
-) -> tuple[dict[str, Any], Any]:
-    """One row of IMAGE_SCHEMA for a labelled micrograph, and its predict.Segmented."""
+) -> tuple[dict[str, Any], Any, Any]:
+    """One row of IMAGE_SCHEMA for a labelled micrograph, its predict.Segmented, and the
+    particle table of its true instances (measured once, for the row and the histogram)."""
     from emseg_search.metrics import (
         COUNT_NAMES,
         dice,
@@ -104,7 +105,8 @@ def score_image(
     seconds = time.perf_counter() - t0
     counts = per_image_counts(torch.from_numpy(seg.mask), torch.from_numpy(item.mask))[0]
     match = match_instances(item.instances, seg.instances)
-    true_d = measure_particles(item.instances)["equivalent_diameter_px"].to_numpy()
+    true_particles = measure_particles(item.instances, pixel_size=pixel_size, name=item.name)
+    true_d = true_particles["equivalent_diameter_px"].to_numpy()
     size_px = diameter_distance(true_d, seg.particles["equivalent_diameter_px"].to_numpy())
     row = {
         "name": item.name,
@@ -127,7 +129,7 @@ def score_image(
         "size_wasserstein_nm": size_px * pixel_size if pixel_size else None,
         "seconds": seconds,
     }
-    return row, seg
+    return row, seg, true_particles
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, float]:
@@ -204,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     from emseg_search.artifact import ArtifactError
     from emseg_search.data import DataError, load_data
     from emseg_search.figures import overlay, size_histogram, write_png
-    from emseg_search.particles import concat_particles, measure_particles
+    from emseg_search.particles import concat_particles
     from emseg_search.results import write_table
 
     args = build_parser().parse_args(argv)
@@ -223,9 +225,11 @@ def main(argv: list[str] | None = None) -> int:
     rows, true_tables, pred_tables = [], [], []
     items = data.subset(names)
     for item in tqdm(items, desc="evaluate", unit="image", disable=args.quiet):
-        row, seg = score_image(predictor, item, args.split_touching, args.pixel_size)
+        row, seg, true_particles = score_image(
+            predictor, item, args.split_touching, args.pixel_size
+        )
         rows.append(row)
-        true_tables.append(measure_particles(item.instances, pixel_size=args.pixel_size))
+        true_tables.append(true_particles)
         pred_tables.append(seg.particles)
         if args.masks:
             write_png(args.masks / f"{item.name}.png", seg.mask.astype(np.uint8) * 255)

@@ -65,12 +65,12 @@ class PerfectPredictor:
 def test_particle_scores_of_a_perfect_and_of_a_half_prediction(setup: tuple[Path, Path]) -> None:
     _, data = setup
     item = load_data(data).items[0]
-    perfect, _ = score_image(PerfectPredictor(item.mask), item)
+    perfect, _, _ = score_image(PerfectPredictor(item.mask), item)
     assert perfect["iou"] == 1.0 and perfect["particle_f1"] == 1.0
     assert perfect["n_true"] == perfect["n_pred"] == 2
     assert perfect["size_wasserstein_px"] == 0.0
     half = item.instances == item.instances.max()  # only the second disk found
-    row, _ = score_image(PerfectPredictor(half), item)
+    row, _, _ = score_image(PerfectPredictor(half), item)
     assert (row["n_pred"], row["particle_tp"]) == (1, 1)
     assert row["particle_precision"] == 1.0 and row["particle_recall"] == 0.5
     assert row["size_wasserstein_px"] > 0
