@@ -74,7 +74,8 @@ def select(data: Any, split: str, cfg: Any) -> tuple[list[str], str]:
             data.root, [Problem(path, "--split: not all/val/test and no such split file")]
         )
     names = read_split_file(path)
-    absent = [n for n in names if n not in set(data.names)]
+    known = set(data.names)
+    absent = [n for n in names if n not in known]
     if absent:
         raise DataError(
             data.root,
