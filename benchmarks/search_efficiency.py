@@ -86,16 +86,27 @@ def main() -> None:
     runs = {m: [run_one(base, m, s, args) for s in range(args.seeds)] for m in METHODS}
     target = float(np.mean([b[-1] for _, b in runs["random"]]))
     random_compute = float(np.mean([s[-1] for s, _ in runs["random"]]))
-    rows = []
+    rows, fractions = [], {m: [] for m in METHODS}
     for method, curves in runs.items():
         for seed, (secs, best) in enumerate(curves):
             reached = secs[best >= target]
-            need = (
-                f"{reached[0]:.0f} s ({100 * reached[0] / random_compute:.0f} %)"
-                if len(reached)
-                else "not reached"
-            )
-            rows.append([method, seed, f"{best[-1]:.4f}", f"{secs[-1]:.0f} s", need])
+            fraction = reached[0] / random_compute if len(reached) else float("inf")
+            fractions[method].append(fraction)
+            need = f"{reached[0]:.0f} s ({100 * fraction:.0f} %)" if len(reached) else "not reached"
+            rows.append([method, seed, f"{best[-1]:.4f}", f"{secs[-1]:.0f} s", len(secs), need])
+    for method, values in fractions.items():
+        hit = [v for v in values if np.isfinite(v)]
+        rows.append(
+            [
+                f"**{method}**",
+                "mean",
+                f"{np.mean([b[-1] for _, b in runs[method]]):.4f}",
+                f"{np.mean([s[-1] for s, _ in runs[method]]):.0f} s",
+                f"{np.mean([len(s) for s, _ in runs[method]]):.1f}",
+                f"reached by {len(hit)}/{len(values)} seeds; median "
+                + (f"{100 * np.median(values):.0f} %" if len(hit) * 2 > len(values) else "-"),
+            ]
+        )
     fig = Figure(figsize=(7, 4.2), dpi=120)
     ax = fig.subplots()
     for method, color in zip(METHODS, ("tab:purple", "tab:gray"), strict=True):
@@ -118,7 +129,7 @@ def main() -> None:
     write_report(
         args.report,
         head,
-        ["method", "seed", "final best IoU", "compute", "compute to reach the target"],
+        ["method", "seed", "final best IoU", "compute", "epochs", "compute to reach the target"],
         rows,
     )
 

@@ -29,7 +29,9 @@ class TrialConfig(BaseModel):
     # data
     data: str = Field(SYNTHETIC, description="data folder, or 'synthetic' for the embedded set")
     val_file: str | None = Field(None, description="split file naming the validation images")
-    val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    val_fraction: float = Field(
+        0.2, ge=0.0, lt=1.0, description="share held out for validation; 0: train on all images"
+    )
     split_seed: int = 0
     scale: float = Field(1.0, gt=0.0, le=4.0, description="rescale images (0.5: half size)")
     tile_size: int = Field(256, ge=32, le=4096)

@@ -62,6 +62,17 @@ def select(data: Any, split: str, cfg: Any) -> tuple[list[str], str]:
         return list(data.names), "all images"
     if split == "val":
         chosen = resolve_split(data.index, cfg.val_fraction, cfg.split_seed, cfg.val_file)
+        if not chosen.val:
+            raise DataError(
+                data.root,
+                [
+                    Problem(
+                        data.root,
+                        "--split val: the model was trained on every image (no validation "
+                        "split); score it on images it has not seen with --split FILE or test",
+                    )
+                ],
+            )
         return list(chosen.val), f"the model's validation split ({chosen.source})"
     if split == "test":
         names = list(data.index.splits.get("test", ()))

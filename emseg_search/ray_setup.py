@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import socket
+from pathlib import Path
 
 # What every Ray worker process gets: offline habits (../shared/ENV.md) and quiet logs.
 WORKER_ENV = {
@@ -36,13 +38,50 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> dict[st
         else:
             # A new local Ray of our own. address="auto" first would also join the private Ray
             # of any other process on this machine and die with it.
-            try:
-                ray.init(
-                    num_cpus=num_cpus or os.cpu_count(),
-                    include_dashboard=True,
-                    dashboard_host="127.0.0.1",
-                    _node_ip_address="127.0.0.1",
+            stale = stale_cluster_address()
+            if stale:
+                print(
+                    f"[emseg] ignoring {current_cluster_file()}: it names the Ray head {stale}, "
+                    "which does not answer (stopped without `ray stop`?); starting a local Ray",
+                    flush=True,
                 )
+            local = {
+                "num_cpus": num_cpus or os.cpu_count(),
+                "include_dashboard": True,
+                "dashboard_host": "127.0.0.1",
+                "_node_ip_address": "127.0.0.1",
+            }
+            try:
+                # "local": never join the dead head named by a stale file (that hangs)
+                ray.init(**({"address": "local"} if stale else {}), **local)
             except (ConnectionError, RuntimeError, ValueError):
+                if stale:
+                    raise
                 ray.init(address="auto")  # a `ray start` cluster on this machine claims it
     return ray.cluster_resources()
+
+
+def current_cluster_file() -> Path:
+    """Where `ray start` records its head's address (`ray stop` removes it); a plain
+    ray.init() with no address joins the cluster it names."""
+    from ray._private.utils import get_ray_address_file
+
+    return Path(get_ray_address_file(None))
+
+
+def stale_cluster_address(path: Path | None = None, timeout: float = 1.0) -> str | None:
+    """The head address in ``path`` (default: current_cluster_file()) when nothing accepts
+    connections there, else None."""
+    path = path or current_cluster_file()
+    try:
+        address = path.read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        return None
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return None
+    except OSError:
+        return address

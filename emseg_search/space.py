@@ -192,6 +192,11 @@ class SearchSpace(Frozen):
         except ValidationError as exc:
             where = {"epochs": "scheduler.max_epochs", "data": "data", "": "fixed"}
             return format_errors(exc, lambda f: where.get(f, f"fixed.{f}"))
+        if self.fixed.get("val_fraction") == 0 and not self.fixed.get("val_file"):
+            return [
+                "fixed.val_fraction: 0 leaves no validation images, and a search ranks its "
+                "trials by validation scores; use 0 < val_fraction < 1 or a val_file"
+            ]
         return []
 
     def fixed_config(self) -> dict[str, Any]:

@@ -37,6 +37,17 @@ def test_test_csv_is_held_out_and_val_file_used(tmp_path: Path) -> None:
     assert split.train == ("img00", "img03", "img04")
 
 
+def test_val_fraction_zero_trains_on_everything_but_test_csv(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "d", n=5)
+    (root / "test.csv").write_text("img02\n")
+    split = resolve_split(scan_folder(root), val_fraction=0.0)
+    assert split.val == () and split.train == ("img00", "img01", "img03", "img04")
+    # a split that is given still wins: val_fraction only governs the seeded split
+    (tmp_path / "val.txt").write_text("img01\n")
+    split = resolve_split(scan_folder(root), val_fraction=0.0, val_file=tmp_path / "val.txt")
+    assert split.val == ("img01",) and "img01" not in split.train
+
+
 def test_val_csv_in_the_data_folder_is_the_default(tmp_path: Path) -> None:
     root = make_folder(tmp_path / "d", n=5)
     (root / "val.csv").write_text("img04\n")

@@ -294,6 +294,10 @@ ERRORS = {
         with_changes(fixed__encoder_weights="imagenet-offline"),
         r"combination arch='unet', encoder='resnet18'.*no weights for 'resnet18'",
     ),
+    "no validation images": (
+        with_changes(fixed__val_fraction=0.0),
+        r"fixed\.val_fraction: 0 leaves no validation images",
+    ),
     "never sampled": (
         with_changes(
             fixed={"tile_size": 128, "arch": "unet"},

@@ -62,3 +62,35 @@ def test_two_workers_learn_checkpoint_and_resume(ray_local, tmp_path: Path) -> N
     resumed = pd.read_parquet(run / "epochs.parquet")
     assert list(resumed["epoch"]) == [0, 1, 2, 3]
     pd.testing.assert_frame_equal(resumed.iloc[:3], epochs)
+
+
+def test_train_without_a_split_uses_every_image_and_keeps_the_last_epoch(
+    ray_local, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The train command's default when no split is given: a final model on all images."""
+    import json
+
+    from emseg_search.evaluate import main as evaluate_main
+    from emseg_search.train.__main__ import main
+
+    data = ensure_synthetic_data(tmp_path / "synth", n=10, seed=4, size=64)
+    args = ["--data", str(data), "--arch", "unet", "--encoder", "resnet18", "--tile-size", "64"]
+    args += ["--epochs", "2", "--warmup-epochs", "0", "--batch-size", "4", "--augment", "flips"]
+    assert main([*args, "--results", str(tmp_path), "--name", "final"]) == 0
+    assert "trained without a validation split" in capsys.readouterr().out
+    run = tmp_path / "final"
+    split = json.loads((run / "data.json").read_text())
+    assert len(split["train"]) == 10 and split["val"] == []
+    epochs = pd.read_parquet(run / "epochs.parquet")
+    assert list(epochs["best_epoch"]) == [0, 1] and epochs["val_iou"].isna().all()
+    art = load_artifact(run / "model")
+    assert art.config.val_fraction == 0.0 and art.meta["metrics"] == {"best_epoch": 1}
+    # the artifact holds the weights of the last epoch, as checkpointed
+    (state_file,) = (run / "ray").rglob("state.pt")
+    last = torch.load(state_file, map_location="cpu", weights_only=False)["model"]
+    for key, value in art.model.state_dict().items():
+        assert torch.equal(value, last[key]), key
+
+    # nothing was held out, so there is no validation split to score
+    assert evaluate_main([str(run / "model"), "--data", str(data), "--split", "val"]) == 2
+    assert "trained on every image (no validation split)" in capsys.readouterr().err

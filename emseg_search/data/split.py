@@ -48,7 +48,8 @@ def resolve_split(
 
     Images named in ``test.csv`` are held out of both. The validation names come from, in
     order: ``val_file``, the data set's ``val.csv``, or a seeded split of the remaining
-    (``train.csv`` if present, else all) names.
+    (``train.csv`` if present, else all) names; ``val_fraction`` 0 means no validation
+    images: everything but the test images trains (a final model).
     """
     test = set(index.splits.get("test", ()))
     pool = [n for n in index.splits.get("train", index.names) if n not in test]
@@ -81,6 +82,8 @@ def resolve_split(
         val_set = set(val)
         train = tuple(n for n in sorted(pool) if n not in val_set)
         return Split(train=train, val=tuple(sorted(val_set)), source=str(path))
+    if val_fraction == 0.0:
+        return Split(train=tuple(sorted(pool)), val=(), source="none (val_fraction 0)")
     train, val = split_names(pool, val_fraction, seed)
     return Split(train=train, val=val, source=f"seed={seed}, val_fraction={val_fraction}")
 

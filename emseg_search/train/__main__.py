@@ -25,7 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="emseg-search train",
         description="Train one configuration with Ray Train (data-parallel) and write "
-        "<results>/<name>/: config.yaml, epochs.parquet and the model artifact in model/.",
+        "<results>/<name>/: config.yaml, epochs.parquet and the model artifact in model/. "
+        "Without a split (val_file / val_fraction in the YAML or as flags, or a val.csv in the "
+        "data folder) every image trains and the last epoch is the model.",
     )
     p.add_argument("config", nargs="?", type=Path, help="YAML file of TrialConfig fields")
     p.add_argument("--workers", type=int, default=1, help="data-parallel Train workers (default 1)")
@@ -72,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if not {"val_file", "val_fraction"} & cfg.model_fields_set:
+        # no split given: a final model, trained on every image (a data set's val.csv or
+        # test.csv still hold theirs out); --val-file / --val-fraction measure one instead
+        cfg = cfg.model_copy(update={"val_fraction": 0.0})
     name = args.name or (args.config.stem if args.config else f"{cfg.arch}-{cfg.encoder}")
     run_dir = args.results / name
 
@@ -100,9 +106,14 @@ def main(argv: list[str] | None = None) -> int:
     if outcome.model_dir is None:
         print(f"error: no model was saved in {run_dir}", file=sys.stderr)
         return 1
+    scored = (
+        f"best validation IoU {outcome.best_val_iou:.4f}"
+        if outcome.best_val_iou is not None
+        else "trained without a validation split (pass --val-file or --val-fraction to hold "
+        "images out)"
+    )
     print(
-        f"best validation IoU {outcome.best_val_iou:.4f}; model artifact in {outcome.model_dir}; "
-        f"epochs in {run_dir / 'epochs.parquet'}"
+        f"{scored}; model artifact in {outcome.model_dir}; epochs in {run_dir / 'epochs.parquet'}"
     )
     return 0
 

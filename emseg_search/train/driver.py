@@ -25,7 +25,7 @@ class TrainOutcome:
     run_dir: Path
     model_dir: Path | None
     epochs: pd.DataFrame
-    best_val_iou: float
+    best_val_iou: float | None  # None: trained without a validation split
     stop_reason: str | None
 
 
@@ -137,11 +137,13 @@ def finish_run(
     epochs = write_epochs(history, run_dir / "epochs.parquet", trial_id)
     model_dir = None
     if best:
-        row = epochs.loc[epochs["val_epoch"] == epochs["best_epoch"].iloc[-1]].iloc[-1]
-        metrics = {
-            k: float(row[k]) for k in EPOCH_METRICS if k.startswith("val_") and k != "val_epoch"
-        }
-        metrics["best_epoch"] = int(row["best_epoch"])
+        metrics: dict[str, float] = {}  # none without a validation split: the last epoch
+        if prepared.val:
+            row = epochs.loc[epochs["val_epoch"] == epochs["best_epoch"].iloc[-1]].iloc[-1]
+            metrics = {
+                k: float(row[k]) for k in EPOCH_METRICS if k.startswith("val_") and k != "val_epoch"
+            }
+        metrics["best_epoch"] = int(epochs["best_epoch"].iloc[-1])
         model_dir = write_artifact(
             run_dir / "model",
             cfg,
@@ -153,7 +155,7 @@ def finish_run(
             stride,
             metrics,
         )
-    best_iou = float(epochs["best_val_iou"].max()) if len(epochs) else 0.0
+    best_iou = float(epochs["best_val_iou"].max()) if prepared.val and len(epochs) else None
     return TrainOutcome(run_dir, model_dir, epochs, best_iou, stop_reason)
 
 

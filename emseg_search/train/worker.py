@@ -97,11 +97,16 @@ def run_worker(config: dict[str, Any], session: Any) -> None:
     scheduler = build_scheduler(optimizer, cfg, steps)
     amp_dtype = autocast_dtype(device, cfg.amp)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    validating = bool(prepared.val)  # no validation split: the last epoch is the model
     if rank == 0:
         print(
             f"[emseg] {cfg.arch}/{cfg.encoder}: world size {world} on {device.type}, "
-            f"{len(train_ds)} tiles x {cfg.epochs} epochs and {len(val_ds)} validation "
-            f"images per worker",
+            f"{len(train_ds)} tiles x {cfg.epochs} epochs and "
+            + (
+                f"{len(val_ds)} validation images per worker"
+                if validating
+                else "no validation split (all images train; the last epoch is the model)"
+            ),
             flush=True,
         )
 
@@ -156,13 +161,13 @@ def run_worker(config: dict[str, Any], session: Any) -> None:
             return
         last = epoch == cfg.epochs - 1
         val_seconds = 0.0
-        if (epoch + 1) % cfg.val_every == 0 or last:
+        if validating and ((epoch + 1) % cfg.val_every == 0 or last):
             t0 = time.perf_counter()
             val = evaluate(model, val_loader, device, cfg.threshold, amp_dtype)
             val_seconds = time.perf_counter() - t0
             val["epoch"] = epoch
-        if val and val["epoch"] == epoch and val["iou"] > best_iou:
-            best_iou, best_epoch = val["iou"], epoch
+        if not validating or (val and val["epoch"] == epoch and val["iou"] > best_iou):
+            best_iou, best_epoch = (val["iou"], epoch) if validating else (best_iou, epoch)
             if rank == 0:
                 best_state = copy.deepcopy(
                     {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()}
@@ -176,7 +181,7 @@ def run_worker(config: dict[str, Any], session: Any) -> None:
             "train_images_per_s": stats.images * world / stats.seconds,
             "val_epoch": val.get("epoch", -1),
             **{f"val_{k}": v for k, v in val.items() if k != "epoch"},
-            "best_val_iou": best_iou,
+            "best_val_iou": best_iou if validating else None,
             "best_epoch": best_epoch,
             "diverged": False,
         }
@@ -185,7 +190,7 @@ def run_worker(config: dict[str, Any], session: Any) -> None:
             shown = (
                 f"val IoU {val['iou']:.4f} Dice {val['dice']:.4f} (best {best_iou:.4f})"
                 if val
-                else "not validated yet"
+                else ("not validated yet" if validating else "no validation")
             )
             print(
                 f"[emseg] epoch {epoch + 1}/{cfg.epochs}  loss {stats.train_loss:.4f}  {shown}"
