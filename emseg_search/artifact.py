@@ -1,9 +1,10 @@
 """The model artifact: a folder that describes itself and loads with no other input.
 
 model/
-  artifact.json     format, normalisation, threshold, scale, stride, metrics, versions
+  artifact.json     format, normalisation, threshold, scale, stride, metrics (validation; only
+                    best_epoch without a split), versions
   config.yaml       the resolved TrialConfig it was trained with
-  weights.pt        model state dict (best validation epoch)
+  weights.pt        model state dict (best validation epoch; the last without validation)
   fingerprint.json  fingerprint of the training images
 """
 

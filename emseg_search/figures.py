@@ -126,3 +126,35 @@ def size_histogram(
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
     return out
+
+
+def learning_curves(
+    runs: dict[str, pd.DataFrame],
+    out_png: str | Path,
+    metric: str = "val_iou",
+    title: str = "Validation IoU per epoch",
+) -> Path:
+    """One line per run (label -> its epochs table: ``epoch`` and ``metric`` columns, as
+    in epochs.parquet) -> PNG. Each run's best value is marked and given in the legend;
+    epochs that were not validated (NaN) are skipped."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 4.2), dpi=120)
+    ax = fig.subplots()
+    for label, epochs in runs.items():
+        done = epochs.dropna(subset=[metric]).sort_values("epoch")
+        if done.empty:
+            continue
+        x, y = done["epoch"].to_numpy() + 1, done[metric].to_numpy(np.float64)
+        (line,) = ax.plot(x, y, marker=".", label=f"{label} (best {y.max():.4f})")
+        ax.plot(x[y.argmax()], y.max(), "o", mfc="none", ms=9, color=line.get_color())
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(metric.replace("_", " "))
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    return out

@@ -76,3 +76,13 @@ def test_shipped_configs_load_and_build(path: Path) -> None:
     cfg = TrialConfig.from_yaml(path)
     check_input_size(cfg)
     assert build_model(cfg) is not None
+
+
+@pytest.mark.parametrize("path", [p for p in CONFIGS if p.stem.startswith("emps_")])
+def test_emps_recipes_name_no_split_so_the_final_model_sees_every_image(path: Path) -> None:
+    """The train command trains a config that names no split on every image; the recipes'
+    validation run adds --val-file configs/splits/emps_val.csv (named in the file's header)."""
+    cfg = TrialConfig.from_yaml(path)
+    assert not {"val_file", "val_fraction"} & cfg.model_fields_set
+    assert cfg.encoder_weights == "imagenet-offline"
+    assert "--val-file configs/splits/emps_val.csv" in path.read_text(encoding="utf-8")

@@ -5,12 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import disk
 from PIL import Image
 
 from emseg_search.data.io import image_to_float01
-from emseg_search.figures import PRED_COLOR, TRUE_COLOR, overlay, size_histogram
+from emseg_search.figures import (
+    PRED_COLOR,
+    TRUE_COLOR,
+    learning_curves,
+    overlay,
+    size_histogram,
+)
 from emseg_search.particles import concat_particles, measure_particles
 
 
@@ -51,3 +58,15 @@ def test_size_histogram_writes_png(tmp_path: Path, with_true: bool) -> None:
 def test_size_histogram_of_no_particles(tmp_path: Path) -> None:
     out = size_histogram(concat_particles([]), tmp_path / "h.png")
     assert out.stat().st_size > 1000
+
+
+def test_learning_curves_draw_one_line_per_validated_run(tmp_path: Path) -> None:
+    a = pd.DataFrame({"epoch": [0, 1, 2], "val_iou": [0.5, 0.7, 0.65]})
+    b = pd.DataFrame({"epoch": [0, 1, 2], "val_iou": [np.nan, 0.6, np.nan]})
+    never = pd.DataFrame({"epoch": [0, 1], "val_iou": [np.nan, np.nan]})  # trained on all
+    out = learning_curves({"a": a, "b": b, "final": never}, tmp_path / "c.png")
+    with Image.open(out) as im:
+        rgb = np.asarray(im.convert("RGB")).reshape(-1, 3)
+    colours = {tuple(c) for c in rgb}
+    assert (31, 119, 180) in colours and (255, 127, 14) in colours  # the first two lines
+    assert (44, 160, 44) not in colours  # no third line for a run that was never validated

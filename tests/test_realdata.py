@@ -47,7 +47,7 @@ def test_seeded_validation_split_of_the_train_csv(emps) -> None:
 
 
 def test_committed_validation_split_is_the_seeded_one_and_never_trained_on(emps) -> None:
-    """configs/splits/emps_val.csv (the recipes' val_file) names 74 real images, equals the
+    """configs/splits/emps_val.csv (the recipes' --val-file) names 74 real images, equals the
     seed-0 20 % split, and resolve_split keeps all of them out of training."""
     path = Path(__file__).resolve().parents[1] / "configs" / "splits" / "emps_val.csv"
     split = resolve_split(emps.index, val_file=path)
