@@ -149,7 +149,8 @@ def learning_curves(
         (line,) = ax.plot(x, y, marker=".", label=f"{label} (best {y.max():.4f})")
         ax.plot(x[y.argmax()], y.max(), "o", mfc="none", ms=9, color=line.get_color())
     ax.set_xlabel("epoch")
-    ax.set_ylabel(metric.replace("_", " "))
+    names = {"val_iou": "validation IoU", "val_dice": "validation Dice"}
+    ax.set_ylabel(names.get(metric, metric))
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
