@@ -91,6 +91,11 @@ def test_train_without_a_split_uses_every_image_and_keeps_the_last_epoch(
     for key, value in art.model.state_dict().items():
         assert torch.equal(value, last[key]), key
 
+    # a resume must not change what the checkpoints were trained with (only epochs may grow)
+    resume = [*args, "--results", str(tmp_path), "--name", "final", "--resume"]
+    assert main([*resume, "--val-fraction", "0.2"]) == 2
+    assert "val_fraction: 0.0 -> 0.2" in capsys.readouterr().err
+
     # nothing was held out, so there is no validation split to score
     assert evaluate_main([str(run / "model"), "--data", str(data), "--split", "val"]) == 2
     assert "trained on every image (no validation split)" in capsys.readouterr().err

@@ -59,6 +59,28 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def changed_fields(saved: Path, cfg: TrialConfig) -> str | None:
+    """What differs between a run's saved config.yaml and ``cfg`` (other than ``epochs``,
+    which a resume may extend), as one message; None when nothing does or nothing was saved."""
+    if not saved.is_file():
+        return None
+    try:
+        old = TrialConfig.from_yaml(saved).to_dict()
+    except ConfigError as exc:
+        return f"cannot read the run's configuration: {exc}; pass --overwrite to start again"
+    diffs = [
+        f"{k}: {old[k]!r} -> {v!r}"
+        for k, v in cfg.to_dict().items()
+        if k != "epochs" and old.get(k) != v
+    ]
+    if not diffs:
+        return None
+    return (
+        f"{saved} was trained with other values ({'; '.join(diffs)}); resume with the same "
+        "configuration (only --epochs may grow), or pass --overwrite or another --name"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Train; returns the exit code (0 done, 1 training failed, 2 bad input)."""
     args = build_parser().parse_args(argv)
@@ -93,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
                 "start again",
                 file=sys.stderr,
             )
+            return 2
+        elif (changed := changed_fields(run_dir / "config.yaml", cfg)) is not None:
+            print(f"error: --resume: {changed}", file=sys.stderr)
             return 2
     try:
         outcome = run_training(
