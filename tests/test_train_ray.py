@@ -67,9 +67,11 @@ def test_two_workers_learn_checkpoint_and_resume(ray_local, tmp_path: Path) -> N
 def test_train_without_a_split_uses_every_image_and_keeps_the_last_epoch(
     ray_local, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The train command's default when no split is given: a final model on all images."""
+    """The train command's default when no split is given: a final model on every image
+    (but a data folder's test.csv)."""
     import json
 
+    from emseg_search.data import scan_folder
     from emseg_search.evaluate import main as evaluate_main
     from emseg_search.train.__main__ import main
 
@@ -80,7 +82,10 @@ def test_train_without_a_split_uses_every_image_and_keeps_the_last_epoch(
     assert "trained without a validation split" in capsys.readouterr().out
     run = tmp_path / "final"
     split = json.loads((run / "data.json").read_text())
-    assert len(split["train"]) == 10 and split["val"] == []
+    index = scan_folder(data)  # the synthetic set keeps a test.csv: those never train
+    test = set(index.splits.get("test", ()))
+    assert test and split["val"] == []
+    assert split["train"] == sorted(n for n in index.names if n not in test)
     epochs = pd.read_parquet(run / "epochs.parquet")
     assert list(epochs["best_epoch"]) == [0, 1] and epochs["val_iou"].isna().all()
     art = load_artifact(run / "model")
