@@ -85,6 +85,8 @@ def main() -> None:
     from _report import RESULTS, write_report
     from matplotlib.figure import Figure
 
+    from emseg_search.figures import save_figure
+
     base = yaml.safe_load(Path(args.space).read_text(encoding="utf-8"))
     runs = {m: [run_one(base, m, s, args) for s in range(args.seeds)] for m in METHODS}
     target = float(np.mean([b[-1] for _, b, _ in runs["random"]]))
@@ -131,9 +133,7 @@ def main() -> None:
     ax.set_xlabel("cumulative training + validation seconds")
     ax.set_ylabel("best validation IoU so far")
     ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    RESULTS.mkdir(exist_ok=True)
-    fig.savefig(RESULTS / f"{args.report}.png")
+    save_figure(fig, RESULTS / f"{args.report}.png")
     head = (
         f"{args.space}: {args.trials} trials x <= {args.max_epochs} epochs per search, "
         f"{args.seeds} seeds per method, one trial at a time; target = random search's mean final "

@@ -6,6 +6,7 @@ Used by `predict` and `evaluate`; the comparative report builds on the same piec
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -121,6 +122,11 @@ def size_histogram(
     ax.set_ylabel("particles")
     ax.set_title(title)
     ax.legend(fontsize=8, loc="upper right")
+    return save_figure(fig, out_png)
+
+
+def save_figure(fig: Any, out_png: str | Path) -> Path:
+    """Lay out a matplotlib Figure and write it as PNG (parent folders made)."""
     fig.tight_layout()
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -154,8 +160,4 @@ def learning_curves(
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    return out
+    return save_figure(fig, out_png)

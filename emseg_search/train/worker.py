@@ -167,7 +167,7 @@ def run_worker(config: dict[str, Any], session: Any) -> None:
             val_seconds = time.perf_counter() - t0
             val["epoch"] = epoch
         if not validating or (val and val["epoch"] == epoch and val["iou"] > best_iou):
-            best_iou, best_epoch = (val["iou"], epoch) if validating else (best_iou, epoch)
+            best_iou, best_epoch = (val["iou"] if validating else best_iou), epoch
             if rank == 0:
                 best_state = copy.deepcopy(
                     {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()}
