@@ -16,16 +16,10 @@ import pytest
 import torch
 from conftest import write_tiny_artifact
 
-from emseg_search import export
+from emseg_search import export, export_check
 from emseg_search.artifact import load_artifact
-from emseg_search.export import (
-    ExportResult,
-    ExportSetupError,
-    compare,
-    export_model,
-    load_runner,
-    main,
-)
+from emseg_search.export import ExportResult, ExportSetupError, export_model, main
+from emseg_search.export_check import compare, load_runner
 from emseg_search.models import required_stride
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,7 +72,7 @@ def test_export_gives_the_artifacts_masks_at_two_sizes(
     assert result.ok and len(result.checks) == 2
     assert result.checks[0].shape[2:] != result.checks[1].shape[2:]
     assert result.max_abs_diff < 1e-3
-    # independently of export.compare: other sizes, random inputs, batch 2
+    # independently of export_check.compare: other sizes, random inputs, batch 2
     art = load_artifact(artifacts[arch])  # extra folders do not spoil the artifact
     run = load_runner(result.model_path, fmt)
     s, cut = required_stride(art.config), math.log(0.4 / 0.6)
@@ -141,7 +135,7 @@ def test_masks_that_differ_fail_the_export(
     model = load_artifact(artifacts["unet"]).model
     monkeypatch.setattr(export, "_run_exporter", lambda fmt, art, x, path: path.touch() or [])
     wrong = lambda x: -model(torch.from_numpy(x)).detach().numpy()  # noqa: E731
-    monkeypatch.setattr(export, "load_runner", lambda path, fmt: wrong)
+    monkeypatch.setattr(export_check, "load_runner", lambda path, fmt: wrong)
     out = tmp_path / "bad.pt"
     assert main([str(artifacts["unet"]), "--format", "torchscript", "--out", str(out)]) == 1
     assert f"masks differ; do not use {out}" in capsys.readouterr().err
