@@ -19,19 +19,14 @@ import yaml
 from pydantic import Field, PrivateAttr, ValidationError, model_validator
 
 from emseg_search.config import SYNTHETIC, TrialConfig
-from emseg_search.space_params import (
-    KINDS,
-    CategoricalParam,
-    Frozen,
-    Param,
-    ParamSpec,
+from emseg_search.space_checks import (
     Problems,
-    branch_name,
     check_models,
     check_references,
     check_values,
     format_errors,
 )
+from emseg_search.space_params import KINDS, CategoricalParam, Frozen, Param, ParamSpec, branch_name
 
 if TYPE_CHECKING:
     import optuna
