@@ -143,10 +143,13 @@ def learning_curves(
     """One line per run (label -> its epochs table: ``epoch`` and ``metric`` columns, as
     in epochs.parquet) -> PNG. Each run's best value is marked and given in the legend;
     epochs that were not validated (NaN) are skipped."""
+    import matplotlib
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(6.4, 4.2), dpi=120)
     ax = fig.subplots()
+    if len(runs) > 10:  # the default cycle has 10 colours: a search's trials would share them
+        ax.set_prop_cycle(color=matplotlib.colormaps["tab20"].colors)
     for label, epochs in runs.items():
         done = epochs.dropna(subset=[metric]).sort_values("epoch")
         if done.empty:

@@ -70,3 +70,16 @@ def test_learning_curves_draw_one_line_per_validated_run(tmp_path: Path) -> None
     colours = {tuple(c) for c in rgb}
     assert (31, 119, 180) in colours and (255, 127, 14) in colours  # the first two lines
     assert (44, 160, 44) not in colours  # no third line for a run that was never validated
+
+
+def test_learning_curves_of_a_search_give_each_trial_its_own_colour(tmp_path: Path) -> None:
+    import matplotlib
+
+    runs = {
+        f"t{i}": pd.DataFrame({"epoch": [0, 1], "val_iou": [0.5, 0.6 + i / 100]}) for i in range(12)
+    }
+    out = learning_curves(runs, tmp_path / "search.png")
+    with Image.open(out) as im:
+        colours = {tuple(c) for c in np.asarray(im.convert("RGB")).reshape(-1, 3)}
+    tab20 = {tuple(round(255 * v) for v in c) for c in matplotlib.colormaps["tab20"].colors[:12]}
+    assert tab20 <= colours  # 12 distinct colours, not the 10-colour default cycle repeated
