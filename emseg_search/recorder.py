@@ -101,13 +101,17 @@ class TableRecorder(Callback):
             row["status"] = "pruned"
         else:
             row["status"] = "completed"
+        self._record_model(trial, row)
+        self._flush()
+
+    def _record_model(self, trial: Any, row: dict[str, Any]) -> None:
+        """Write the trial's model artifact and put its folder (or why not) in ``row``."""
         try:
             model = self._write_model(trial)
         except Exception as exc:  # noqa: BLE001 - one broken checkpoint must not end the search
             model = None
             row["error"] = f"model artifact not written: {type(exc).__name__}: {exc}"[:500]
         row["model_dir"] = None if model is None else str(model)
-        self._flush()
 
     def _write_model(self, trial: Any) -> Path | None:
         """The trial's epochs.parquet and model artifact (in the experiment folder), from its
@@ -145,16 +149,28 @@ class TableRecorder(Callback):
         return outcome.model_dir
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        """Rows still 'running' that Tune does not know: started just before a kill, after
-        Tune's last snapshot of the experiment, and so not restored by --resume."""
-        known = {t.trial_id for t in trials}
+        """Settle the rows still 'running'.
+
+        Tune stopped the trial at the end of the search (the time budget ran out, or the
+        search was interrupted) without a trial-complete event: 'stopped', with the model of
+        its last checkpoint (--resume sets it 'running' again and continues it). Tune does not
+        know the trial: it started just before a kill, after Tune's last snapshot of the
+        experiment, and --resume cannot restore it: 'error'.
+        """
+        known = {t.trial_id: t for t in trials}
         for trial_id, row in self.trials.items():
-            if row["status"] == "running" and trial_id not in known:
+            if row["status"] != "running":
+                continue
+            trial = known.get(trial_id)
+            if trial is None:
                 row["status"] = "error"
                 row["error"] = (
                     "interrupted: the search was killed before Ray Tune saved this "
                     "trial, so --resume could not restore it"
                 )
+            elif getattr(trial, "status", None) == "TERMINATED":
+                row["status"] = "stopped"
+                self._record_model(trial, row)
         self._flush()
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

@@ -34,7 +34,7 @@ EPOCH_METRICS: dict[str, pa.DataType] = {
 }
 EPOCH_SCHEMA = pa.schema([("trial_id", pa.string()), *EPOCH_METRICS.items()])
 
-TRIAL_STATUSES = ("running", "completed", "pruned", "error")
+TRIAL_STATUSES = ("running", "completed", "pruned", "stopped", "error")
 TRIAL_COLUMNS: dict[str, pa.DataType] = {
     "trial_id": pa.string(),
     "status": pa.string(),

@@ -70,6 +70,31 @@ def test_trial_unknown_to_tune_after_resume_is_marked_not_dropped(tmp_path: Path
     assert trials.loc["kept", "status"] == "running"
 
 
+def test_trial_stopped_by_the_end_of_the_search_keeps_its_model(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """The time budget ran out mid-trial: Tune stops it without a trial-complete event."""
+    written = []
+
+    def write_model(self, trial):
+        written.append(trial.trial_id)
+        return tmp_path / "trials" / trial.trial_id / "model"
+
+    monkeypatch.setattr(TableRecorder, "_write_model", write_model)
+    rec = TableRecorder(tmp_path, SPACE, data="synthetic")
+    cut, live = _trial("cut"), _trial("live")
+    for t in (cut, live):
+        rec.on_trial_start(0, [], t)
+    rec.on_trial_result(0, [], cut, _epoch(0, 0.6))
+    cut.status, live.status = "TERMINATED", "RUNNING"
+    rec.on_experiment_end([cut, live])
+    trials = pd.read_parquet(tmp_path / "trials.parquet").set_index("trial_id")
+    assert trials.loc["cut", "status"] == "stopped" and written == ["cut"]
+    assert trials.loc["cut", "model_dir"].endswith("model")
+    assert trials.loc["cut", "best_val_iou"] == 0.6
+    assert trials.loc["live", "status"] == "running"
+
+
 def test_diverged_trial_is_an_error_with_its_reason(tmp_path: Path) -> None:
     rec = TableRecorder(tmp_path, SPACE, data="synthetic")
     t = _trial("d", last={"diverged": True})
