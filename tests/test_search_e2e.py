@@ -119,6 +119,26 @@ def test_killed_search_resumes_without_losing_or_duplicating(data: Path, tmp_pat
     assert "leaderboard" in out.stdout
 
 
+def test_time_budget_stops_a_trial_and_keeps_its_model(data: Path, tmp_path: Path) -> None:
+    """A trial still training when the search's time budget runs out is 'stopped' (not left
+    'running') and keeps the model of its last checkpoint, which best/ may then be."""
+    space = tiny_space(tmp_path / "tiny.yaml", data, num_samples=2, max_epochs=500)
+    spec = yaml.safe_load(space.read_text())
+    spec["budget"]["time_budget_s"] = 20
+    space.write_text(yaml.safe_dump(spec, sort_keys=False))
+    results = tmp_path / "results"
+    out = run_cli(str(space), "--results", str(results))
+    assert out.returncode == 0, out.stderr[-3000:]
+    trials = load_experiment(results / "tiny")["trials"]
+    statuses = trials[["trial_id", "status", "epochs_run"]]
+    assert set(trials["status"]) <= {"stopped", "pruned"}, statuses  # none left 'running'
+    trained = trials[(trials["status"] == "stopped") & (trials["epochs_run"] > 0)]
+    assert len(trained) >= 1 and (trained["epochs_run"] < 500).all()
+    for model_dir in trained["model_dir"]:
+        assert (Path(model_dir) / "weights.pt").is_file()
+    assert (results / "tiny" / "best" / "weights.pt").is_file()
+
+
 def test_multi_worker_trials_train_data_parallel(data: Path, tmp_path: Path) -> None:
     """2 workers per trial: each trial is a TorchTrainer (DDP over 2 ranks), not inline."""
     space = tiny_space(tmp_path / "tiny.yaml", data, num_samples=1, max_epochs=2, workers=2)
