@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
+from ray.tune.experiment import Trial
 
 from emseg_search.results import EPOCH_METRICS, EPOCH_SCHEMA, read_rows, trial_schema, write_table
 from emseg_search.space import SearchSpace
@@ -168,7 +169,7 @@ class TableRecorder(Callback):
                     "interrupted: the search was killed before Ray Tune saved this "
                     "trial, so --resume could not restore it"
                 )
-            elif getattr(trial, "status", None) == "TERMINATED":
+            elif getattr(trial, "status", None) == Trial.TERMINATED:
                 row["status"] = "stopped"
                 self._record_model(trial, row)
         self._flush()

@@ -1,5 +1,6 @@
 """The search: a Tune trainable that trains one configuration per trial (in the trial process
-for 1 worker, else a data-parallel TorchTrainer), and build_tuner/run_search.
+for 1 worker, else a data-parallel TorchTrainer), and run_search (its searcher, scheduler and
+trial resources: search_algos.py).
 
 results/<name>/
   experiment.json  trials.parquet  epochs.parquet  optuna.db  best/
