@@ -2,6 +2,8 @@
 
     python benchmarks/search_efficiency.py [--space search_spaces/quick.yaml] [--seeds 3]
                                            [--trials 12] [--max-epochs 4] [--data synthetic]
+                                           [--grace-period G] [--reduction-factor R]
+                                           [--startup-trials N] [--report NAME]
 
 Runs the space once per method and seed (one trial at a time, so compute is cumulative wall
 time of the trials' epochs and validations), follows the best validation IoU found against the
@@ -59,9 +61,13 @@ def run_one(base: dict, method: str, seed: int, args: argparse.Namespace) -> tup
     sch = values["scheduler"]
     sch["max_epochs"] = args.max_epochs
     sch["type"] = METHODS[method]["scheduler"]
-    sch["grace_period"] = min(sch.get("grace_period", 1), args.max_epochs)
+    sch["grace_period"] = min(args.grace_period or sch.get("grace_period", 1), args.max_epochs)
+    if args.reduction_factor:
+        sch["reduction_factor"] = args.reduction_factor
     values["searcher"] = {**values.get("searcher", {}), "type": METHODS[method]["searcher"]}
     values["searcher"]["seed"] = seed
+    if args.startup_trials is not None and method == "tpe+asha":
+        values["searcher"]["n_startup_trials"] = args.startup_trials
     space = space_from_dict(values, source=f"{args.space} ({method}, seed {seed})")
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
@@ -80,6 +86,11 @@ def main() -> None:
     p.add_argument("--trials", type=int, default=12)
     p.add_argument("--max-epochs", type=int, default=4)
     p.add_argument("--data", default=None, help="data folder (default: the space's)")
+    p.add_argument("--grace-period", type=int, default=None, help="ASHA (default: the space's)")
+    p.add_argument("--reduction-factor", type=int, default=None, help="ASHA (default: the space's)")
+    p.add_argument(
+        "--startup-trials", type=int, default=None, help="TPE's random start (default: the space's)"
+    )
     p.add_argument("--report", default="search_efficiency")
     args = p.parse_args()
     from _report import RESULTS, write_report
@@ -88,6 +99,13 @@ def main() -> None:
     from emseg_search.figures import save_figure
 
     base = yaml.safe_load(Path(args.space).read_text(encoding="utf-8"))
+    sch, tpe = base["scheduler"], base.get("searcher", {})
+    grace = min(args.grace_period or sch.get("grace_period", 1), args.max_epochs)
+    startup = tpe.get("n_startup_trials") if args.startup_trials is None else args.startup_trials
+    asha = (
+        f"ASHA grace {grace}, reduction factor "
+        f"{args.reduction_factor or sch.get('reduction_factor')}, TPE start-up {startup}"
+    )
     runs = {m: [run_one(base, m, s, args) for s in range(args.seeds)] for m in METHODS}
     target = float(np.mean([b[-1] for _, b, _ in runs["random"]]))
     random_compute = float(np.mean([s[-1] for s, _, _ in runs["random"]]))
@@ -136,9 +154,9 @@ def main() -> None:
     save_figure(fig, RESULTS / f"{args.report}.png")
     head = (
         f"{args.space}: {args.trials} trials x <= {args.max_epochs} epochs per search, "
-        f"{args.seeds} seeds per method, one trial at a time; target = random search's mean final "
-        f"best IoU {target:.4f}, its mean compute {random_compute:.0f} s; {platform.machine()}, "
-        f"{os.cpu_count()} cores"
+        f"{args.seeds} seeds per method, one trial at a time, {asha}; target = random search's "
+        f"mean final best IoU {target:.4f}, its mean compute {random_compute:.0f} s; "
+        f"{platform.machine()}, {os.cpu_count()} cores"
     )
     write_report(
         args.report,

@@ -16,7 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from emseg_search.search_algos import build_scheduler, build_searcher, concurrency, trial_resources
+from emseg_search.search_algos import (
+    build_scheduler,
+    build_searcher,
+    concurrency,
+    settle_study_export,
+    trial_resources,
+)
 from emseg_search.space import SearchSpace
 from emseg_search.storage import Storage
 
@@ -248,6 +254,7 @@ def run_search(
             ),
         )
     tuner.fit()
+    settle_study_export(exp_dir / "optuna.db")
     trials = load_experiment(exp_dir)["trials"]
     best = copy_best(exp_dir, trials)
     write_experiment_json(

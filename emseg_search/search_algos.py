@@ -62,12 +62,29 @@ def build_searcher(space: SearchSpace, exp_dir: Path) -> Any:
 
 class PruningOptunaSearch(OptunaSearch):
     """OptunaSearch that records trials stopped before ``max_epochs`` as PRUNED, not COMPLETE,
-    and exports the study to SQLite after each finished trial."""
+    names each Optuna trial's Tune trial (user attribute ``tune_trial_id``), and exports the
+    study to SQLite after each finished trial and whenever Tune snapshots the searcher with a
+    study that changed (so a trial still running at the end of the search is in the file)."""
 
     def __init__(self, max_epochs: int, export_to: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._max_epochs = max_epochs
         self._export_to = export_to
+        self._exported: tuple = ()
+
+    def suggest(self, trial_id: str) -> dict | None:
+        """Optuna's parameters for a new Tune trial, which its Optuna trial is labelled with."""
+        params = super().suggest(trial_id)
+        if trial_id in self._ot_trials:
+            self._ot_trials[trial_id].set_user_attr("tune_trial_id", trial_id)
+        return params
+
+    def save(self, checkpoint_path: str) -> None:
+        """Tune's snapshot of the searcher (every few seconds, and last when the search ends):
+        also export the study if it changed since the last export."""
+        super().save(checkpoint_path)
+        if self._study_key() != getattr(self, "_exported", ()):  # absent in older snapshots
+            self.export()
 
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
@@ -94,6 +111,7 @@ class PruningOptunaSearch(OptunaSearch):
 
         if self._ot_study is None or not self._export_to:
             return
+        self._exported = self._study_key()
         target = Path(self._export_to)
         tmp = target.with_name(f".{target.name}.tmp")
         tmp.unlink(missing_ok=True)
@@ -103,6 +121,39 @@ class PruningOptunaSearch(OptunaSearch):
             to_storage=f"sqlite:///{tmp}",
         )
         tmp.replace(target)
+
+    def _study_key(self) -> tuple:
+        """What the export shows of each trial: its state and how many epochs it reported."""
+        if self._ot_study is None:
+            return ()
+        return tuple(
+            (t.number, t.state, len(t.intermediate_values))
+            for t in self._ot_study.get_trials(deepcopy=False)
+        )
+
+
+def settle_study_export(path: Path) -> int:
+    """After the search: trials the exported study still lists as RUNNING (cut by the time
+    budget, or by an interruption) are PRUNED there, with their last reported value, as the
+    results tables call them 'stopped'. A resumed search exports its own study over it.
+    Returns how many were settled."""
+    import optuna
+    from optuna.trial import TrialState
+
+    if not path.is_file():
+        return 0
+    storage = optuna.storages.RDBStorage(f"sqlite:///{path}")
+    try:
+        settled = 0
+        for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+            study = optuna.load_study(study_name=summary.study_name, storage=storage)
+            for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                study.tell(trial.number, state=TrialState.PRUNED)
+                settled += 1
+        return settled
+    finally:
+        storage.remove_session()
+        storage.engine.dispose()
 
 
 def build_scheduler(space: SearchSpace) -> Any:

@@ -12,6 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import optuna
 import pandas as pd
 import pytest
 import yaml
@@ -137,6 +138,12 @@ def test_time_budget_stops_a_trial_and_keeps_its_model(data: Path, tmp_path: Pat
     for model_dir in trained["model_dir"]:
         assert (Path(model_dir) / "weights.pt").is_file()
     assert (results / "tiny" / "best" / "weights.pt").is_file()
+    # the Optuna study agrees: every trial is in optuna.db, none left RUNNING
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{results / 'tiny/optuna.db'}")
+    states = {t.user_attrs["tune_trial_id"]: t.state.name for t in study.trials}
+    assert set(trained["trial_id"]) <= set(states), states
+    assert {states[t] for t in trained["trial_id"]} == {"PRUNED"}, states
+    assert "RUNNING" not in states.values(), states
 
 
 def test_multi_worker_trials_train_data_parallel(data: Path, tmp_path: Path) -> None:
