@@ -9,12 +9,14 @@ Runs the space once per method and seed (one trial at a time, so compute is cumu
 time of the trials' epochs and validations), follows the best validation IoU found against the
 cumulative training + validation seconds, and reports how much of random search's compute
 TPE + ASHA needs to reach random search's final best IoU (mean over its seeds). Writes
-benchmarks/results/search_efficiency.md and search_efficiency.png.
+benchmarks/results/<report>.md and <report>.png; each search's curve is kept in
+search_efficiency.runs.json as soon as it ends, and a rerun with the same settings reuses it.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import tempfile
@@ -78,6 +80,33 @@ def run_one(base: dict, method: str, seed: int, args: argparse.Namespace) -> tup
     return (*curve(tables["trials"], tables["epochs"]), wall)
 
 
+def cached_run(base: dict, method: str, seed: int, args: argparse.Namespace) -> tuple:
+    """``run_one``, kept in benchmarks/results/search_efficiency.runs.json (keyed by its
+    settings) as soon as it ends: a rerun with the same settings reuses the searches already
+    measured, so a cut-off benchmark loses only the search it was in, and a sweep of ASHA/TPE
+    settings runs random search once."""
+    from _report import RESULTS
+
+    store = RESULTS / "search_efficiency.runs.json"
+    ignore = {"report", "seeds"}
+    if method == "random":  # no ASHA, no TPE: a sweep of their settings reuses random's runs
+        ignore |= {"grace_period", "reduction_factor", "startup_trials"}
+    settings = {k: v for k, v in sorted(vars(args).items()) if k not in ignore}
+    key = json.dumps({**settings, "method": method, "seed": seed}, sort_keys=True)
+    done = json.loads(store.read_text(encoding="utf-8")) if store.is_file() else {}
+    if key in done:
+        secs, best, wall = done[key]
+        print(f"[search_efficiency] {method} seed {seed}: reusing the run in {store.name}")
+        return np.asarray(secs), np.asarray(best), wall
+    secs, best, wall = run_one(base, method, seed, args)
+    done[key] = [secs.tolist(), best.tolist(), wall]
+    RESULTS.mkdir(exist_ok=True)
+    tmp = store.with_name(f".{store.name}.tmp")
+    tmp.write_text(json.dumps(done, indent=1), encoding="utf-8")
+    tmp.replace(store)  # atomic: a kill mid-write keeps the previous runs
+    return secs, best, wall
+
+
 def main() -> None:
     """Run every method x seed, then write the table and the figure."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -106,7 +135,7 @@ def main() -> None:
         f"ASHA grace {grace}, reduction factor "
         f"{args.reduction_factor or sch.get('reduction_factor')}, TPE start-up {startup}"
     )
-    runs = {m: [run_one(base, m, s, args) for s in range(args.seeds)] for m in METHODS}
+    runs = {m: [cached_run(base, m, s, args) for s in range(args.seeds)] for m in METHODS}
     target = float(np.mean([b[-1] for _, b, _ in runs["random"]]))
     random_compute = float(np.mean([s[-1] for s, _, _ in runs["random"]]))
     rows, fractions = [], {m: [] for m in METHODS}

@@ -59,8 +59,14 @@ class ModelArtifact:
 
 
 def versions() -> dict[str, str]:
-    """Versions of the libraries a result depends on."""
+    """Versions of the libraries a result depends on, Python's, and the CPU kernels torch ran.
+
+    Seeded training repeats itself epoch by epoch on one machine, not across machines: another
+    CPU (``cpu``: torch's kernel set, e.g. AVX2 or AVX512) or another OpenCV (augmentation)
+    rounds differently and the run takes another path to a similar end.
+    """
     import importlib.metadata as md
+    import platform
 
     out = {}
     for name in (
@@ -71,12 +77,16 @@ def versions() -> dict[str, str]:
         "ray",
         "optuna",
         "albumentations",
+        "albucore",
+        "opencv-python-headless",
         "numpy",
     ):
         try:
             out[name] = md.version(name)
         except md.PackageNotFoundError:
             out[name] = "absent"
+    out["python"] = platform.python_version()
+    out["cpu"] = f"{platform.machine()} {torch.backends.cpu.get_cpu_capability()}"
     return out
 
 

@@ -105,6 +105,11 @@ def test_export_json_says_how_to_preprocess(
     assert any("/ 255" in step for step in info["preprocessing"])
     assert any("99.9" in step for step in info["preprocessing"])
     assert info["verification"]["ok"] is True
+    # what the model was trained with travels with it, down to the CPU kernels (reproducibility)
+    trained = info["trained_with"]
+    assert torch.__version__.startswith(trained["torch"])
+    assert trained["cpu"].endswith(torch.backends.cpu.get_cpu_capability())
+    assert {"albumentations", "opencv-python-headless", "python"} <= set(trained)
 
 
 def test_output_path() -> None:
