@@ -3,14 +3,15 @@
     python benchmarks/search_efficiency.py [--space search_spaces/quick.yaml] [--seeds 3]
                                            [--trials 12] [--max-epochs 4] [--data synthetic]
                                            [--grace-period G] [--reduction-factor R]
-                                           [--startup-trials N] [--report NAME]
+                                           [--startup-trials N] [--report NAME] [--reuse]
 
 Runs the space once per method and seed (one trial at a time, so compute is cumulative wall
 time of the trials' epochs and validations), follows the best validation IoU found against the
 cumulative training + validation seconds, and reports how much of random search's compute
 TPE + ASHA needs to reach random search's final best IoU (mean over its seeds). Writes
 benchmarks/results/<report>.md and <report>.png; each search's curve is kept in
-search_efficiency.runs.json as soon as it ends, and a rerun with the same settings reuses it.
+search_efficiency.runs.json as soon as it ends, and a rerun with the same settings and --reuse
+takes it from there.
 """
 
 from __future__ import annotations
@@ -82,19 +83,19 @@ def run_one(base: dict, method: str, seed: int, args: argparse.Namespace) -> tup
 
 def cached_run(base: dict, method: str, seed: int, args: argparse.Namespace) -> tuple:
     """``run_one``, kept in benchmarks/results/search_efficiency.runs.json (keyed by its
-    settings) as soon as it ends: a rerun with the same settings reuses the searches already
-    measured, so a cut-off benchmark loses only the search it was in, and a sweep of ASHA/TPE
-    settings runs random search once."""
+    settings) as soon as it ends. With --reuse, a rerun with the same settings takes the
+    searches already measured there: a cut-off benchmark loses only the search it was in, and a
+    sweep of ASHA/TPE settings runs random search once (on one machine: the seconds are its)."""
     from _report import RESULTS
 
     store = RESULTS / "search_efficiency.runs.json"
-    ignore = {"report", "seeds"}
+    ignore = {"report", "seeds", "reuse"}
     if method == "random":  # no ASHA, no TPE: a sweep of their settings reuses random's runs
         ignore |= {"grace_period", "reduction_factor", "startup_trials"}
     settings = {k: v for k, v in sorted(vars(args).items()) if k not in ignore}
     key = json.dumps({**settings, "method": method, "seed": seed}, sort_keys=True)
     done = json.loads(store.read_text(encoding="utf-8")) if store.is_file() else {}
-    if key in done:
+    if key in done and args.reuse:
         secs, best, wall = done[key]
         print(f"[search_efficiency] {method} seed {seed}: reusing the run in {store.name}")
         return np.asarray(secs), np.asarray(best), wall
@@ -121,6 +122,12 @@ def main() -> None:
         "--startup-trials", type=int, default=None, help="TPE's random start (default: the space's)"
     )
     p.add_argument("--report", default="search_efficiency")
+    p.add_argument(
+        "--reuse",
+        action="store_true",
+        help="take searches with the same settings from search_efficiency.runs.json "
+        "instead of running them again (only runs measured on this machine compare)",
+    )
     args = p.parse_args()
     from _report import RESULTS, write_report
     from matplotlib.figure import Figure
