@@ -23,8 +23,8 @@ import torch  # noqa: E402
 from _report import write_report  # noqa: E402
 
 from emseg_search.data import clear_cache, compute_fingerprint, load_data  # noqa: E402
-from emseg_search.data.synth import generate_sample, write_synthetic_dataset  # noqa: E402
-from emseg_search.data.torch_data import TileDataset  # noqa: E402
+from emseg_search.data.datasets import TileDataset  # noqa: E402
+from emseg_search.data.synth.generator import generate_sample, write_synthetic_dataset  # noqa: E402
 
 
 def _light_augment() -> A.Compose:

@@ -31,12 +31,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from _report import write_report  # noqa: E402
 
-from emseg_search.artifact import ModelArtifact, load_artifact, write_artifact  # noqa: E402
 from emseg_search.config import TrialConfig  # noqa: E402
 from emseg_search.data import Micrograph, compute_fingerprint, load_data  # noqa: E402
-from emseg_search.inference import FLIPS, Predictor, tile_origins  # noqa: E402
+from emseg_search.inference.artifact import ModelArtifact, load_artifact, write_artifact  # noqa: E402
+from emseg_search.inference.predictor import FLIPS, Predictor, tile_origins  # noqa: E402
 from emseg_search.metrics import iou, per_image_counts  # noqa: E402
-from emseg_search.models import build_model, required_stride  # noqa: E402
+from emseg_search.models.registry import build_model, required_stride  # noqa: E402
 
 EMPS_SHAPE = (512, 683)  # the commonest EMPS size (H, W); its images are 512 x 512..916
 

@@ -29,8 +29,8 @@ from _report import write_report  # noqa: E402
 from skimage.morphology import remove_small_objects  # noqa: E402
 
 from emseg_search.data import load_data  # noqa: E402
-from emseg_search.evaluate import select  # noqa: E402
-from emseg_search.inference import Predictor  # noqa: E402
+from emseg_search.inference.evaluation import select
+from emseg_search.inference.predictor import Predictor  # noqa: E402
 
 
 def floats(text: str) -> list[float]:

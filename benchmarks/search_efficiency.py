@@ -54,9 +54,9 @@ def run_one(base: dict, method: str, seed: int, args: argparse.Namespace) -> tup
     """One search: its curve (cumulative seconds, best IoU so far) and its wall time."""
     import ray
 
-    from emseg_search.results import load_experiment
-    from emseg_search.search import run_search
-    from emseg_search.space import space_from_dict
+    from emseg_search.results.io import load_experiment
+    from emseg_search.search.driver import run_search
+    from emseg_search.space.spec import space_from_dict
 
     values = yaml.safe_load(yaml.safe_dump(base))
     values["name"] = f"eff-{method}-{seed}"
@@ -132,7 +132,7 @@ def main() -> None:
     from _report import RESULTS, write_report
     from matplotlib.figure import Figure
 
-    from emseg_search.figures import save_figure
+    from emseg_search.inference.figures import save_figure
 
     base = yaml.safe_load(Path(args.space).read_text(encoding="utf-8"))
     sch, tpe = base["scheduler"], base.get("searcher", {})

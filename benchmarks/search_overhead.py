@@ -28,9 +28,9 @@ def measure(runner: str, args: argparse.Namespace) -> dict[str, float]:
     """One search of identical trials with ``runner``; its timings."""
     import ray
 
-    from emseg_search.results import load_experiment
-    from emseg_search.search import run_search
-    from emseg_search.space import space_from_dict
+    from emseg_search.results.io import load_experiment
+    from emseg_search.search.driver import run_search
+    from emseg_search.space.spec import space_from_dict
 
     space = space_from_dict(
         {

@@ -28,14 +28,10 @@ from torch.utils.data import DataLoader  # noqa: E402
 
 from emseg_search.config import TrialConfig  # noqa: E402
 from emseg_search.losses import build_loss  # noqa: E402
-from emseg_search.models import build_model  # noqa: E402
-from emseg_search.train.loops import (  # noqa: E402
-    autocast_dtype,
-    build_optimizer,
-    build_scheduler,
-    train_one_epoch,
-)
-from emseg_search.train.setup import build_datasets, prepare_data  # noqa: E402
+from emseg_search.models.precision import autocast_dtype
+from emseg_search.models.registry import build_model  # noqa: E402
+from emseg_search.train.data import build_datasets, prepare_data  # noqa: E402
+from emseg_search.train.loops import build_optimizer, build_scheduler, train_one_epoch
 
 
 def plain(cfg: TrialConfig, threads: int, device: torch.device) -> tuple[float, float]:
@@ -91,7 +87,7 @@ def main() -> None:
     args = p.parse_args()
     import ray
 
-    from emseg_search.ray_setup import init_ray
+    from emseg_search.train.cluster import init_ray
 
     cores = os.cpu_count() or 1
     cfg = TrialConfig(

@@ -1,10 +1,9 @@
-"""emseg-search: find the best segmentation model for particles in EM images, then use it."""
+"""emseg-search: find the best segmentation model for particles in EM images, then use it.
+
+Importing the package has no side effects; the command-line entry points (emseg_search.cli) set
+up the offline environment.
+"""
 
 from __future__ import annotations
 
-import os
-
 __version__ = "0.1.0"
-
-# Offline by default: albumentations otherwise asks PyPI for its latest version on import.
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")

@@ -13,7 +13,7 @@ import torch
 
 from emseg_search.augment import AUGMENTATIONS, Pipeline, build_augment
 from emseg_search.data import Micrograph
-from emseg_search.data.torch_data import TileDataset
+from emseg_search.data.datasets import TileDataset
 
 STRENGTHS = [0.0, 0.5, 1.0, 2.0]
 WARPING = ["light", "em", "heavy"]

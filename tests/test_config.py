@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from emseg_search.cli.train import build_parser
 from emseg_search.config import ConfigError, TrialConfig
-from emseg_search.models import build_model, check_input_size
-from emseg_search.train.__main__ import build_parser
-from emseg_search.weights import offline_entry
+from emseg_search.models.pretrained import offline_entry
+from emseg_search.models.registry import build_model, check_input_size
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
 
@@ -75,7 +75,7 @@ def test_every_field_is_a_flag() -> None:
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_shipped_configs_load_and_build(path: Path) -> None:
     """Every shipped config loads and builds; its offline ImageNet weights are ones that
-    `python -m emseg_search.weights fetch` knows (loading them is test_weights' job, which
+    `python -m emseg_search weights fetch` knows (loading them is test_weights' job, which
     needs the cache: the suite runs offline, so the model is built here without them)."""
     cfg = TrialConfig.from_yaml(path)
     check_input_size(cfg)

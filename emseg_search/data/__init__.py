@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from emseg_search.data.errors import DataError, FileProblem, Problem
 from emseg_search.data.fingerprint import Fingerprint, compute_fingerprint
-from emseg_search.data.io import image_to_float01, read_image, read_mask
 from emseg_search.data.layout import DataIndex, Pair, scan_folder
 from emseg_search.data.loading import EMData, Micrograph, clear_cache, load_data
-from emseg_search.data.split import Split, resolve_split, split_names, write_split_file
+from emseg_search.data.readers import image_to_float01, read_image, read_mask
+from emseg_search.data.splits import Split, resolve_split, split_names, write_split_file
 
 __all__ = [
     "DataError",

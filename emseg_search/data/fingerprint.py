@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from emseg_search.data.io import image_to_float01
 from emseg_search.data.loading import Micrograph
+from emseg_search.data.readers import image_to_float01
 
 AREA_PERCENTILES = (5, 25, 50, 75, 95)
 _HIST_BINS = 4096  # intensity percentiles to 1/4096 of the [0, 1] range

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from emseg_search.data.errors import DataError, Problem
-from emseg_search.data.io import IMAGE_SUFFIXES
+from emseg_search.data.readers import IMAGE_SUFFIXES
 
 # Folder names for masks, in the order they are looked for: EMPS calls them segmaps.
 MASK_DIRS = ("segmaps", "masks", "labels")

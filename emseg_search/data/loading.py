@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from emseg_search.data.errors import DataError, FileProblem, Problem
-from emseg_search.data.io import read_image, read_mask
 from emseg_search.data.layout import DataIndex, scan_folder_problems
+from emseg_search.data.readers import read_image, read_mask
 
 
 @dataclass(frozen=True)

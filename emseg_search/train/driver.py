@@ -4,35 +4,12 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import pandas as pd
-import torch
-
-from emseg_search.artifact import write_artifact
 from emseg_search.config import TrialConfig
-from emseg_search.results import EPOCH_METRICS, EPOCH_SCHEMA, write_table
-from emseg_search.train.setup import PreparedData, prepare_data
-from emseg_search.train.worker import BEST_FILE, HISTORY_FILE, train_loop_per_worker
-
-
-@dataclass(frozen=True)
-class TrainOutcome:
-    """Where a run's files are and how it ended."""
-
-    run_dir: Path
-    model_dir: Path | None
-    epochs: pd.DataFrame
-    best_val_iou: float | None  # None: trained without a validation split
-    stop_reason: str | None
-
-
-def write_epochs(history: list[dict[str, Any]], path: Path, trial_id: str = "") -> pd.DataFrame:
-    """Write a run's epoch history as epochs.parquet (declared schema); returns it as pandas."""
-    write_table([{**row, "trial_id": trial_id} for row in history], EPOCH_SCHEMA, path)
-    return pd.read_parquet(path)
+from emseg_search.train.data import prepare_data
+from emseg_search.train.outputs import TrainOutcome, finish_run
+from emseg_search.train.worker import train_loop_per_worker
 
 
 def scaling(workers: int, use_gpu: bool, cluster: dict[str, float]) -> tuple[dict[str, float], int]:
@@ -57,8 +34,8 @@ def run_training(
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from emseg_search.models import check_input_size, min_batch_size, required_stride
-    from emseg_search.ray_setup import init_ray
+    from emseg_search.models.registry import check_input_size, min_batch_size, required_stride
+    from emseg_search.train.cluster import init_ray
 
     run_dir = Path(run_dir).absolute()
     check_input_size(cfg)
@@ -115,48 +92,6 @@ def run_training(
             required_stride(cfg),
             stop_reason=stop_reason,
         )
-
-
-def finish_run(
-    cfg: TrialConfig,
-    run_dir: Path,
-    checkpoint_dir: Path | None,
-    prepared: PreparedData,
-    fingerprint: Any,
-    stride: int,
-    trial_id: str = "",
-    stop_reason: str | None = None,
-) -> TrainOutcome:
-    """Write epochs.parquet and the model artifact (best epoch) from a run's last checkpoint."""
-    if checkpoint_dir is None:
-        empty = pd.DataFrame(columns=EPOCH_SCHEMA.names)
-        return TrainOutcome(run_dir, None, empty, 0.0, stop_reason or "no checkpoint")
-    history = json.loads((checkpoint_dir / HISTORY_FILE).read_text(encoding="utf-8"))
-    run_dir.mkdir(parents=True, exist_ok=True)  # checkpoints may live in cloud storage
-    best = torch.load(checkpoint_dir / BEST_FILE, map_location="cpu", weights_only=True)
-    epochs = write_epochs(history, run_dir / "epochs.parquet", trial_id)
-    model_dir = None
-    if best:
-        metrics: dict[str, float] = {}  # none without a validation split: the last epoch
-        if prepared.val:
-            row = epochs.loc[epochs["val_epoch"] == epochs["best_epoch"].iloc[-1]].iloc[-1]
-            metrics = {
-                k: float(row[k]) for k in EPOCH_METRICS if k.startswith("val_") and k != "val_epoch"
-            }
-        metrics["best_epoch"] = int(epochs["best_epoch"].iloc[-1])
-        model_dir = write_artifact(
-            run_dir / "model",
-            cfg,
-            best,
-            prepared.mean,
-            prepared.std,
-            prepared.normalization,
-            fingerprint,
-            stride,
-            metrics,
-        )
-    best_iou = float(epochs["best_val_iou"].max()) if prepared.val and len(epochs) else None
-    return TrainOutcome(run_dir, model_dir, epochs, best_iou, stop_reason)
 
 
 def clear_run(run_dir: str | Path) -> None:

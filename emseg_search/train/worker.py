@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -14,20 +13,17 @@ from torch.utils.data import DataLoader
 
 from emseg_search.config import TrialConfig
 from emseg_search.data import load_data
-from emseg_search.data.torch_data import seed_worker
+from emseg_search.data.datasets import seed_worker
+from emseg_search.models.precision import autocast_dtype
+from emseg_search.train.checkpoint import load_checkpoint, save_checkpoint
+from emseg_search.train.data import PreparedData, build_datasets
 from emseg_search.train.loops import (
     DivergedError,
-    autocast_dtype,
     build_optimizer,
     build_scheduler,
     evaluate,
     train_one_epoch,
 )
-from emseg_search.train.setup import PreparedData, build_datasets
-
-STATE_FILE = "state.pt"
-BEST_FILE = "best_model.pt"
-HISTORY_FILE = "history.json"
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -35,16 +31,13 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "module", model)
 
 
-def _save(
+def _save_into(
     state: dict[str, Any],
     best: dict[str, torch.Tensor],
     history: list[dict[str, Any]],
     folder: Path,
 ) -> None:
-    """Training state, best weights so far and the epoch history, in one checkpoint folder."""
-    torch.save(state, folder / STATE_FILE)
-    torch.save(best, folder / BEST_FILE)
-    (folder / HISTORY_FILE).write_text(json.dumps(history), encoding="utf-8")
+    save_checkpoint(folder, state, best, history)
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -65,7 +58,7 @@ def run_worker(config: dict[str, Any], session: Any) -> None:
     torch.manual_seed(cfg.seed + rank)
 
     from emseg_search.losses import build_loss
-    from emseg_search.models import build_model, unused_parameters
+    from emseg_search.models.registry import build_model, unused_parameters
 
     data = load_data(prepared.data_dir)
     train_ds, val_ds = build_datasets(cfg, prepared, data, rank, world)
@@ -116,9 +109,8 @@ def run_worker(config: dict[str, Any], session: Any) -> None:
     state: dict[str, Any] | None = None
     with session.checkpoint_dir() as folder:
         if folder is not None:
-            state = torch.load(Path(folder) / STATE_FILE, map_location=device, weights_only=False)
-            best_state = torch.load(Path(folder) / BEST_FILE, map_location="cpu")
-            history = json.loads((Path(folder) / HISTORY_FILE).read_text(encoding="utf-8"))
+            loaded = load_checkpoint(folder, device)
+            state, best_state, history = loaded.state, loaded.best, loaded.history
     if state is not None:
         _unwrap(model).load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -208,6 +200,6 @@ def run_worker(config: dict[str, Any], session: Any) -> None:
                 "val": val,
                 "config": cfg.to_dict(),
             }
-            session.report(metrics, save=functools.partial(_save, state, best_state, history))
+            session.report(metrics, save=functools.partial(_save_into, state, best_state, history))
         else:
             session.report(metrics)

@@ -1,0 +1,169 @@
+"""`python -m emseg_search.run [SPACE.yaml]` (or `emseg-search run`): search models, write the
+Parquet tables, print the leaderboard."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from emseg_search.search.storage import Storage, StorageError
+
+
+def default_space() -> Path:
+    """search_spaces/quick.yaml of the working directory, else of the source checkout."""
+    here = Path("search_spaces/quick.yaml")
+    return here if here.is_file() else Path(__file__).resolve().parents[1] / here
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Options of `run`."""
+    p = argparse.ArgumentParser(
+        prog="emseg-search run",
+        description="Search architectures, encoders, losses, augmentations and optimisers "
+        "(Ray Tune + Optuna TPE + ASHA; multi-worker trials train data-parallel with Ray Train) "
+        "and write "
+        "<results>/<name>/: trials.parquet, epochs.parquet, experiment.json, best/.",
+    )
+    p.add_argument(
+        "space",
+        nargs="?",
+        type=Path,
+        default=None,
+        help="search space YAML (default: search_spaces/quick.yaml)",
+    )
+    p.add_argument(
+        "--data", help="data folder (overrides the space's `data`; 'synthetic' = the embedded set)"
+    )
+    p.add_argument("--name", help="experiment name (default: the space's name)")
+    p.add_argument(
+        "--results",
+        type=Path,
+        default=Path(os.environ.get("EMSEG_RESULTS_DIR", "results")),
+        help="results folder (default: $EMSEG_RESULTS_DIR or results/); use an "
+        "absolute path on shared storage on a cluster",
+    )
+    p.add_argument(
+        "--storage",
+        help="keep checkpoints and Ray Tune's state under this URI (s3://bucket/prefix, "
+        "gs://..., for multi-node clusters without a shared filesystem; the tables and "
+        "models stay in --results). --resume reuses the experiment's own.",
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue an interrupted experiment of this name"
+    )
+    p.add_argument("--overwrite", action="store_true", help="delete the experiment first")
+    p.add_argument(
+        "--smoke-test",
+        action="store_true",
+        help="shrink the space to 2 trials x 1 epoch at a small tile size",
+    )
+    p.add_argument(
+        "--address",
+        help="Ray cluster address (default: $RAY_ADDRESS, a running "
+        "`ray start` cluster, or a new local one)",
+    )
+    p.add_argument(
+        "--max-failures", type=int, default=1, help="retries per trial after a crash (default 1)"
+    )
+    p.add_argument("--top", type=int, default=10, help="leaderboard rows (default 10)")
+    return p
+
+
+def open_storage(exp_dir: Path, uri: str | None, resume: bool) -> Storage:
+    """The experiment's storage: ``uri``, or on --resume the one experiment.json recorded."""
+    recorded = None
+    if resume and (exp_dir / "experiment.json").is_file():
+        recorded = json.loads((exp_dir / "experiment.json").read_text("utf-8")).get("storage")
+    if uri and recorded and uri != recorded:
+        raise StorageError(f"--storage {uri}: {exp_dir} was started with --storage {recorded}")
+    return Storage.open(exp_dir, uri or recorded)
+
+
+def leaderboard(trials, top: int) -> str:  # noqa: ANN001 (pandas DataFrame)
+    """The best trials by validation IoU, with their sampled parameters."""
+    cols = ["trial_id", "status", "best_val_iou", "best_val_dice", "epochs_run", "train_seconds"]
+    params = [c for c in trials.columns if c.startswith("params_")]
+    table = trials.sort_values("best_val_iou", ascending=False, na_position="last")[cols + params]
+    table = table.rename(columns={c: c.removeprefix("params_") for c in params}).head(top)
+    return table.to_string(index=False, float_format=lambda v: f"{v:.4g}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the search; returns the exit code (0 done, 1 no trial succeeded, 2 bad input)."""
+    args = build_parser().parse_args(argv)
+    from emseg_search.config import ConfigError
+    from emseg_search.data import DataError
+    from emseg_search.space.errors import SpaceError
+    from emseg_search.space.spec import load_space
+
+    path = args.space or default_space()
+    try:
+        space = load_space(path)
+    except SpaceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    default_name = f"{space.name}-smoke" if args.smoke_test else space.name
+    if args.smoke_test:
+        space = space.smoke_test()
+    exp_dir = args.results / (args.name or default_name)
+    try:
+        storage = open_storage(exp_dir, args.storage, args.resume)
+        state = storage.exists("tune")  # Ray Tune's experiment state
+    except StorageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.resume and not state:
+        print(
+            f"error: --resume: {storage.describe()} holds no experiment to resume",
+            file=sys.stderr,
+        )
+        return 2
+    started = state or (exp_dir.exists() and any(exp_dir.iterdir()))
+    if started and not args.resume:
+        if not args.overwrite:
+            where = exp_dir if exp_dir.exists() else storage.describe()
+            print(
+                f"error: {where} exists; pass --resume to continue it or --overwrite to "
+                "delete it and start again",
+                file=sys.stderr,
+            )
+            return 2
+        shutil.rmtree(exp_dir, ignore_errors=True)
+        if not storage.is_local:
+            storage.fs.delete_dir_contents(storage.root, missing_dir_ok=True)
+
+    from emseg_search.search.driver import run_search
+
+    print(
+        f"search {space.name!r}: {space.budget.num_samples} trials, metric {space.metric}, "
+        f"results in {exp_dir}",
+        flush=True,
+    )
+    try:
+        trials = run_search(
+            space,
+            exp_dir,
+            data=args.data,
+            resume=args.resume,
+            address=args.address,
+            max_failures=args.max_failures,
+            storage_uri=storage.uri,
+        )
+    except (DataError, ConfigError, SpaceError, ValueError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"\nleaderboard ({len(trials)} trials; {exp_dir / 'trials.parquet'}):")
+    print(leaderboard(trials, args.top))
+    if (exp_dir / "best").is_dir():
+        print(f"\nbest model: {exp_dir / 'best'}")
+        return 0
+    print("\nno trial produced a model", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

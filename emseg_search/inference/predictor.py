@@ -1,0 +1,243 @@
+"""Full-resolution inference of a model artifact on micrographs of any size, in bounded memory.
+
+    predictor = Predictor.from_dir("runs/x/model", tile_size=1024, tta=True)
+    mask = predictor.predict_mask(read_image("micrograph.tif"))  # bool (H, W)
+
+The intensity path is training's: 8-bit images /255, deeper ones stretched between their own
+0.1 and 99.9 percentiles (``to_canonical``), resized by the artifact's scale, normalised
+``(x - mean) / std``, padded bottom/right to a multiple of the model's stride (reflection).
+An image that fits in one tile at the model's scale then runs whole, exactly as validation
+scored it during training. A larger one runs as a sliding window of overlapping tiles that
+start on multiples of the stride (so each tile sees the pixel grid the whole image would),
+``batch_size`` tiles per forward pass, blended with a Gaussian window (nnU-Net's,
+sigma = tile / 8, floored so no pixel gets zero weight) into one float32 logit map the size
+of the image: memory is the image plus one batch of tiles, whatever the image size. Logits
+come back at the image's original resolution (bilinear, as in training's evaluation).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from emseg_search.data.datasets import (
+    pad_to_input,
+    rescale_image,
+    scaled_size,
+    to_canonical,
+    to_float01,
+)
+from emseg_search.inference.artifact import ModelArtifact, load_artifact
+from emseg_search.models.precision import autocast_dtype
+from emseg_search.models.registry import check_input_size, min_input_size, required_stride
+
+FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))  # none, left-right, up-down, both
+_SIGMA = 1 / 8  # Gaussian window sigma as a fraction of the tile (nnU-Net's choice)
+_FLOOR = 1e-3  # smallest window weight per axis: image corners covered by one tile edge still count
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """What a Predictor has done since it was built (or since ``reset_throughput``)."""
+
+    images: int
+    megapixels: float  # at the images' original resolution
+    windows: int  # model inputs: whole images or tiles (each TTA flip not counted)
+    seconds: float  # wall time inside predict_logits, preprocessing and resizing included
+
+    @property
+    def images_per_s(self) -> float:
+        """Images per second."""
+        return self.images / self.seconds if self.seconds else 0.0
+
+    @property
+    def s_per_megapixel(self) -> float:
+        """Seconds per megapixel of input image."""
+        return self.seconds / self.megapixels if self.megapixels else 0.0
+
+
+def tile_origins(length: int, tile: int, overlap: float, stride: int = 1) -> list[int]:
+    """Start offsets of ``tile``-px tiles covering ``length`` px, evenly spread (nnU-Net).
+
+    Offsets are multiples of ``stride`` (pass the model's: a CNN is shift-equivariant only
+    by multiples of its stride, so tiles then see the pixel grid the whole image would), and
+    ``length`` and ``tile`` must be too. Neighbours share at least ``overlap * tile`` px; the
+    first tile starts at 0, the last ends at ``length``; ``length <= tile`` gives [0].
+    """
+    if length <= tile:
+        return [0]
+    if length % stride or tile % stride:
+        raise ValueError(f"length {length} and tile {tile} must be multiples of stride {stride}")
+    span = (length - tile) // stride  # in strides
+    most = max(1, int(tile * (1.0 - overlap)) // stride)  # largest step keeping the overlap
+    n = -(-span // most) + 1
+    return [stride * int(i * span / (n - 1) + 0.5) for i in range(n)]
+
+
+def blend_window(size: int) -> np.ndarray:
+    """1-D Gaussian blending weights (size,) float32: 1 at the centre, >= the floor at the ends."""
+    centre, sigma = (size - 1) / 2, max(size * _SIGMA, 1e-6)
+    w = np.exp(-0.5 * ((np.arange(size) - centre) / sigma) ** 2)
+    return np.maximum(w, _FLOOR).astype(np.float32)
+
+
+class Predictor:
+    """Turns grey micrographs (H, W), any dtype, into logits / probabilities / masks (H, W).
+
+    ``tile_size`` (px at the model's scale) must be a multiple of the model's stride and at
+    least its minimum input size; images up to that size run whole. ``overlap`` is the
+    least fraction of a tile neighbouring tiles share (0 <= overlap < 1). ``tta`` averages the
+    LOGITS of the four flips (none, left-right, up-down, both): a flip of the input then
+    flips the output, and predict_logits stays a logit map. ``amp`` None follows the
+    artifact's training config (mixed precision on GPU only). ``threads`` sets torch's
+    process-wide CPU thread count. The model is moved to ``device`` in place.
+    """
+
+    def __init__(
+        self,
+        artifact: ModelArtifact,
+        tile_size: int = 1024,
+        overlap: float = 0.25,
+        tta: bool = False,
+        batch_size: int = 4,
+        device: str | torch.device = "cpu",
+        threads: int | None = None,
+        amp: bool | None = None,
+    ) -> None:
+        cfg = artifact.config
+        if isinstance(tile_size, bool) or not isinstance(tile_size, int):
+            raise ValueError(f"tile_size must be an integer, got {tile_size!r}")
+        check_input_size(cfg.model_copy(update={"tile_size": tile_size}))  # names tile_size
+        if not 0.0 <= overlap < 1.0:
+            raise ValueError(f"overlap must be in [0, 1) (a fraction of the tile), got {overlap}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if threads is not None:
+            if threads < 1:
+                raise ValueError(f"threads must be >= 1, got {threads}")
+            torch.set_num_threads(threads)
+        self.artifact = artifact
+        self.device = torch.device(device)
+        self.model = artifact.model.to(self.device).eval()
+        self.mean, self.std = artifact.mean, artifact.std
+        self.scale, self.threshold = float(cfg.scale), artifact.threshold
+        self.stride, self.min_size = required_stride(cfg), min_input_size(cfg)
+        self.tile_size, self.overlap, self.batch_size = tile_size, overlap, batch_size
+        self.tta = tta
+        self.amp_dtype = autocast_dtype(self.device, cfg.amp if amp is None else amp)
+        self.reset_throughput()
+
+    @classmethod
+    def from_dir(cls, path: str | Path, **options: Any) -> Predictor:
+        """Load the artifact folder at ``path`` (see artifact.py); ``options`` as for __init__."""
+        return cls(load_artifact(path), **options)
+
+    @property
+    def throughput(self) -> Throughput:
+        """Images, megapixels, model inputs and seconds so far."""
+        return Throughput(self._images, self._megapixels, self._windows, self._seconds)
+
+    def reset_throughput(self) -> None:
+        """Start counting ``throughput`` from zero."""
+        self._images, self._megapixels, self._windows, self._seconds = 0, 0.0, 0, 0.0
+
+    def scaled_shape(self, shape: tuple[int, ...]) -> tuple[int, int]:
+        """(H, W) of an image of ``shape`` at the model's scale, before padding."""
+        return scaled_size(shape, self.scale)
+
+    def prepare(self, image: np.ndarray) -> torch.Tensor:
+        """The model input for one grey image (H, W): (1, 1, Hp, Wp) float32 on the device.
+
+        Training's intensity path, at the model's scale, normalised, reflect-padded
+        bottom/right to a valid input size (a multiple of the stride, >= the minimum).
+        """
+        if image.ndim != 2 or image.size == 0:
+            raise ValueError(f"expected one grey image (H, W), got shape {image.shape}")
+        image = to_canonical(image)
+        image = pad_to_input(
+            to_float01(rescale_image(image, self.scale)), self.stride, self.min_size
+        )
+        image = (np.asarray(image, dtype=np.float32) - self.mean) / self.std
+        return torch.from_numpy(np.ascontiguousarray(image)).to(self.device)[None, None]
+
+    def predict_logits(self, image: np.ndarray) -> np.ndarray:
+        """Logits (H, W) float32 at the original resolution for one grey image (H, W)."""
+        t0 = time.perf_counter()
+        x = self.prepare(image)
+        (h, w), (hs, ws) = image.shape, self.scaled_shape(image.shape)
+        with torch.inference_mode():
+            if max(x.shape[-2:]) <= self.tile_size:  # as validation ran it during training
+                logits, windows = self._forward(x)[0, 0], 1
+            else:
+                logits, windows = self._tiled(x[0, 0])
+            logits = logits[:hs, :ws]
+            if (hs, ws) != (h, w):
+                logits = F.interpolate(
+                    logits[None, None], size=(h, w), mode="bilinear", align_corners=False
+                )[0, 0]
+            out = logits.contiguous().cpu().numpy()  # not a view of the padded map
+        self._images += 1
+        self._megapixels += h * w / 1e6
+        self._windows += windows
+        self._seconds += time.perf_counter() - t0
+        return out
+
+    def predict_proba(self, image: np.ndarray) -> np.ndarray:
+        """Particle probabilities (H, W) float32 in [0, 1] (sigmoid of predict_logits)."""
+        return torch.sigmoid(torch.from_numpy(self.predict_logits(image))).numpy()
+
+    def predict_mask(self, image: np.ndarray, threshold: float | None = None) -> np.ndarray:
+        """Particle mask (H, W) bool: probability > ``threshold`` (default: the artifact's)."""
+        t = self.threshold if threshold is None else threshold
+        if not 0.0 < t < 1.0:
+            raise ValueError(f"threshold must be in (0, 1), got {t}")
+        # sigmoid(x) > t  <=>  x > logit(t): the comparison training's evaluate makes
+        return self.predict_logits(image) > np.float32(math.log(t / (1.0 - t)))
+
+    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
+        """Model logits (N, 1, h, w) float32 for a normalised batch (N, 1, h, w); TTA-averaged."""
+        flips = FLIPS if self.tta else FLIPS[:1]
+        total = None
+        for dims in flips:
+            x = batch.flip(dims) if dims else batch
+            with torch.autocast(
+                self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None
+            ):
+                y = self.model(x)
+            y = y.float().flip(dims) if dims else y.float()
+            total = y if total is None else total + y
+        return total if len(flips) == 1 else total / len(flips)
+
+    def _tiled(self, padded: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Gaussian-blended sliding-window logits (Hp, Wp) of a prepared image (Hp, Wp)."""
+        height, width = padded.shape
+        th, tw = min(self.tile_size, height), min(self.tile_size, width)
+        ys = tile_origins(height, th, self.overlap, self.stride)
+        xs = tile_origins(width, tw, self.overlap, self.stride)
+        wy = torch.from_numpy(blend_window(th)).to(self.device)
+        wx = torch.from_numpy(blend_window(tw)).to(self.device)
+        window = wy[:, None] * wx[None, :]
+        acc = torch.zeros((height, width), dtype=torch.float32, device=self.device)
+        origins = [(y, x) for y in ys for x in xs]
+        for start in range(0, len(origins), self.batch_size):
+            chunk = origins[start : start + self.batch_size]
+            batch = torch.stack([padded[y : y + th, x : x + tw] for y, x in chunk])[:, None]
+            for (y, x), tile in zip(chunk, self._forward(batch)[:, 0], strict=True):
+                acc[y : y + th, x : x + tw] += tile * window
+        # the window is separable and the origins a grid, so the summed weights are too
+        sy = torch.zeros(height, device=self.device)
+        sx = torch.zeros(width, device=self.device)
+        for y in ys:
+            sy[y : y + th] += wy
+        for x in xs:
+            sx[x : x + tw] += wx
+        acc /= sy[:, None]  # in place, row then column: no second image-sized array
+        acc /= sx[None, :]
+        return acc, len(origins)

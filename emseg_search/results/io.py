@@ -1,0 +1,65 @@
+"""Result tables: atomic writers, consistent-snapshot readers, and load_experiment for pandas
+(schemas: results/schemas.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from emseg_search.results.schemas import EPOCH_SCHEMA
+
+
+def write_table(rows: list[dict[str, Any]], schema: pa.Schema, path: str | Path) -> Path:
+    """Write rows with a declared schema, atomically (temp file + rename)."""
+    path = Path(path)
+    columns = {f.name: [r.get(f.name) for r in rows] for f in schema}
+    table = pa.Table.from_pydict(columns, schema=schema)
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table, tmp)
+    tmp.replace(path)
+    return path
+
+
+def read_table(path: str | Path) -> pa.Table:
+    """A consistent snapshot of a Parquet table that a running search may be rewriting.
+
+    The file is read into memory with one open() and parsed from there: ``write_table``
+    replaces it atomically, but a reader that opens the path twice (pyarrow reads the
+    footer, then the pages) can mix two versions and fail with "Couldn't deserialize thrift".
+    """
+    return pq.read_table(pa.BufferReader(Path(path).read_bytes()))
+
+
+def read_rows(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a Parquet table (empty list when the file does not exist)."""
+    path = Path(path)
+    return read_table(path).to_pylist() if path.is_file() else []
+
+
+def load_experiment(path: str | Path) -> dict[str, Any]:
+    """An experiment folder as pandas: {"trials": DataFrame, "epochs": DataFrame,
+    "experiment": dict from experiment.json}."""
+    path = Path(path)
+    if not (path / "trials.parquet").is_file():
+        raise FileNotFoundError(
+            f"{path}: no trials.parquet; not an emseg-search experiment "
+            "(or no trial has started yet)"
+        )
+    experiment = {}
+    if (path / "experiment.json").is_file():
+        experiment = json.loads((path / "experiment.json").read_text(encoding="utf-8"))
+    epochs = (
+        read_table(path / "epochs.parquet").to_pandas()
+        if (path / "epochs.parquet").is_file()
+        else pd.DataFrame(columns=EPOCH_SCHEMA.names)
+    )
+    return {
+        "trials": read_table(path / "trials.parquet").to_pandas(),
+        "epochs": epochs,
+        "experiment": experiment,
+    }

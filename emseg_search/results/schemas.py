@@ -1,0 +1,117 @@
+"""Every Parquet table's schema, declared in one place (never inferred from the first row).
+
+results/<experiment>/trials.parquet   one row per trial          TRIAL_COLUMNS + params_<name>
+results/<experiment>/epochs.parquet   one row per trial x epoch  EPOCH_SCHEMA
+<evaluate out>/images.parquet         one row per scored image   IMAGE_SCHEMA
+<predict/evaluate out>/particles.parquet  one row per particle   PARTICLE_SCHEMA
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+F64 = pa.float64()
+
+# Metrics of one epoch, as the Train worker reports them.
+EPOCH_METRICS: dict[str, pa.DataType] = {
+    "epoch": pa.int64(),
+    "train_loss": pa.float64(),
+    "lr": pa.float64(),
+    "epoch_seconds": pa.float64(),
+    "val_seconds": pa.float64(),
+    "train_images_per_s": pa.float64(),
+    "val_epoch": pa.int64(),
+    "val_iou": pa.float64(),
+    "val_dice": pa.float64(),
+    "val_precision": pa.float64(),
+    "val_recall": pa.float64(),
+    "val_mean_image_iou": pa.float64(),
+    "val_mean_image_dice": pa.float64(),
+    "best_val_iou": pa.float64(),
+    "best_epoch": pa.int64(),
+}
+EPOCH_SCHEMA = pa.schema([("trial_id", pa.string()), *EPOCH_METRICS.items()])
+
+TRIAL_STATUSES = ("running", "completed", "pruned", "stopped", "error")
+TRIAL_COLUMNS: dict[str, pa.DataType] = {
+    "trial_id": pa.string(),
+    "status": pa.string(),
+    "best_val_iou": pa.float64(),
+    "last_val_iou": pa.float64(),
+    "best_val_dice": pa.float64(),
+    "best_epoch": pa.int64(),
+    "epochs_run": pa.int64(),
+    "train_seconds": pa.float64(),
+    "error": pa.string(),
+    "model_dir": pa.string(),
+}
+
+
+_ARROW = {bool: pa.bool_(), int: pa.int64(), float: pa.float64()}
+
+
+def trial_schema(param_names: tuple[str, ...] | list[str]) -> pa.Schema:
+    """Schema of trials.parquet for a search space: fixed columns + ``params_<name>``."""
+    from emseg_search.config import field_type
+
+    params = [(f"params_{n}", _ARROW.get(field_type(n)[0], pa.string())) for n in param_names]
+    return pa.schema([*TRIAL_COLUMNS.items(), *params])
+
+
+IMAGE_SCHEMA = pa.schema(
+    [
+        ("name", pa.string()),
+        ("height", pa.int64()),
+        ("width", pa.int64()),
+        # pixels, at the original resolution
+        *[(f"{c}_px", pa.int64()) for c in ("tp", "fp", "fn", "tn")],
+        ("iou", F64),
+        ("dice", F64),
+        ("precision", F64),
+        ("recall", F64),
+        # particles: 4-connected components of the predicted mask (watershed-split with
+        # --split-touching) matched to the true instances at IoU >= 0.5 (StarDist-style)
+        ("n_true", pa.int64()),
+        ("n_pred", pa.int64()),
+        ("particle_tp", pa.int64()),
+        ("particle_precision", F64),
+        ("particle_recall", F64),
+        ("particle_f1", F64),
+        ("mean_matched_iou", F64),
+        ("panoptic_quality", F64),
+        # 1-Wasserstein distance between true and predicted equivalent diameters
+        ("size_wasserstein_px", F64),
+        ("size_wasserstein_nm", F64),
+        ("seconds", F64),
+    ]
+)
+
+# Lengths measured in px, each with an ``<name>_px`` and an ``<name>_nm`` column.
+LENGTHS: tuple[str, ...] = (
+    "equivalent_diameter",
+    "major_axis",
+    "minor_axis",
+    "feret_max",
+    "perimeter",
+)
+PARTICLE_COLUMNS: dict[str, pa.DataType] = {
+    "image": pa.string(),
+    "particle_id": pa.int64(),  # the particle's id in the label map
+    "centroid_y": F64,
+    "centroid_x": F64,
+    "bbox_min_row": pa.int64(),
+    "bbox_min_col": pa.int64(),
+    "bbox_max_row": pa.int64(),  # exclusive, numpy-slice style
+    "bbox_max_col": pa.int64(),  # exclusive
+    "touches_border": pa.bool_(),
+    "area_px": pa.int64(),
+    **{f"{n}_px": F64 for n in LENGTHS},
+    "circularity": F64,
+    "solidity": F64,
+    "eccentricity": F64,
+    "mean_intensity": F64,  # in the image's own units; NaN without an image
+    "pixel_size_nm": F64,  # NaN when unknown, and then so are all *_nm columns
+    "area_nm2": F64,
+    **{f"{n}_nm": F64 for n in LENGTHS},
+}
+PARTICLE_SCHEMA = pa.schema(list(PARTICLE_COLUMNS.items()))

@@ -1,0 +1,106 @@
+"""The sections of a search space besides its parameters: budget, resources, scheduler and
+searcher (each a frozen pydantic model; unknown keys are errors)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import Field, model_validator
+
+from emseg_search.space.params import Frozen
+
+if TYPE_CHECKING:
+    import optuna
+
+
+class Budget(Frozen):
+    """How many trials, for how long, and how many at once."""
+
+    num_samples: int = Field(ge=1)
+    time_budget_s: float | None = Field(None, gt=0)
+    max_concurrent_trials: int | None = Field(None, ge=1)  # None: sized from the cluster
+
+
+class Resources(Frozen):
+    """What one trial's training run asks for.
+
+    ``runner``: ``auto`` trains a 1-worker trial inside its Tune trial process (nothing to
+    make data-parallel, and it saves the Train worker group's start-up, ~7 s a trial on
+    2 cores) and a multi-worker trial with a Ray Train TorchTrainer (DDP); ``train`` always
+    uses a TorchTrainer.
+    """
+
+    workers: int = Field(1, ge=1)  # Train workers (DDP ranks) per trial
+    cpus_per_worker: int = Field(1, ge=1)  # also the torch threads per worker
+    gpus_per_worker: float = Field(0.0, ge=0)
+    runner: Literal["auto", "train"] = "auto"
+
+    @property
+    def inline(self) -> bool:
+        """Whether a trial trains in its own Tune process rather than a TorchTrainer."""
+        return self.runner == "auto" and self.workers == 1
+
+
+class Scheduler(Frozen):
+    """Epochs per trial and early stopping (ASHA over epochs, or none)."""
+
+    type: Literal["asha", "none"] = "asha"
+    max_epochs: int = Field(ge=1)
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: float = 2.0
+
+    @model_validator(mode="after")
+    def _check(self) -> Scheduler:
+        if self.grace_period > self.max_epochs:
+            raise ValueError(
+                f"`grace_period <= max_epochs` must hold, got grace_period="
+                f"{self.grace_period}, max_epochs={self.max_epochs}"
+            )
+        if not self.reduction_factor > 1:
+            raise ValueError(
+                f"`reduction_factor > 1` must hold, got reduction_factor={self.reduction_factor}"
+            )
+        return self
+
+
+class Searcher(Frozen):
+    """Optuna TPE (seeded) or random sampling."""
+
+    type: Literal["optuna", "random"] = "optuna"
+    seed: int = 0
+    n_startup_trials: int = Field(5, ge=0)  # random trials before TPE takes over
+    constant_liar: bool = True  # parallel trials steer away from each other's pending points
+    multivariate: bool = True
+    group: bool = True  # multivariate TPE per conditional sub-space (Optuna's `group`)
+
+    @model_validator(mode="after")
+    def _check(self) -> Searcher:
+        if self.group and not self.multivariate:
+            raise ValueError("`group: true` needs `multivariate: true`; set group: false")
+        return self
+
+    def build_sampler(self) -> optuna.samplers.BaseSampler:
+        """The Optuna sampler these settings describe."""
+        import warnings
+
+        import optuna
+
+        if self.type == "random":
+            return optuna.samplers.RandomSampler(seed=self.seed)
+        with warnings.catch_warnings():  # `group` is chosen on purpose: no "experimental" noise
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(
+                seed=self.seed,
+                n_startup_trials=self.n_startup_trials,
+                constant_liar=self.constant_liar,
+                multivariate=self.multivariate,
+                group=self.group,
+            )
+
+
+SECTIONS: dict[str, type[Frozen]] = {
+    "budget": Budget,
+    "resources": Resources,
+    "scheduler": Scheduler,
+    "searcher": Searcher,
+}

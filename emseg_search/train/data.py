@@ -1,0 +1,100 @@
+"""From a TrialConfig to data: resolve the folder, validate, split, fingerprint, normalise."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from emseg_search.config import TrialConfig
+from emseg_search.data import EMData, Fingerprint, compute_fingerprint, load_data, resolve_split
+from emseg_search.data.datasets import TileDataset, WholeImageDataset
+from emseg_search.data.synth.default_set import ensure_synthetic_data
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """What the driver resolved once and every worker reuses (plain data, crosses Ray)."""
+
+    data_dir: str
+    train: tuple[str, ...]
+    val: tuple[str, ...]
+    split_source: str
+    mean: float
+    std: float
+    normalization: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict for Ray."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> PreparedData:
+        """Inverse of ``to_dict``."""
+        return cls(**{**values, "train": tuple(values["train"]), "val": tuple(values["val"])})
+
+
+def resolve_data_dir(cfg: TrialConfig) -> Path:
+    """The data folder of a config; 'synthetic' is generated on first use."""
+    return ensure_synthetic_data() if cfg.is_synthetic else Path(cfg.data).expanduser().absolute()
+
+
+def prepare_data(cfg: TrialConfig) -> tuple[PreparedData, EMData, Fingerprint]:
+    """Validate the data (DataError lists every problem), split it, fingerprint the train part.
+
+    Normalisation follows pretrained encoder weights when there are any (their ImageNet
+    statistics), else the training images' fingerprint.
+    """
+    from emseg_search.models.registry import weights_normalization
+
+    root = resolve_data_dir(cfg)
+    data = load_data(root)
+    split = resolve_split(data.index, cfg.val_fraction, cfg.split_seed, cfg.val_file)
+    fingerprint = compute_fingerprint(data.subset(split.train))
+    pretrained = weights_normalization(cfg)
+    if pretrained is not None:
+        (mean, std), source = pretrained, f"encoder weights ({cfg.encoder_weights})"
+    else:
+        mean, std = fingerprint.intensity_mean, max(fingerprint.intensity_std, 1e-3)
+        source = "training-data fingerprint"
+    prepared = PreparedData(
+        data_dir=str(root),
+        train=split.train,
+        val=split.val,
+        split_source=split.source,
+        mean=mean,
+        std=std,
+        normalization=source,
+    )
+    return prepared, data, fingerprint
+
+
+def build_datasets(
+    cfg: TrialConfig, prepared: PreparedData, data: EMData, rank: int = 0, world: int = 1
+) -> tuple[TileDataset, WholeImageDataset]:
+    """Training tiles (all training images; a DistributedSampler shards them) and this rank's
+    disjoint share of the validation images (so no image is scored twice)."""
+    from emseg_search.augment import build_augment
+    from emseg_search.models.registry import min_input_size, required_stride
+
+    train_items = data.subset(prepared.train)
+    train = TileDataset(
+        train_items,
+        tile_size=cfg.tile_size,
+        mean=prepared.mean,
+        std=prepared.std,
+        samples_per_epoch=len(train_items) * cfg.tiles_per_image,
+        scale=cfg.scale,
+        transform=build_augment(cfg.augment, cfg.augment_strength),
+        seed=cfg.seed + 1000 * rank,
+    )
+    val_items = data.subset(prepared.val)[rank::world]
+    val = WholeImageDataset(
+        val_items,
+        mean=prepared.mean,
+        std=prepared.std,
+        stride=required_stride(cfg),
+        scale=cfg.scale,
+        min_size=min_input_size(cfg),
+    )
+    return train, val

@@ -1,0 +1,227 @@
+"""Full-resolution inference: training's numbers on whole images, tiles that agree, TTA, errors."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import disk, write_tiny_artifact
+from torch import nn
+
+from emseg_search.config import TrialConfig
+from emseg_search.data import Micrograph
+from emseg_search.data.datasets import WholeImageDataset
+from emseg_search.inference.artifact import ModelArtifact, load_artifact
+from emseg_search.inference.predictor import Predictor, blend_window, tile_origins
+from emseg_search.train.loops import full_resolution_logits
+
+CFG = TrialConfig(arch="unet", encoder="resnet18", encoder_depth=3, threshold=0.4)  # stride 8
+
+
+def _image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """Dark disks on a bright noisy ground (H, W) uint8, with pure 0 and 255 rows."""
+    rng = np.random.default_rng(seed)
+    centres = [(int(rng.integers(8, h - 8)), int(rng.integers(8, w - 8)), 9) for _ in range(8)]
+    img = np.where(disk(h, w, centres) > 0, 60, 190) + rng.normal(0, 20, (h, w))
+    img = np.clip(img, 0, 255).astype(np.uint8)
+    img[0], img[-1] = 0, 255  # > 0.1 % of pixels each: 16-bit percentiles land on them
+    return img
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained UNet(resnet18, depth 3) artifact written as training writes it."""
+    return write_tiny_artifact(tmp_path_factory.mktemp("art") / "model", **CFG.to_dict())
+
+
+@pytest.fixture(scope="module")
+def artifact(model_dir: Path) -> Iterator[ModelArtifact]:
+    """The artifact, loaded; torch on one thread (tiny inputs, and no OpenMP spinning when
+    the cores are shared with other work)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield load_artifact(model_dir)
+    torch.set_num_threads(threads)
+
+
+def _with(artifact: ModelArtifact, model: nn.Module | None = None, **cfg: object) -> ModelArtifact:
+    """The artifact with another model and/or config fields (scale, arch, ...)."""
+    return dataclasses.replace(
+        artifact,
+        model=model if model is not None else artifact.model,
+        config=artifact.config.model_copy(update=cfg),
+    )
+
+
+class Pointwise(nn.Module):
+    """A per-pixel 'model' that records the shape of every batch it sees."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shapes: list[tuple[int, ...]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.shapes.append(tuple(x.shape))
+        return torch.tanh(x) * 3 + x
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.5])
+def test_whole_image_equals_training_evaluation(artifact: ModelArtifact, scale: float) -> None:
+    art = _with(artifact, scale=scale)
+    img = _image(157, 203)
+    item = WholeImageDataset(
+        [Micrograph("a", img, np.zeros(img.shape, np.uint16))],
+        mean=art.mean,
+        std=art.std,
+        stride=8,
+        scale=scale,
+    )[0]
+    with torch.inference_mode():
+        size = tuple(int(v) for v in item["size"])
+        expected = full_resolution_logits(art.model, item["image"][None], size, img.shape)
+    pred = Predictor(art)
+    got = pred.predict_logits(img)
+    assert got.dtype == np.float32 and got.shape == img.shape
+    np.testing.assert_allclose(got, expected[0, 0].numpy(), rtol=0, atol=1e-5)
+    assert pred.throughput.windows == 1  # 157x203 fits a 1024 tile: one whole-image pass
+    cut = np.float32(np.log(0.4 / 0.6))  # threshold 0.4 from the artifact, as evaluate cuts
+    assert np.array_equal(pred.predict_mask(img), expected[0, 0].numpy() > cut)
+
+
+@pytest.mark.parametrize(
+    ("tile", "windows", "max_diff", "mean_diff"),
+    [(64, 4 * 6, 0.25, 0.025), (96, 3 * 4, 0.1, 0.008)],
+)
+def test_tiled_agrees_with_whole_image(
+    artifact: ModelArtifact, tile: int, windows: int, max_diff: float, mean_diff: float
+) -> None:
+    img = _image(157, 203, seed=1)  # neither side a multiple of the stride
+    whole = Predictor(artifact).predict_proba(img)
+    pred = Predictor(artifact, tile_size=tile, overlap=0.5, batch_size=5)
+    tiled = pred.predict_proba(img)
+    assert pred.throughput.windows == windows
+    diff = np.abs(tiled - whole)
+    # An untrained net with a receptive field wider than the tile differs near tile edges
+    # only; tiles off the stride grid would differ everywhere (~5x the mean, 0.3 max).
+    assert diff.mean() < mean_diff and diff.max() < max_diff
+    assert ((tiled > 0.5) == (whole > 0.5)).mean() > 0.998
+
+
+@pytest.mark.parametrize("overlap", [0.0, 0.25, 0.6])
+def test_blending_is_exact_and_batches_are_bounded(artifact: ModelArtifact, overlap: float) -> None:
+    """With a per-pixel model every tile agrees, so the blend must give the pixel's value."""
+    model = Pointwise()
+    pred = Predictor(_with(artifact, model), tile_size=64, overlap=overlap, batch_size=3)
+    img = _image(157, 203)
+    got = pred.predict_logits(img)
+    x = torch.from_numpy((img.astype(np.float32) / 255 - artifact.mean) / artifact.std)
+    np.testing.assert_allclose(got, (torch.tanh(x) * 3 + x).numpy(), rtol=0, atol=1e-5)
+    tiles = model.shapes
+    n = len(tile_origins(160, 64, overlap, 8)) * len(tile_origins(208, 64, overlap, 8))
+    assert sum(s[0] for s in tiles) == n == pred.throughput.windows
+    assert all(s[0] <= 3 and s[1:] == (1, 64, 64) for s in tiles)
+
+
+@pytest.mark.parametrize("length", [64, 72, 160, 208, 1000])
+@pytest.mark.parametrize("overlap", [0.0, 0.25, 0.5])
+def test_tile_origins_cover_with_the_overlap(length: int, overlap: float) -> None:
+    origins = tile_origins(length, 64, overlap, stride=8)
+    assert origins[0] == 0 and origins[-1] == max(0, length - 64)
+    assert all(o % 8 == 0 for o in origins)
+    gaps = np.diff(origins)
+    assert (gaps > 0).all() and (gaps <= 64 * (1 - overlap)).all()
+
+
+def test_blend_window_is_smooth_and_never_zero() -> None:
+    w = blend_window(64)
+    assert w.shape == (64,) and w.min() >= 1e-3 and w.max() == pytest.approx(1.0, abs=1e-2)
+    assert np.allclose(w, w[::-1]) and w[0] < 0.01 < w[16] < w[31]
+
+
+@pytest.mark.parametrize(("scale", "tile"), [(0.5, 1024), (0.5, 32), (1.5, 64)])
+def test_scale_returns_the_original_size(artifact: ModelArtifact, scale: float, tile: int) -> None:
+    img = _image(101, 77)
+    pred = Predictor(_with(artifact, scale=scale), tile_size=tile)
+    mask = pred.predict_mask(img)
+    assert mask.shape == (101, 77) and mask.dtype == np.bool_
+    assert (pred.throughput.windows > 1) == (tile < 101 * scale)
+
+
+def test_small_image_is_padded_to_the_minimum_input(artifact: ModelArtifact) -> None:
+    """PAN (stride 8 at depth 3) needs 64 px at least: a 20x30 image runs as one 64x64 input."""
+    model = Pointwise()
+    pred = Predictor(_with(artifact, model, arch="pan"), tile_size=64)
+    assert pred.predict_logits(_image(20, 30)).shape == (20, 30)
+    assert model.shapes == [(1, 1, 64, 64)]
+
+
+def test_16bit_input_takes_the_training_intensity_path(artifact: ModelArtifact) -> None:
+    img8 = _image(96, 120)
+    img16 = img8.astype(np.uint16) * 257  # percentiles 0 and 65535: the stretch is x / 65535
+    pred = Predictor(artifact)
+    np.testing.assert_array_equal(pred.predict_logits(img16), pred.predict_logits(img8))
+    pred = Predictor(artifact, tile_size=64)
+    assert np.isfinite(pred.predict_logits(img16 // 16)).all()  # 12 bits in a 16-bit file
+
+
+@pytest.mark.parametrize("tile", [1024, 64])
+def test_tta_is_flip_equivariant(artifact: ModelArtifact, tile: int) -> None:
+    """Averaging over all four flips: predicting a flipped image gives the flipped prediction."""
+    img = _image(96, 128)  # multiples of the stride (no padding), a symmetric tile grid
+    tta = Predictor(artifact, tile_size=tile, tta=True)
+    plain = Predictor(artifact, tile_size=tile)
+    out, ref = tta.predict_logits(img), plain.predict_logits(img)
+    assert out.shape == img.shape and np.isfinite(out).all()
+    assert np.corrcoef(out.ravel(), ref.ravel())[0, 1] > 0.5  # a smoothed version, not noise
+    for flip in (np.fliplr, np.flipud):
+        np.testing.assert_allclose(tta.predict_logits(flip(img)), flip(out), atol=1e-4)
+    # the model alone is not equivariant, so the check above has teeth
+    assert np.abs(plain.predict_logits(np.fliplr(img)) - np.fliplr(ref)).max() > 1e-2
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"tile_size": 60}, "tile_size: .*multiple of 8, got 60; nearest valid: 56 or 64"),
+        ({"tile_size": 0}, "tile_size"),
+        ({"tile_size": 64.0}, "tile_size must be an integer"),
+        ({"overlap": 1.0}, r"overlap must be in \[0, 1\)"),
+        ({"overlap": -0.1}, "overlap"),
+        ({"batch_size": 0}, "batch_size must be >= 1"),
+    ],
+)
+def test_invalid_options_name_the_argument(
+    artifact: ModelArtifact, options: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        Predictor(artifact, **options)
+
+
+def test_pan_tile_below_minimum_is_refused(artifact: ModelArtifact) -> None:
+    with pytest.raises(ValueError, match="tile_size: .*of at least 64, got 32"):
+        Predictor(_with(artifact, arch="pan"), tile_size=32)
+
+
+def test_bad_images_and_thresholds_are_refused(artifact: ModelArtifact) -> None:
+    pred = Predictor(artifact)
+    with pytest.raises(ValueError, match="grey image"):
+        pred.predict_logits(np.zeros((32, 32, 3), np.uint8))
+    with pytest.raises(ValueError, match="threshold"):
+        pred.predict_mask(_image(32, 32), threshold=1.0)
+
+
+def test_from_dir_counts_throughput(model_dir: Path) -> None:
+    pred = Predictor.from_dir(model_dir, tile_size=64, batch_size=8)
+    img = _image(100, 130)
+    pred.predict_proba(img)
+    pred.predict_proba(img)
+    t = pred.throughput
+    assert t.images == 2 and t.windows == 2 * 2 * 3 and t.seconds > 0
+    assert t.megapixels == pytest.approx(2 * 100 * 130 / 1e6)
+    assert t.images_per_s == pytest.approx(2 / t.seconds)
+    pred.reset_throughput()
+    assert pred.throughput.images == 0

@@ -1,0 +1,125 @@
+"""TableRecorder: statuses, dedup on resume, and trials lost to a kill marked, not dropped."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pandas as pd
+
+from emseg_search.search.recorder import TableRecorder
+from emseg_search.space.spec import space_from_dict
+
+SPACE = space_from_dict(
+    {
+        "name": "t",
+        "budget": {"num_samples": 3},
+        "scheduler": {"type": "asha", "max_epochs": 2},
+        "fixed": {"tile_size": 64},
+        "parameters": {"lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
+    }
+)
+
+
+def _trial(trial_id: str, last: dict | None = None) -> SimpleNamespace:
+    return SimpleNamespace(
+        trial_id=trial_id, config={"lr": 1e-3}, last_result=last or {}, error_file=None
+    )
+
+
+def _epoch(epoch: int, iou: float) -> dict:
+    return {
+        "epoch": epoch,
+        "val_iou": iou,
+        "val_dice": iou + 0.1,
+        "epoch_seconds": 2.0,
+        "train_loss": 0.5,
+    }
+
+
+def test_statuses_best_values_and_resume_dedup(tmp_path: Path) -> None:
+    rec = TableRecorder(tmp_path, SPACE, data="synthetic")
+    full, short = _trial("a"), _trial("b")
+    for t in (full, short):
+        rec.on_trial_start(0, [], t)
+    rec.on_trial_result(0, [], full, _epoch(0, 0.5))
+    rec.on_trial_result(0, [], full, _epoch(1, 0.7))
+    rec.on_trial_result(0, [], short, _epoch(0, 0.2))
+    rec.on_trial_complete(0, [], full)
+    rec.on_trial_complete(0, [], short)
+    trials = pd.read_parquet(tmp_path / "trials.parquet").set_index("trial_id")
+    assert trials.loc["a", "status"] == "completed" and trials.loc["b", "status"] == "pruned"
+    assert trials.loc["a", "best_val_iou"] == 0.7 and trials.loc["a", "best_epoch"] == 1
+    assert trials.loc["a", "params_lr"] == 1e-3 and trials.loc["a", "train_seconds"] == 4.0
+
+    # a resumed search replays an epoch: one row per (trial, epoch), nothing lost
+    again = TableRecorder(tmp_path, SPACE, data="synthetic")
+    again.on_trial_result(0, [], full, _epoch(1, 0.7))
+    epochs = pd.read_parquet(tmp_path / "epochs.parquet")
+    assert len(epochs) == 3 and not epochs.duplicated(["trial_id", "epoch"]).any()
+
+
+def test_trial_unknown_to_tune_after_resume_is_marked_not_dropped(tmp_path: Path) -> None:
+    rec = TableRecorder(tmp_path, SPACE, data="synthetic")
+    rec.on_trial_start(0, [], _trial("lost"))
+    rec.on_trial_start(0, [], _trial("kept"))
+    rec.on_experiment_end([_trial("kept")])
+    trials = pd.read_parquet(tmp_path / "trials.parquet").set_index("trial_id")
+    assert trials.loc["lost", "status"] == "error"
+    assert "killed before Ray Tune saved" in trials.loc["lost", "error"]
+    assert trials.loc["kept", "status"] == "running"
+
+
+def test_trial_stopped_by_the_end_of_the_search_keeps_its_model(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """The time budget ran out mid-trial: Tune stops it without a trial-complete event."""
+    written = []
+
+    def write_model(self, trial):
+        written.append(trial.trial_id)
+        return tmp_path / "trials" / trial.trial_id / "model"
+
+    monkeypatch.setattr(TableRecorder, "_write_model", write_model)
+    rec = TableRecorder(tmp_path, SPACE, data="synthetic")
+    cut, live = _trial("cut"), _trial("live")
+    for t in (cut, live):
+        rec.on_trial_start(0, [], t)
+    rec.on_trial_result(0, [], cut, _epoch(0, 0.6))
+    cut.status, live.status = "TERMINATED", "RUNNING"
+    rec.on_experiment_end([cut, live])
+    trials = pd.read_parquet(tmp_path / "trials.parquet").set_index("trial_id")
+    assert trials.loc["cut", "status"] == "stopped" and written == ["cut"]
+    assert trials.loc["cut", "model_dir"].endswith("model")
+    assert trials.loc["cut", "best_val_iou"] == 0.6
+    assert trials.loc["live", "status"] == "running"
+
+
+def test_diverged_trial_is_an_error_with_its_reason(tmp_path: Path) -> None:
+    rec = TableRecorder(tmp_path, SPACE, data="synthetic")
+    t = _trial("d", last={"diverged": True})
+    rec.on_trial_start(0, [], t)
+    rec.on_trial_result(
+        0, [], t, {"epoch": 0, "diverged": True, "stop_reason": "loss became nan", "val_iou": 0.0}
+    )
+    rec.on_trial_complete(0, [], t)
+    row = pd.read_parquet(tmp_path / "trials.parquet").iloc[0]
+    assert row["status"] == "error" and row["error"] == "loss became nan"
+
+
+def test_broken_checkpoint_is_recorded_not_fatal(tmp_path: Path) -> None:
+    from emseg_search.data.synth.default_set import ensure_synthetic_data
+
+    data = ensure_synthetic_data(tmp_path / "d", n=6, size=64)
+    rec = TableRecorder(tmp_path, SPACE, data=str(data))
+    t = _trial("x")
+    rec.on_trial_start(0, [], t)
+    rec.on_trial_result(0, [], t, _epoch(0, 0.4))
+    broken = tmp_path / "trials" / "x" / "checkpoint_2026"
+    broken.mkdir(parents=True)
+    (broken / "history.json").write_text("{not json")
+    rec.on_trial_complete(0, [], t)  # must not raise: the search goes on
+    row = pd.read_parquet(tmp_path / "trials.parquet").iloc[0]
+    assert row["status"] == "pruned" and pd.isna(row["model_dir"])
+    assert row["error"].startswith("model artifact not written: JSONDecodeError")
+    assert row["best_val_iou"] == 0.4

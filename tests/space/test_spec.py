@@ -1,0 +1,553 @@
+"""space: shipped YAML files, error messages, Optuna define-by-run, mapping, random search."""
+
+from __future__ import annotations
+
+import copy
+import json
+import pickle
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pytest
+
+from emseg_search.config import TrialConfig
+from emseg_search.losses import COMBINATIONS
+from emseg_search.models.registry import check_encoder, check_input_size, min_batch_size
+from emseg_search.space.errors import SpaceError
+from emseg_search.space.spec import SearchSpace, load_space, space_from_dict
+
+SPACES = sorted((Path(__file__).resolve().parents[2] / "search_spaces").glob("*.yaml"))
+PAIRS = list(COMBINATIONS[:3])
+BASE: dict[str, Any] = {
+    "name": "t",
+    "budget": {"num_samples": 4},
+    "scheduler": {"type": "asha", "max_epochs": 3},
+    "fixed": {"tile_size": 128, "batch_size": 4},
+    "parameters": {
+        "arch": {"type": "categorical", "choices": ["unet", "deeplabv3plus", "fpn"]},
+        "encoder": {
+            "type": "categorical",
+            "depends_on": "arch",
+            "choices": {
+                "unet": ["resnet18", "mobilenet_v2"],
+                "deeplabv3plus": ["resnet18"],
+                "fpn": ["resnet34", "mobilenet_v2"],
+            },
+        },
+        "output_stride": {
+            "type": "categorical",
+            "choices": [8, 16],
+            "when": {"arch": ["deeplabv3plus"]},
+        },
+        "loss": {"type": "categorical", "choices": ["bce", *PAIRS]},
+        "loss_weight": {"type": "float", "low": 0.2, "high": 0.8, "when": {"loss": PAIRS}},
+        "lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+        "tiles_per_image": {"type": "int", "low": 1, "high": 7, "step": 2},
+    },
+}
+
+
+def with_changes(**changes: Any) -> dict[str, Any]:
+    """BASE with top-level keys replaced; ``parameters__x`` / ``fixed__x`` set one entry."""
+    values = copy.deepcopy(BASE)
+    for key, value in changes.items():
+        section, _, name = key.partition("__")
+        if name:
+            values[section][name] = value
+        else:
+            values[section] = value
+    return values
+
+
+@pytest.fixture(scope="module")
+def space() -> SearchSpace:
+    return space_from_dict(BASE, source="base.yaml")
+
+
+def check_conditionals(params: dict[str, Any]) -> None:
+    """The {field: value} dict honours BASE's `when` and `depends_on`."""
+    allowed = BASE["parameters"]["encoder"]["choices"][params["arch"]]
+    assert params["encoder"] in allowed
+    assert ("output_stride" in params) == (params["arch"] == "deeplabv3plus")
+    assert ("loss_weight" in params) == (params["loss"] in PAIRS)
+
+
+# ---- shipped spaces ----------------------------------------------------------------------------
+
+
+def test_shipped_spaces_exist() -> None:
+    names = {p.name for p in SPACES}
+    assert {"quick.yaml", "unet_vs_deeplabv3plus.yaml", "emps_cpu.yaml", "full.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", SPACES, ids=lambda p: p.name)
+def test_shipped_space_loads_and_round_trips(path: Path) -> None:
+    """Loads; random draws make valid TrialConfigs; smoke_test shrinks; to_dict round-trips."""
+    space = load_space(path)
+    assert space.param_names
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        params = space.random_params(rng)
+        assert set(params) <= set(space.param_names)
+        cfg = space.trial_config(params, data="synthetic")
+        assert isinstance(cfg, TrialConfig) and cfg.epochs == space.scheduler.max_epochs
+        check_encoder(cfg)
+        check_input_size(cfg)
+    smoke = space.smoke_test()
+    assert smoke.budget.num_samples == 2 and smoke.budget.time_budget_s is None
+    assert (smoke.scheduler.max_epochs, smoke.scheduler.grace_period) == (1, 1)
+    for _ in range(10):
+        cfg = smoke.trial_config(smoke.random_params(rng))
+        assert cfg.tiles_per_image == 1 and cfg.epochs == 1
+        assert min_batch_size(cfg) <= cfg.batch_size <= 2
+        assert 64 <= cfg.tile_size <= 128
+        check_input_size(cfg)
+    dumped = space.to_dict()
+    json.dumps(dumped)
+    assert space_from_dict(dumped).to_dict() == dumped
+
+
+def test_quick_is_a_cpu_synthetic_comparison() -> None:
+    space = load_space(SPACES[0].parent / "quick.yaml")
+    assert space.data == "synthetic" and space.resources.gpus_per_worker == 0
+    assert set(space.parameters["arch"].all_choices) == {"unet", "deeplabv3plus"}
+    assert space.base_values()["encoder_weights"] is None
+    # the plan in the file's comment: ~20 s + max_epochs x ~6.5 s per trial, one at a time
+    assert space.budget.num_samples * (20 + 6.5 * space.scheduler.max_epochs) < 7 * 60
+
+
+# ---- error messages ----------------------------------------------------------------------------
+
+ERRORS = {
+    "unknown top-level key": (
+        {**BASE, "nmae": "x"},
+        r"^base\.yaml: nmae: unknown key; valid keys: name, description, data",
+    ),
+    "unknown section key": (
+        with_changes(scheduler={"max_epoch": 3}),
+        r"scheduler\.max_epoch: unknown key; valid keys: type, max_epochs, grace_period",
+    ),
+    "unknown runner": (
+        with_changes(resources={"runner": "inline"}),
+        r"resources\.runner: Input should be 'auto' or 'train'",
+    ),
+    "unknown spec key": (
+        with_changes(parameters__lr={"type": "float", "low": 1, "high": 2, "lgo": True}),
+        r"parameters\.lr\.lgo: unknown key; valid keys: when, type, low, high, log, step",
+    ),
+    "bad type": (
+        with_changes(parameters__lr={"type": "flaot", "low": 1, "high": 2}),
+        r"parameters\.lr: `type` must be one of float, int, categorical, got 'flaot'",
+    ),
+    "bad bounds": (
+        with_changes(parameters__lr={"type": "float", "low": 0.1, "high": 0.01}),
+        r"parameters\.lr: `low < high` must hold, got low=0\.1, high=0\.01",
+    ),
+    "log with zero": (
+        with_changes(parameters__lr={"type": "float", "low": 0, "high": 0.1, "log": True}),
+        r"`low > 0` must hold with log: true, got low=0\.0",
+    ),
+    "step not dividing": (
+        with_changes(parameters__tiles_per_image={"type": "int", "low": 1, "high": 6, "step": 2}),
+        r"`high - low` must be a multiple of `step`, got low=1, high=6, step=2",
+    ),
+    "grace period": (
+        with_changes(scheduler={"max_epochs": 2, "grace_period": 5}),
+        r"scheduler: `grace_period <= max_epochs` must hold, got grace_period=5, max_epochs=2",
+    ),
+    "reduction factor": (
+        with_changes(scheduler={"max_epochs": 2, "reduction_factor": 1}),
+        r"`reduction_factor > 1` must hold, got reduction_factor=1\.0",
+    ),
+    "unknown arch": (
+        with_changes(parameters__arch={"type": "categorical", "choices": ["unet", "Unet"]}),
+        r"parameters\.arch\.choices: unknown arch 'Unet'; valid: deeplabv3, .*unet",
+    ),
+    "unknown encoder": (
+        with_changes(
+            parameters__encoder={
+                "type": "categorical",
+                "depends_on": "arch",
+                "choices": {"unet": ["resnet19"]},
+            }
+        ),
+        r"parameters\.encoder\.choices\.unet: unknown encoder 'resnet19'.*close matches: resnet18",
+    ),
+    "unknown loss": (
+        with_changes(parameters__loss={"type": "categorical", "choices": ["bce", "dice+dice"]}),
+        r"parameters\.loss\.choices: unknown loss 'dice\+dice'; valid base losses: \['bce', 'dice'",
+    ),
+    "unknown augment": (
+        with_changes(fixed__augment="strong"),
+        r"fixed\.augment: unknown augment 'strong'; valid: em, flips, heavy, light, none",
+    ),
+    "unknown optimizer": (
+        with_changes(parameters__optimizer={"type": "categorical", "choices": ["adamw", "lion"]}),
+        r"parameters\.optimizer\.choices: Input should be 'adamw', 'adam' or 'sgd' \(got 'lion'\)",
+    ),
+    "unknown fixed field": (
+        with_changes(fixed__learning_rate=0.1),
+        r"fixed\.learning_rate: not a TrialConfig field; valid fields: .*arch, .*lr",
+    ),
+    "unknown parameter field": (
+        with_changes(parameters__nope={"type": "int", "low": 1, "high": 2}),
+        r"parameters\.nope: not a TrialConfig field; valid fields:",
+    ),
+    "epochs in fixed": (
+        with_changes(fixed__epochs=3),
+        r"fixed\.epochs: set by scheduler\.max_epochs, not here",
+    ),
+    "out of TrialConfig range": (
+        with_changes(parameters__loss_weight={"type": "float", "low": 0.5, "high": 2.0}),
+        r"parameters\.loss_weight\.high: Input should be less than or equal to 1",
+    ),
+    "yaml 1.1 float as text": (
+        with_changes(parameters__lr={"type": "categorical", "choices": ["1e-4", 0.001]}),
+        r"parameters\.lr\.choices: '1e-4' is text, not a number",
+    ),
+    "when names a later parameter": (
+        with_changes(
+            parameters={
+                "output_stride": {"type": "categorical", "choices": [8], "when": {"arch": "x"}},
+                "arch": {"type": "categorical", "choices": ["deeplabv3plus"]},
+            }
+        ),
+        r"parameters\.output_stride\.when\.arch: `arch` is sampled after `output_stride`",
+    ),
+    "depends_on names an unknown parameter": (
+        with_changes(
+            parameters__encoder={
+                "type": "categorical",
+                "depends_on": "archh",
+                "choices": {"unet": ["resnet18"]},
+            }
+        ),
+        r"parameters\.encoder\.depends_on: `archh` is neither an earlier parameter nor a fixed",
+    ),
+    "when value never taken": (
+        with_changes(
+            parameters__loss_weight={
+                "type": "float",
+                "low": 0.2,
+                "high": 0.8,
+                "when": {"loss": ["dice+bec"]},
+            }
+        ),
+        r"parameters\.loss_weight\.when\.loss: unknown loss 'dice\+bec'",
+    ),
+    "depends_on key never taken": (
+        with_changes(
+            parameters__encoder={
+                "type": "categorical",
+                "depends_on": "arch",
+                "choices": {"unet": ["resnet18"], "pna": ["resnet18"]},
+            }
+        ),
+        r"parameters\.encoder\.depends_on: unknown arch 'pna'; valid: deeplabv3,",
+    ),
+    "when value never reachable": (
+        with_changes(
+            parameters__output_stride={
+                "type": "categorical",
+                "choices": [8, 16],
+                "when": {"arch": ["deeplabv3"]},
+            }
+        ),
+        r"when\.arch: never sampled: `arch` takes \['unet', 'deeplabv3plus', 'fpn'\]",
+    ),
+    "when on a numeric parameter": (
+        with_changes(
+            parameters={
+                "lr": {"type": "float", "low": 1e-4, "high": 1e-2},
+                "arch": {"type": "categorical", "choices": ["unet"], "when": {"lr": 0.01}},
+            }
+        ),
+        r"parameters\.arch\.when\.lr: `lr` is not categorical",
+    ),
+    "encoder that does not fit the arch": (
+        with_changes(
+            fixed={"encoder": "mobilenet_v2"},
+            parameters={"arch": {"type": "categorical", "choices": ["unet", "fcn"]}},
+        ),
+        r"combination arch='fcn': encoder: arch 'fcn' takes a torchvision ResNet, got 'mobilenet",
+    ),
+    "tile too small for pan": (
+        with_changes(
+            fixed={"tile_size": 64, "batch_size": 2},
+            parameters={"arch": {"type": "categorical", "choices": ["unet", "pan"]}},
+        ),
+        r"combination arch='pan': tile_size: arch 'pan' .* multiple of 16 of at least 128, got 64",
+    ),
+    "output_stride without when": (
+        with_changes(
+            parameters__output_stride={"type": "categorical", "choices": [8, 16]},
+        ),
+        r"combination arch='unet', encoder='resnet18', output_stride=8: output_stride: only deep",
+    ),
+    "batch of one for deeplab": (
+        with_changes(fixed={"tile_size": 128, "batch_size": 1}),
+        r"batch_size: arch 'deeplabv3plus' needs at least 2 images per batch",
+    ),
+    "offline weights missing": (
+        with_changes(fixed__encoder_weights="imagenet-offline"),
+        r"combination arch='unet', encoder='resnet18'.*no weights for 'resnet18'",
+    ),
+    "no validation images": (
+        with_changes(fixed__val_fraction=0.0),
+        r"fixed\.val_fraction: 0 leaves no validation images",
+    ),
+    "never sampled": (
+        with_changes(
+            fixed={"tile_size": 128, "arch": "unet"},
+            parameters={
+                "output_stride": {
+                    "type": "categorical",
+                    "choices": [8, 16],
+                    "when": {"arch": "deeplabv3plus"},
+                }
+            },
+        ),
+        r"never sampled: `arch` is fixed to 'unet', none of \['deeplabv3plus'\]",
+    ),
+}
+
+
+@pytest.mark.parametrize("values, pattern", ERRORS.values(), ids=ERRORS.keys())
+def test_errors_name_the_key_and_the_rule(values: dict[str, Any], pattern: str) -> None:
+    with pytest.raises(SpaceError, match=pattern) as info:
+        space_from_dict(values, source="base.yaml")
+    assert all(line.startswith("base.yaml: ") for line in str(info.value).splitlines())
+
+
+def test_file_errors_start_with_the_path(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: x\nbudget: {num_samples: 0}\nscheduler: {max_epochs: 1}\n")
+    with pytest.raises(SpaceError, match=rf"^{path}: budget\.num_samples: Input should be"):
+        load_space(path)
+    path.write_text("name: [x\n")
+    with pytest.raises(SpaceError, match=rf"^{path}: cannot read YAML"):
+        load_space(path)
+    with pytest.raises(SpaceError, match=r"missing\.yaml: cannot read YAML"):
+        load_space(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize(
+    "resources, inline",
+    [
+        ({}, True),
+        ({"workers": 2}, False),
+        ({"runner": "train"}, False),
+        ({"gpus_per_worker": 1}, True),
+    ],
+)
+def test_one_worker_trials_run_inline_unless_told_otherwise(
+    resources: dict[str, Any], inline: bool
+) -> None:
+    space = space_from_dict(with_changes(resources=resources), source="base.yaml")
+    assert space.resources.inline is inline
+
+
+# ---- Optuna define-by-run and Ray's OptunaSearch -----------------------------------------------
+
+
+@pytest.mark.parametrize("builder", ["plain_tpe", "space_sampler"])
+def test_define_by_run_with_real_tpe(space: SearchSpace, builder: str) -> None:
+    """20 TPE trials: no dynamic-space errors or warnings; conditionals hold in every trial."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sampler = (
+            optuna.samplers.TPESampler(seed=0, n_startup_trials=5)
+            if builder == "plain_tpe"
+            else space.searcher.build_sampler()
+        )
+        study = optuna.create_study(sampler=sampler, direction="maximize")
+        define = space.define_by_run()
+
+        def objective(trial: optuna.Trial) -> float:
+            assert define(trial) is None
+            cfg = space.trial_config(trial.params)
+            return float(cfg.arch == "unet") + cfg.lr
+
+        study.optimize(objective, n_trials=20)
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    seen_arch = set()
+    for trial in study.trials:
+        arch = trial.params["arch"]
+        seen_arch.add(arch)
+        assert "encoder" not in trial.params and f"encoder|arch={arch}" in trial.params
+        check_conditionals(space.sampled_params(trial.params))
+    assert seen_arch == {"unet", "deeplabv3plus", "fpn"}
+
+
+def test_ray_optuna_search_suggests_without_ray_init(space: SearchSpace) -> None:
+    """OptunaSearch takes the define-by-run function; its configs map back to fields."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    searcher = OptunaSearch(
+        space=space.define_by_run(),
+        metric="val_iou",
+        mode="max",
+        sampler=space.searcher.build_sampler(),
+    )
+    for i in range(6):
+        config = searcher.suggest(f"t{i}")
+        assert any(key.startswith("encoder|arch=") for key in config)
+        params = space.sampled_params(config)
+        check_conditionals(params)
+        assert space.trial_config(config).arch == params["arch"]
+        searcher.on_trial_complete(f"t{i}", {"val_iou": 0.5, "training_iteration": 1})
+    pickle.loads(pickle.dumps(space.define_by_run()))  # OptunaSearch.save pickles it
+
+
+def test_study_export_shows_every_trial_and_settles_those_the_search_cut(
+    space: SearchSpace, tmp_path: Path
+) -> None:
+    """optuna.db: each trial names its Tune trial; a trial still running when Tune last
+    snapshots the searcher (time budget ran out) is in the file, and after the search it is
+    PRUNED with its last reported IoU, not left RUNNING (or missing, as before)."""
+    from emseg_search.search.algorithms import build_searcher, settle_study_export
+
+    db = tmp_path / "optuna.db"
+    searcher = build_searcher(space, tmp_path)
+    searcher.suggest("done")
+    searcher.on_trial_result("done", {"val_iou": 0.6, "training_iteration": 1})
+    searcher.on_trial_complete("done", {"val_iou": 0.7, "training_iteration": 4})
+    searcher.suggest("cut")  # asked after the last export by on_trial_complete
+    for epoch, iou in ((1, 0.4), (2, 0.55)):
+        searcher.on_trial_result("cut", {"val_iou": iou, "training_iteration": epoch})
+    searcher.save(str(tmp_path / "searcher.pkl"))  # Tune's final snapshot
+    mtime = db.stat().st_mtime_ns
+    searcher.save(str(tmp_path / "searcher.pkl"))  # nothing changed: not exported again
+    assert db.stat().st_mtime_ns == mtime
+
+    def load() -> dict[str, optuna.trial.FrozenTrial]:
+        study = optuna.load_study(study_name=space.name, storage=f"sqlite:///{db}")
+        return {t.user_attrs["tune_trial_id"]: t for t in study.trials}
+
+    trials = load()
+    assert trials["done"].state == optuna.trial.TrialState.COMPLETE
+    assert trials["cut"].state == optuna.trial.TrialState.RUNNING
+    assert settle_study_export(db) == 1
+    trials = load()
+    assert trials["cut"].state == optuna.trial.TrialState.PRUNED
+    assert trials["cut"].value == pytest.approx(0.55)
+    assert settle_study_export(db) == 0
+    assert settle_study_export(tmp_path / "missing.db") == 0
+
+
+# ---- mapping, trial configs, random search, smoke test -----------------------------------------
+
+
+def test_sampled_params_maps_branch_names(space: SearchSpace) -> None:
+    raw = {"arch": "unet", "encoder|arch=unet": "mobilenet_v2", "loss": "bce", "lr": 0.01}
+    raw["tiles_per_image"] = 3
+    assert space.sampled_params(raw) == {
+        "arch": "unet",
+        "encoder": "mobilenet_v2",
+        "loss": "bce",
+        "lr": 0.01,
+        "tiles_per_image": 3,
+    }
+    encoder = raw.pop("encoder|arch=unet")
+    plain = {**raw, "encoder": encoder}
+    assert space.sampled_params(plain)["encoder"] == "mobilenet_v2"
+
+
+@pytest.mark.parametrize(
+    "change, pattern",
+    [
+        ({"learning_rate": 0.1}, r"params: unknown parameter 'learning_rate'"),
+        ({"output_stride": 8}, r"params: output_stride: given, but its `when`"),
+        ({"loss": "dice+bce"}, r"params: loss_weight: missing"),
+        ({"encoder|arch=fpn": "resnet34"}, r"'encoder\|arch=unet' and 'encoder\|arch=fpn' both"),
+        ({"encoder|arch=unet": "resnet34"}, r"encoder: 'resnet34' is not among"),
+    ],
+)
+def test_sampled_params_rejects_inconsistent_params(
+    space: SearchSpace, change: dict[str, Any], pattern: str
+) -> None:
+    raw = {"arch": "unet", "encoder|arch=unet": "resnet18", "loss": "bce", "lr": 0.01}
+    with pytest.raises(SpaceError, match=r"^base\.yaml: .*" + pattern):
+        space.sampled_params({**raw, "tiles_per_image": 1, **change})
+
+
+def test_trial_config_is_fixed_plus_sampled(space: SearchSpace) -> None:
+    raw = {
+        "arch": "deeplabv3plus",
+        "encoder|arch=deeplabv3plus": "resnet18",
+        "output_stride": 8,
+        "loss": PAIRS[0],
+        "loss_weight": 0.3,
+        "lr": 0.002,
+        "tiles_per_image": 5,
+    }
+    cfg = space.trial_config(raw, data="/data/emps")
+    assert (cfg.arch, cfg.encoder, cfg.output_stride, cfg.loss) == (
+        "deeplabv3plus",
+        "resnet18",
+        8,
+        PAIRS[0],
+    )
+    assert (cfg.loss_weight, cfg.lr, cfg.tiles_per_image) == (0.3, 0.002, 5)
+    assert (cfg.tile_size, cfg.batch_size, cfg.epochs, cfg.data) == (128, 4, 3, "/data/emps")
+    assert space.trial_config(raw).data == "synthetic"
+
+
+def test_random_params_honour_conditionals_and_bounds(space: SearchSpace) -> None:
+    draws = [space.random_params(np.random.default_rng(seed)) for seed in range(200)]
+    for params in draws:
+        check_conditionals(params)
+        assert 1e-4 <= params["lr"] <= 1e-2 and params["tiles_per_image"] in (1, 3, 5, 7)
+    lrs = np.log10([p["lr"] for p in draws])
+    assert lrs.min() < -3.5 and lrs.max() > -2.5  # log-uniform: both decades are visited
+    assert {p["arch"] for p in draws} == {"unet", "deeplabv3plus", "fpn"}
+    rng_a, rng_b = np.random.default_rng(7), np.random.default_rng(7)
+    assert space.random_params(rng_a) == space.random_params(rng_b)
+
+
+def test_param_names_in_file_order(space: SearchSpace) -> None:
+    assert space.param_names == tuple(BASE["parameters"])
+
+
+def test_smoke_test_picks_sizes_every_arch_accepts() -> None:
+    values = with_changes(
+        parameters={
+            "arch": {"type": "categorical", "choices": ["unet", "pan", "deeplabv3plus"]},
+            "tile_size": {"type": "categorical", "choices": [256, 512]},
+            "batch_size": {"type": "int", "low": 4, "high": 16},
+            "lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+        },
+        fixed={"warmup_epochs": 3, "val_every": 2},
+        budget={"num_samples": 50, "time_budget_s": 3600},
+        scheduler={"max_epochs": 30, "grace_period": 5},
+    )
+    smoke = space_from_dict(values).smoke_test()
+    assert smoke.param_names == ("arch", "lr")
+    assert smoke.fixed["tile_size"] == 128  # pan needs >= 128; unet 32 | 128
+    assert smoke.fixed["batch_size"] == 2 and smoke.fixed["tiles_per_image"] == 1
+    assert smoke.fixed["warmup_epochs"] == 1 and smoke.fixed["val_every"] == 1
+    assert smoke.budget.time_budget_s is None and smoke.budget.num_samples == 2
+    assert space_from_dict(with_changes()).smoke_test().fixed["tile_size"] == 64
+
+
+def test_fixed_value_is_the_fallback_of_a_conditional_parameter() -> None:
+    space = space_from_dict(with_changes(fixed__loss_weight=0.7))
+    raw = {"arch": "fpn", "encoder|arch=fpn": "resnet34", "lr": 0.01, "tiles_per_image": 1}
+    assert space.trial_config({**raw, "loss": "bce"}).loss_weight == 0.7
+    assert space.trial_config({**raw, "loss": PAIRS[0], "loss_weight": 0.4}).loss_weight == 0.4
+    with pytest.raises(SpaceError, match=r"parameters\.lr: also in `fixed`, but always sampled"):
+        space_from_dict(with_changes(fixed__lr=0.01))
+
+
+def test_readme_example_loads() -> None:
+    """The format example in search_spaces/README.md is a valid space."""
+    import yaml
+
+    text = (SPACES[0].parent / "README.md").read_text(encoding="utf-8")
+    example = text.split("```yaml\n", 1)[1].split("```", 1)[0]
+    space = space_from_dict(yaml.safe_load(example), source="README.md")
+    assert space.param_names[:3] == ("arch", "encoder", "output_stride")

@@ -1,0 +1,58 @@
+"""Starting Ray: a stale `ray start` record must not make a run hang at start."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from emseg_search.train.cluster import stale_cluster_address
+
+
+def dead_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_stale_cluster_address_tells_a_dead_head_from_a_live_one(tmp_path: Path) -> None:
+    record = tmp_path / "ray_current_cluster"
+    assert stale_cluster_address(record) is None  # no record: nothing to ignore
+    port = dead_port()
+    record.write_text(f"127.0.0.1:{port}\n")
+    assert stale_cluster_address(record) == f"127.0.0.1:{port}"
+    with socket.socket() as live:
+        live.bind(("127.0.0.1", 0))
+        live.listen()
+        record.write_text(f"127.0.0.1:{live.getsockname()[1]}")
+        assert stale_cluster_address(record) is None  # a head that answers is joined
+    record.write_text("not an address")
+    assert stale_cluster_address(record) is None
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_init_ray_starts_a_local_ray_past_a_stale_record() -> None:
+    """A head killed without `ray stop` leaves its address behind; a plain ray.init() then
+    tries to join it and hangs. init_ray says so and starts its own Ray."""
+    # Ray's socket paths must stay short: a temp dir of its own under /tmp, not pytest's
+    with tempfile.TemporaryDirectory(dir="/tmp", prefix="rt") as tmp:
+        (Path(tmp) / "ray").mkdir()
+        (Path(tmp) / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{dead_port()}")
+        env = {**os.environ, "RAY_TMPDIR": tmp, "RAY_ADDRESS": ""}
+        code = (
+            "from emseg_search.train.cluster import init_ray; import ray; "
+            "print('CPUs', init_ray(num_cpus=1)['CPU']); ray.shutdown()"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180
+        )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "CPUs 1.0" in done.stdout
+    assert "which does not answer" in done.stdout
