@@ -31,8 +31,8 @@ EXPERIMENT ?= quick
 # The default search on the synthetic data. A finished or interrupted experiment is resumed
 # (never overwritten); `make run RUN_ARGS=--overwrite` starts it again.
 run: venv
-	"$(PY)" -m emseg_search.synth --out "$(SYNTH_DIR)" --if-missing --progress
-	"$(PY)" -m emseg_search.montage "$(SYNTH_DIR)" --out results/synthetic_montage.png
+	"$(PY)" -m emseg_search synth --out "$(SYNTH_DIR)" --if-missing --progress
+	"$(PY)" -m emseg_search montage "$(SYNTH_DIR)" --out results/synthetic_montage.png
 	@if [ -d "results/$(EXPERIMENT)/tune" ] && [ -z "$(RUN_ARGS)" ]; then resume=--resume; fi; \
 	  "$(PY)" -m emseg_search.run "$(SPACE)" --name "$(EXPERIMENT)" $$resume $(RUN_ARGS)
 
