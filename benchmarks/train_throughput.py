@@ -27,7 +27,7 @@ from _report import write_report  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from emseg_search.config import TrialConfig  # noqa: E402
-from emseg_search.losses import build_loss  # noqa: E402
+from emseg_search.losses import build_trial_loss  # noqa: E402
 from emseg_search.models.precision import autocast_dtype
 from emseg_search.models.registry import build_model  # noqa: E402
 from emseg_search.train.data import build_datasets, prepare_data  # noqa: E402
@@ -58,7 +58,7 @@ def plain(cfg: TrialConfig, threads: int, device: torch.device) -> tuple[float, 
     rates = []
     for _ in range(cfg.epochs):
         s = train_one_epoch(
-            model, loader, build_loss(cfg.loss), opt, sched, device, amp, scaler, cfg.grad_clip
+            model, loader, build_trial_loss(cfg), opt, sched, device, amp, scaler, cfg.grad_clip
         )
         rates.append(s.images / s.seconds)
     return statistics.median(rates[1:]), loader_rate

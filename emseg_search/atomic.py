@@ -6,11 +6,21 @@ one, never a torn one, and a crash leaves at most a stray temporary file.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+
+@functools.cache
+def _file_mode() -> int:
+    """The mode open() would give a new file: 0o666 less the umask (read once, on first use:
+    setting the umask is the only portable way to read it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def fsync_dir(folder: str | Path) -> None:
@@ -49,6 +59,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, _file_mode())  # mkstemp makes 0600; results are shared files
     try:
         yield tmp_path
         _fsync_file(tmp_path)

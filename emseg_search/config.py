@@ -51,6 +51,15 @@ class TrialConfig(BaseModel):
     loss_weight: float = Field(
         0.5, ge=0.0, le=1.0, description="weight of the first term of a 'a+b' loss"
     )
+    focal_gamma: float = Field(
+        2.0, ge=0.0, le=10.0, description="focal loss focusing exponent (0: plain BCE)"
+    )
+    tversky_alpha: float = Field(
+        0.3, ge=0.0, le=1.0, description="Tversky loss weight of false positives"
+    )
+    tversky_beta: float = Field(
+        0.7, ge=0.0, le=1.0, description="Tversky loss weight of false negatives"
+    )
     augment: str = "light"
     augment_strength: float = Field(1.0, ge=0.0, le=2.0)
 
@@ -62,6 +71,9 @@ class TrialConfig(BaseModel):
     batch_size: int = Field(8, ge=1)
     epochs: int = Field(10, ge=1)
     warmup_epochs: float = Field(1.0, ge=0.0)
+    lr_min_factor: float = Field(
+        0.01, ge=0.0, le=1.0, description="cosine schedule's final lr as a fraction of lr"
+    )
     grad_clip: float | None = Field(1.0, gt=0.0)
     amp: bool = Field(True, description="mixed precision on GPU (ignored on CPU)")
 
@@ -87,6 +99,12 @@ class TrialConfig(BaseModel):
             raise ValueError(
                 f"`warmup_epochs <= epochs` must hold, got warmup_epochs="
                 f"{self.warmup_epochs}, epochs={self.epochs}"
+            )
+        if self.tversky_alpha + self.tversky_beta <= 0.0:
+            # both 0 make the Tversky index tp / tp: a constant loss that teaches nothing
+            raise ValueError(
+                f"`tversky_alpha + tversky_beta > 0` must hold, got tversky_alpha="
+                f"{self.tversky_alpha}, tversky_beta={self.tversky_beta}"
             )
         return self
 
@@ -131,10 +149,10 @@ class TrialConfig(BaseModel):
         return self.model_dump()
 
     def write_yaml(self, path: str | Path) -> Path:
-        """Save the resolved config (every field) as YAML."""
-        path = Path(path)
-        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False), encoding="utf-8")
-        return path
+        """Save the resolved config (every field) as YAML, atomically."""
+        from emseg_search.atomic import write_text
+
+        return write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
 def field_type(name: str) -> tuple[type, tuple[Any, ...] | None, bool]:

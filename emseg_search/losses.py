@@ -18,6 +18,8 @@ import torch
 from segmentation_models_pytorch import losses as smp_losses
 from torch import nn
 
+from emseg_search.config import TrialConfig
+
 BINARY = smp_losses.BINARY_MODE
 
 
@@ -38,16 +40,33 @@ def _mcc() -> nn.Module:
     return SigmoidInput(smp_losses.MCCLoss())
 
 
-# name -> factory of a fresh module; all take logits.
-LOSSES: dict[str, Callable[[], nn.Module]] = {
+def _focal(*, focal_gamma: float) -> nn.Module:
+    """smp's binary focal loss on logits with focusing exponent ``focal_gamma``."""
+    return smp_losses.FocalLoss(mode=BINARY, gamma=focal_gamma)
+
+
+def _tversky(*, tversky_alpha: float, tversky_beta: float) -> nn.Module:
+    """smp's binary Tversky loss on logits; alpha weighs false positives, beta false negatives
+    (the defaults, 0.3/0.7, favour recall of small particles)."""
+    return smp_losses.TverskyLoss(
+        mode=BINARY, from_logits=True, alpha=tversky_alpha, beta=tversky_beta
+    )
+
+
+# name -> factory of a fresh module; all take logits. A factory's keywords are TrialConfig
+# fields (listed in LOSS_OPTIONS), which build_loss passes on.
+LOSSES: dict[str, Callable[..., nn.Module]] = {
     "bce": smp_losses.SoftBCEWithLogitsLoss,
     "dice": partial(smp_losses.DiceLoss, mode=BINARY, from_logits=True),
-    "focal": partial(smp_losses.FocalLoss, mode=BINARY, gamma=2.0),
+    "focal": _focal,
     "jaccard": partial(smp_losses.JaccardLoss, mode=BINARY, from_logits=True),
     "lovasz": partial(smp_losses.LovaszLoss, mode=BINARY, per_image=False, from_logits=True),
     "mcc": _mcc,
-    # alpha weighs false positives, beta false negatives: favour recall of small particles.
-    "tversky": partial(smp_losses.TverskyLoss, mode=BINARY, from_logits=True, alpha=0.3, beta=0.7),
+    "tversky": _tversky,
+}
+LOSS_OPTIONS: dict[str, tuple[str, ...]] = {
+    "focal": ("focal_gamma",),
+    "tversky": ("tversky_alpha", "tversky_beta"),
 }
 
 # The pairs worth searching over: a region/overlap term plus a pixel-wise term.
@@ -88,18 +107,48 @@ def _unknown(name: str) -> ValueError:
     )
 
 
-def build_loss(name: str, weight: float = 0.5) -> nn.Module:
+def _base(name: str, options: dict[str, float]) -> nn.Module:
+    """A fresh base loss ``name`` given the options its factory takes."""
+    return LOSSES[name](**{k: options[k] for k in LOSS_OPTIONS.get(name, ())})
+
+
+def build_loss(
+    name: str,
+    weight: float = 0.5,
+    *,
+    focal_gamma: float = 2.0,
+    tversky_alpha: float = 0.3,
+    tversky_beta: float = 0.7,
+) -> nn.Module:
     """Loss module for logits (N, 1, H, W) vs targets (N, 1, H, W); "a+b" -> w*a + (1-w)*b.
 
-    ``weight`` only applies to pairs (it is TrialConfig.loss_weight) and must lie in [0, 1].
+    ``weight`` only applies to pairs (it is TrialConfig.loss_weight) and must lie in [0, 1];
+    the keyword options are the TrialConfig fields of the same name (defaults equal theirs)
+    and reach the losses that use them, alone or in a pair.
     """
+    options = {
+        "focal_gamma": focal_gamma,
+        "tversky_alpha": tversky_alpha,
+        "tversky_beta": tversky_beta,
+    }
     parts = [p.strip() for p in name.split("+")]
     if len(parts) == 1:
         if parts[0] not in LOSSES:
             raise _unknown(name)
-        return LOSSES[parts[0]]()
+        return _base(parts[0], options)
     if len(parts) != 2 or any(p not in LOSSES for p in parts) or parts[0] == parts[1]:
         raise _unknown(name)
     if not 0.0 <= weight <= 1.0:
         raise ValueError(f"loss weight must lie in [0, 1], got {weight}")
-    return WeightedSum(LOSSES[parts[0]](), LOSSES[parts[1]](), weight)
+    return WeightedSum(_base(parts[0], options), _base(parts[1], options), weight)
+
+
+def build_trial_loss(cfg: TrialConfig) -> nn.Module:
+    """The loss a TrialConfig asks for: ``cfg.loss`` with its weight and every loss option."""
+    return build_loss(
+        cfg.loss,
+        cfg.loss_weight,
+        focal_gamma=cfg.focal_gamma,
+        tversky_alpha=cfg.tversky_alpha,
+        tversky_beta=cfg.tversky_beta,
+    )

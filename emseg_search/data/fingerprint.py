@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from emseg_search.atomic import write_text
 from emseg_search.data.loading import Micrograph
 from emseg_search.data.readers import image_to_float01
 
@@ -56,10 +57,8 @@ class Fingerprint(BaseModel):
     particle_diameter_px: dict[str, float]
 
     def write_json(self, path: str | Path) -> Path:
-        """Write the fingerprint as indented JSON."""
-        path = Path(path)
-        path.write_text(self.model_dump_json(indent=2) + "\n", encoding="utf-8")
-        return path
+        """Write the fingerprint as indented JSON (atomically)."""
+        return write_text(path, self.model_dump_json(indent=2) + "\n")
 
     @classmethod
     def load_json(cls, path: str | Path) -> Fingerprint:

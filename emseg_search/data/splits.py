@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from emseg_search.atomic import write_text
 from emseg_search.data.errors import DataError, Problem
 from emseg_search.data.layout import DataIndex, read_split_file
 
@@ -89,7 +90,5 @@ def resolve_split(
 
 
 def write_split_file(path: str | Path, names: list[str] | tuple[str, ...]) -> Path:
-    """Write names one per line (the EMPS split-file format)."""
-    path = Path(path)
-    path.write_text("".join(f"{n}\n" for n in names), encoding="utf-8")
-    return path
+    """Write names one per line (the EMPS split-file format), atomically."""
+    return write_text(path, "".join(f"{n}\n" for n in names))

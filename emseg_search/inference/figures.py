@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from emseg_search.atomic import atomic_path
 from emseg_search.data.readers import image_to_float01
 
 PRED_COLOR = (255, 0, 255)  # magenta: predicted outlines
@@ -52,13 +53,12 @@ def overlay(
 
 
 def write_png(path: str | Path, rgb: np.ndarray) -> Path:
-    """Write a uint8 (H, W, 3) or (H, W) array as PNG, creating parent folders."""
+    """Write a uint8 (H, W, 3) or (H, W) array as PNG, atomically (parent folders made)."""
     from PIL import Image
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.asarray(rgb, np.uint8)).save(path)
-    return path
+    with atomic_path(path) as tmp:
+        Image.fromarray(np.asarray(rgb, np.uint8)).save(tmp, format="PNG")
+    return Path(path)
 
 
 def size_summary(diameters: np.ndarray) -> dict[str, float]:
@@ -126,12 +126,11 @@ def size_histogram(
 
 
 def save_figure(fig: Any, out_png: str | Path) -> Path:
-    """Lay out a matplotlib Figure and write it as PNG (parent folders made)."""
+    """Lay out a matplotlib Figure and write it as PNG, atomically (parent folders made)."""
     fig.tight_layout()
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    return out
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, format="png")
+    return Path(out_png)
 
 
 def learning_curves(

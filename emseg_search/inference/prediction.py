@@ -94,13 +94,14 @@ class PredictRun:
 def _write_outputs(out: Path, name: str, image: np.ndarray, seg: Segmented) -> None:
     from PIL import Image
 
+    from emseg_search.atomic import atomic_path
     from emseg_search.inference.figures import overlay, write_png
 
     write_png(out / "masks" / f"{name}.png", seg.mask.astype(np.uint8) * 255)
     if seg.instances.max() > MAX_LABELS:
         raise ValueError(f"{seg.instances.max()} particles do not fit a 16-bit label image")
-    (out / "instances").mkdir(parents=True, exist_ok=True)
-    Image.fromarray(seg.instances.astype(np.uint16)).save(out / "instances" / f"{name}.png")
+    with atomic_path(out / "instances" / f"{name}.png") as tmp:
+        Image.fromarray(seg.instances.astype(np.uint16)).save(tmp, format="PNG")
     write_png(out / "overlays" / f"{name}.png", overlay(image, seg.instances))
 
 

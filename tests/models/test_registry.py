@@ -66,19 +66,17 @@ def test_every_architecture_trains_one_step(arch: str) -> None:
 @pytest.mark.parametrize("depth", [3, 5])
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
 def test_required_stride_holds(arch: str, depth: int) -> None:
-    """Multiples of required_stride work; a non-multiple raises or still gives (H, W) logits."""
+    """Multiples of required_stride give (H, W) logits, down to the smallest accepted width.
+
+    Other sizes are the predictor's job (it pads to the stride: tests/inference/
+    test_predictor.py runs a 157x203 image), so no test here depends on what smp does then.
+    """
     cfg = cfg_for(arch, encoder_depth=depth)
     model = built(cfg).eval()
     stride, height = required_stride(cfg), valid_size(cfg)
     with torch.no_grad():
         for width in (valid_size(cfg, 1), valid_size(cfg, 1) + stride):
             assert model(torch.randn(1, 1, height, width)).shape == (1, 1, height, width)
-        odd = valid_size(cfg) + stride // 2
-        try:
-            out = model(torch.randn(1, 1, height, odd))
-        except RuntimeError:
-            return  # smp refuses sizes that are not multiples ("Wrong input shape")
-        assert out.shape == (1, 1, height, odd)  # handled by interpolation (unet, fcn)
 
 
 @pytest.mark.parametrize(

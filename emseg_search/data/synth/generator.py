@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
+from emseg_search.atomic import replace_dir, write_text
 from emseg_search.data.synth.shapes import (
     Particle,
     grain,
@@ -296,7 +296,8 @@ def write_synthetic_dataset(
 
     Image i is ``generate_sample([seed, i], size, style)``; test.csv names the last
     round(n * test_fraction) images (at least one when test_fraction > 0 and n > 1). Existing
-    images/, segmaps/ and split files under `out` are replaced; other files are left alone.
+    images/, segmaps/ and split files under `out` are replaced, each swapped in whole (a
+    reader never sees a half-written one), synth.json last; other files are left alone.
     """
     if not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"`n` must be an integer >= 1, got {n!r}")
@@ -325,22 +326,19 @@ def write_synthetic_dataset(
         Image.fromarray(sample.instances).save(tmp / "segmaps" / f"{names[i]}.png")
     n_test = 0 if test_fraction == 0 else max(1, math.floor(n * test_fraction + 0.5))
     n_test = min(n_test, n - 1)
-    for split, part in (("train", names[: n - n_test]), ("test", names[n - n_test :])):
-        (tmp / f"{split}.csv").write_text("".join(f"{x}\n" for x in part), encoding="utf-8")
+    splits = {"train.csv": names[: n - n_test], "test.csv": names[n - n_test :]}
     meta = {
         "generator": GENERATOR_VERSION, "seed": int(seed), "n": int(n), "size": [h, w],
         "style": style or "mixed", "test_fraction": float(test_fraction),
         "n_train": n - n_test, "n_test": n_test,
     }  # fmt: skip
-    (tmp / "synth.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", "utf-8")
     # Old splits go first and new ones come last, so no split file names a missing image.
-    for f in ("train.csv", "test.csv", "synth.json"):
+    for f in (*splits, "synth.json"):
         (out / f).unlink(missing_ok=True)
     for sub in ("images", "segmaps"):
-        if (out / sub).exists():
-            shutil.rmtree(out / sub)
-        os.replace(tmp / sub, out / sub)
-    for f in ("train.csv", "test.csv", "synth.json"):
-        os.replace(tmp / f, out / f)
+        replace_dir(tmp / sub, out / sub)
     tmp.rmdir()
+    for f, part in splits.items():
+        write_text(out / f, "".join(f"{x}\n" for x in part))
+    write_text(out / "synth.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return out

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from emseg_search.atomic import atomic_path
 from emseg_search.data.synth.generator import SynthSample, generate_sample
 
 _TILE = 256
@@ -51,17 +52,15 @@ def render_montage(
     seed: int = 0,
 ) -> Path:
     """Render synthetic tiles (rows "synthetic") above real EMPS tiles (rows "EMPS") to a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # set here, not at import: importing the package must not touch it
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no global backend state to switch
 
     groups = [("synthetic", _synthetic(synth_dir_or_samples, n_synth, seed))]
     if real_dir is not None and n_real > 0:
         groups.append(("EMPS", _real(real_dir, n_real, seed)))
     rows = [(name, t[i : i + _COLS]) for name, t in groups for i in range(0, len(t), _COLS)]
     size = (2.2 * _COLS, 2.25 * len(rows))
-    fig, axes = plt.subplots(len(rows), _COLS, figsize=size, squeeze=False)
+    fig = Figure(figsize=size)
+    axes = fig.subplots(len(rows), _COLS, squeeze=False)
     for r, (name, tiles) in enumerate(rows):
         for c in range(_COLS):
             ax = axes[r, c]
@@ -73,8 +72,6 @@ def render_montage(
                 ax.axis("off")
         axes[r, 0].set_ylabel(name, fontsize=13)
     fig.subplots_adjust(left=0.04, right=0.995, top=0.995, bottom=0.005, wspace=0.03, hspace=0.03)
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=128)  # ~native 256 px per tile
-    plt.close(fig)
-    return out
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, dpi=128, format="png")  # ~native 256 px per tile
+    return Path(out_png)

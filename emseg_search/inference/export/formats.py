@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from emseg_search.atomic import atomic_path, write_text
 from emseg_search.inference.artifact import ModelArtifact, load_artifact
 from emseg_search.inference.export.errors import ExportError, ExportSetupError
 from emseg_search.inference.export.verify import (
@@ -243,9 +244,9 @@ def export_model(
             "logit_tie": LOGIT_TIE,
             "checks": [{**asdict(c), "agreement": c.agreement} for c in checks],
         }
-        (tmp / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp / out.name, out)
-        os.replace(tmp / INFO_FILE, out.parent / INFO_FILE)
+        with atomic_path(out) as final:
+            os.replace(tmp / out.name, final)  # atomic_path fsyncs it and renames it over out
+        write_text(out.parent / INFO_FILE, json.dumps(info, indent=2) + "\n")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return ExportResult(out, out.parent / INFO_FILE, fmt, checks)

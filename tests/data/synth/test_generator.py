@@ -204,9 +204,41 @@ def test_cli_writes_layout_and_refuses_non_empty(
     assert "`n`" in capsys.readouterr().err
 
 
-def test_montage_renders(tmp_path: Path) -> None:
+def test_rewrite_replaces_the_set_whole_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    out = write_synthetic_dataset(tmp_path / "ds", n=4, seed=1, size=SIZE)
+    (out / "notes.txt").write_text("mine")
+    write_synthetic_dataset(out, n=2, seed=2, size=SIZE)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "images",
+        "notes.txt",
+        "segmaps",
+        "synth.json",
+        "test.csv",
+        "train.csv",
+    ]  # no temporary or set-aside folder, and the user's file is kept
+    assert sorted(p.name for p in (out / "images").iterdir()) == [
+        "synth_00000.png",
+        "synth_00001.png",
+    ]
+    assert json.loads((out / "synth.json").read_text())["seed"] == 2
+    named = (out / "train.csv").read_text().split() + (out / "test.csv").read_text().split()
+    assert sorted(named) == ["synth_00000", "synth_00001"]
+
+
+def test_montage_renders_without_touching_the_matplotlib_backend(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import matplotlib
+
     from emseg_search.data.synth.montage import render_montage
 
+    def no_switch(*args: object, **kwargs: object) -> None:
+        raise AssertionError("render_montage switched the process's matplotlib backend")
+
+    monkeypatch.setattr(matplotlib, "use", no_switch)
+    before = matplotlib.rcParams._get_backend_or_none()
     samples = [generate_sample([0, i], SIZE) for i in range(3)]
     out = render_montage(tmp_path / "m.png", samples, n_synth=3)
     assert out.is_file() and Image.open(out).size[0] > 100
+    assert matplotlib.rcParams._get_backend_or_none() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.png"]
