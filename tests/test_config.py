@@ -126,11 +126,6 @@ def test_flags_override_the_yaml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert (cfg.lr, cfg.focal_gamma, cfg.epochs) == (0.02, 1.0, 5)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cli/train.py main() drops every override that parsed to None, so 'none' cannot "
-    "switch off a field the YAML or the default sets",
-)
 @pytest.mark.parametrize("flag", ["--grad-clip", "--encoder-weights"])
 def test_none_on_the_command_line_clears_a_field(
     flag: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

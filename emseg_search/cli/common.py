@@ -1,9 +1,87 @@
-"""What the commands share: the inference options, and turning errors into exit codes."""
+"""What the commands share: the offline environment, turning bad input into one line and exit
+code 2 (``command``), and the inference options."""
 
 from __future__ import annotations
 
 import argparse
+import functools
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+# Set for every command, unless the caller's environment says otherwise (../shared/ENV.md):
+# no Hugging Face hub retries, no albumentations version check against PyPI.
+OFFLINE_DEFAULTS = {"HF_HUB_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1"}
+
+# The project's bad-input errors, as (module, class). Looked up among the modules already
+# imported: an exception of a class whose module was never imported cannot have been raised,
+# and importing them here would import torch and Ray before `--help`.
+BAD_INPUT = (
+    ("emseg_search.config", "ConfigError"),
+    ("emseg_search.data.errors", "DataError"),
+    ("emseg_search.space.errors", "SpaceError"),
+    ("emseg_search.inference.artifact", "ArtifactError"),
+    ("emseg_search.inference.export.errors", "ExportSetupError"),
+    ("emseg_search.models.pretrained", "WeightsUnavailableError"),
+    ("emseg_search.search.storage", "StorageError"),
+    ("emseg_search.search.driver", "ResumeError"),
+    ("emseg_search.train.cluster", "ClusterError"),
+    ("emseg_search.cli.common", "UsageError"),
+)
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+
+Main = Callable[[list[str] | None], int]
+
+
+class UsageError(ValueError):
+    """Bad command-line input that a command finds itself (exit code 2)."""
+
+
+def set_offline_defaults() -> None:
+    """OFFLINE_DEFAULTS into the environment, where not set already."""
+    for key, value in OFFLINE_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
+def _raised_here(exc: BaseException) -> bool:
+    """Whether the innermost frame of ``exc``'s traceback is in this package (our own
+    validation), not in a library it called."""
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(PACKAGE_DIR)
+
+
+def is_bad_input(exc: BaseException) -> bool:
+    """Whether ``exc`` reports bad input: one of BAD_INPUT, or a ValueError our code raised."""
+    for module, name in BAD_INPUT:
+        cls = getattr(sys.modules.get(module), name, None)
+        if cls is not None and isinstance(exc, cls):
+            return True
+    return isinstance(exc, ValueError) and _raised_here(exc)
+
+
+def command(main: Main) -> Main:
+    """Decorate a command's ``main(argv) -> exit code``: set the offline environment defaults,
+    and report bad input (``is_bad_input``) as one line ``error: <message>`` on stderr with
+    exit code 2. Any other exception propagates (a traceback, exit code 1)."""
+
+    @functools.wraps(main)
+    def run(argv: list[str] | None = None) -> int:
+        set_offline_defaults()
+        try:
+            return main(argv)
+        except Exception as exc:
+            if not is_bad_input(exc):
+                raise
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+
+    return run
 
 
 def add_inference_options(p: argparse.ArgumentParser) -> None:
@@ -22,12 +100,12 @@ def add_inference_options(p: argparse.ArgumentParser) -> None:
 
 
 def load_predictor(args: argparse.Namespace) -> Any:
-    """The inference.Predictor the shared options ask for (ValueError/ArtifactError when the
+    """The inference.Predictor the shared options ask for (UsageError/ArtifactError when the
     model folder or an option is bad)."""
     from emseg_search.inference.predictor import Predictor
 
     if args.pixel_size is not None and not args.pixel_size > 0:
-        raise ValueError(f"--pixel-size must be > 0 nm per px, got {args.pixel_size}")
+        raise UsageError(f"--pixel-size must be > 0 nm per px, got {args.pixel_size}")
     return Predictor.from_dir(
         args.model, tile_size=args.tile_size, tta=args.tta, device=args.device
     )

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-from emseg_search.cli.common import add_inference_options, load_predictor
+from emseg_search.atomic import write_text
+from emseg_search.cli.common import UsageError, add_inference_options, command, load_predictor
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,10 +56,10 @@ def default_out(model: Path, data: Path, split: str) -> Path:
     )
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     """Evaluate; exit 0, or 2 with one message for a bad model folder, data or option."""
-    from emseg_search.data import DataError, load_data
-    from emseg_search.inference.artifact import ArtifactError
+    from emseg_search.data import load_data
     from emseg_search.inference.evaluation import evaluate_images, select, summarize
     from emseg_search.inference.figures import size_histogram
     from emseg_search.particles.measurement import concat_particles
@@ -67,16 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     from emseg_search.results.schemas import IMAGE_SCHEMA
 
     args = build_parser().parse_args(argv)
-    try:
-        predictor = load_predictor(args)
-        data = load_data(args.data, progress=not args.quiet)
-        names, described = select(data, args.split, predictor.artifact.config)
-    except (ArtifactError, DataError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    predictor = load_predictor(args)
+    data = load_data(args.data, progress=not args.quiet)
+    names, described = select(data, args.split, predictor.artifact.config)
     if not names:
-        print(f"error: {args.data}: no images to score in {described}", file=sys.stderr)
-        return 2
+        raise UsageError(f"{args.data}: no images to score in {described}")
     out = args.out or default_out(args.model, args.data, args.split)
     out.parent.mkdir(parents=True, exist_ok=True)
     done = evaluate_images(
@@ -98,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         **summarize(rows),
         "seconds": predictor.throughput.seconds,
     }
-    out.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n", "utf-8")
+    write_text(out.with_suffix(".json"), json.dumps(summary, indent=2) + "\n")
     hist = out.with_name(f"{out.stem}_sizes.png")
     pred, true = concat_particles(pred_tables), concat_particles(true_tables)
     size_histogram(

@@ -7,9 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from emseg_search.inference.artifact import ArtifactError
-from emseg_search.inference.export.errors import ExportError, ExportSetupError
-from emseg_search.inference.export.formats import MODEL_FILES, export_model
+from emseg_search.cli.common import command
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -23,6 +21,8 @@ def _size(text: str) -> tuple[int, int]:
 
 def build_parser() -> argparse.ArgumentParser:
     """Options of `export`."""
+    from emseg_search.inference.export.formats import MODEL_FILES
+
     p = argparse.ArgumentParser(
         prog="emseg-search export",
         description="Export a model artifact (a training run's model/ folder) to TorchScript or "
@@ -48,15 +48,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     """Export; returns the exit code (0 verified, 1 export or verification failed, 2 bad input)."""
+    from emseg_search.inference.export.errors import ExportError, ExportSetupError
+    from emseg_search.inference.export.formats import export_model
+
     args = build_parser().parse_args(argv)
     try:
         result = export_model(args.model_dir, args.fmt, args.out, args.sizes)
-    except (ArtifactError, ExportSetupError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except ExportError as exc:
+    except ExportSetupError:
+        raise  # bad input: exit 2 (cli.common.command)
+    except ExportError as exc:  # the exporter itself failed
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"wrote {result.model_path} and {result.info_path}")

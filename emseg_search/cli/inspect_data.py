@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from emseg_search.data import DataError, compute_fingerprint, load_data
+from emseg_search.cli.common import command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,12 +24,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
-    """Run `inspect`; returns the exit code (0 ok, 1 invalid data)."""
+    """Run `inspect`; returns the exit code (0 ok, 1 invalid data, 2 bad usage)."""
+    from emseg_search.data import DataError, compute_fingerprint, load_data
+
     args = build_parser().parse_args(argv)
     try:
         data = load_data(args.data_dir, progress=not (args.quiet or args.json))
-    except DataError as exc:
+    except DataError as exc:  # the answer to `inspect`, not bad usage: reported, exit 1
         if args.json:
             print(
                 json.dumps(

@@ -6,6 +6,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from emseg_search.cli.common import command
+
 # command -> (module, one-line help); each module has main(argv) -> int
 COMMANDS = {
     "run": ("emseg_search.cli.run", "search models over a YAML space (the main job)"),
@@ -33,6 +35,7 @@ def _usage() -> str:
     )
 
 
+@command  # the offline environment before the command's module is imported
 def main(argv: list[str] | None = None) -> int:
     """Dispatch to a command's main; returns its exit code."""
     argv = sys.argv[1:] if argv is None else argv

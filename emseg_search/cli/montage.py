@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
-from emseg_search.data.synth.montage import render_montage
+from emseg_search.cli.common import UsageError, command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,26 +40,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
-    """Render the montage; returns the exit code."""
+    """Render the montage; returns the exit code (0 written, 2 bad input)."""
+    from emseg_search.data.synth.montage import render_montage
+
     args = build_parser().parse_args(argv)
     for label, folder in (("data_dir", args.data_dir), ("--real", args.real)):
         if folder is not None and not (Path(folder) / "images").is_dir():
-            print(f"error: {label} {folder} has no images/ folder", file=sys.stderr)
-            return 2
+            raise UsageError(f"{label} {folder} has no images/ folder")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        out = render_montage(
-            args.out,
-            args.data_dir,
-            real_dir=args.real,
-            n_synth=args.n,
-            n_real=args.n_real,
-            seed=args.seed,
-        )
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    out = render_montage(
+        args.out,
+        args.data_dir,
+        real_dir=args.real,
+        n_synth=args.n,
+        n_real=args.n_real,
+        seed=args.seed,
+    )
     real = f" and {args.n_real} from {args.real}" if args.real else ""
     print(f"montage of {args.n} images{real} written to {out}")
     return 0

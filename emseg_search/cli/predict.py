@@ -8,7 +8,8 @@ import json
 import sys
 from pathlib import Path
 
-from emseg_search.cli.common import add_inference_options, load_predictor
+from emseg_search.atomic import write_text
+from emseg_search.cli.common import UsageError, add_inference_options, command, load_predictor
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,21 +33,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     """Predict; exit 0 when every input was segmented, 1 when some failed, 2 on bad usage."""
-    from emseg_search.inference.artifact import ArtifactError
     from emseg_search.inference.prediction import find_inputs, predict_files
 
     args = build_parser().parse_args(argv)
     files, problems = find_inputs(args.inputs)
     if problems:
-        print("error: " + "\n       ".join(problems), file=sys.stderr)
-        return 2
-    try:
-        predictor = load_predictor(args)
-    except (ArtifactError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        raise UsageError("\n       ".join(problems))
+    predictor = load_predictor(args)
     run = predict_files(
         predictor,
         files,
@@ -68,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         "particles": len(run.particles),
         "failures": [{"file": f, "error": e} for f, e in run.failures],
     }
-    (run.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", "utf-8")
+    write_text(run.out / "summary.json", json.dumps(summary, indent=2) + "\n")
     seconds = predictor.throughput.seconds
     print(
         f"{run.images} image(s), {len(run.particles)} particles "

@@ -8,9 +8,11 @@ import json
 import os
 import shutil
 import sys
+import traceback
 from pathlib import Path
+from typing import Any
 
-from emseg_search.search.storage import Storage, StorageError
+from emseg_search.cli.common import UsageError, command, is_bad_input
 
 
 def default_space() -> Path:
@@ -70,11 +72,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-failures", type=int, default=1, help="retries per trial after a crash (default 1)"
     )
     p.add_argument("--top", type=int, default=10, help="leaderboard rows (default 10)")
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="Ray's own output (Tune's trial tables, log lines, the trials' output) instead of "
+        "one line per trial event, and a traceback when the search fails; a --resume keeps "
+        "the Tune tables the search started with",
+    )
     return p
 
 
-def open_storage(exp_dir: Path, uri: str | None, resume: bool) -> Storage:
-    """The experiment's storage: ``uri``, or on --resume the one experiment.json recorded."""
+def open_storage(exp_dir: Path, uri: str | None, resume: bool) -> Any:
+    """The experiment's search.storage.Storage: ``uri``, or on --resume the one experiment.json
+    recorded (StorageError when they differ)."""
+    from emseg_search.search.storage import Storage, StorageError
+
     recorded = None
     if resume and (exp_dir / "experiment.json").is_file():
         recorded = json.loads((exp_dir / "experiment.json").read_text("utf-8")).get("storage")
@@ -92,46 +104,30 @@ def leaderboard(trials, top: int) -> str:  # noqa: ANN001 (pandas DataFrame)
     return table.to_string(index=False, float_format=lambda v: f"{v:.4g}")
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
-    """Run the search; returns the exit code (0 done, 1 no trial succeeded, 2 bad input)."""
+    """Run the search; returns the exit code (0 done, 1 the search failed or no trial
+    produced a model, 2 bad input)."""
     args = build_parser().parse_args(argv)
-    from emseg_search.config import ConfigError
-    from emseg_search.data import DataError
-    from emseg_search.space.errors import SpaceError
     from emseg_search.space.spec import load_space
 
-    path = args.space or default_space()
-    try:
-        space = load_space(path)
-    except SpaceError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    space = load_space(args.space or default_space())
     default_name = f"{space.name}-smoke" if args.smoke_test else space.name
     if args.smoke_test:
         space = space.smoke_test()
     exp_dir = args.results / (args.name or default_name)
-    try:
-        storage = open_storage(exp_dir, args.storage, args.resume)
-        state = storage.exists("tune")  # Ray Tune's experiment state
-    except StorageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    storage = open_storage(exp_dir, args.storage, args.resume)
+    state = storage.exists("tune")  # Ray Tune's experiment state
     if args.resume and not state:
-        print(
-            f"error: --resume: {storage.describe()} holds no experiment to resume",
-            file=sys.stderr,
-        )
-        return 2
+        raise UsageError(f"--resume: {storage.describe()} holds no experiment to resume")
     started = state or (exp_dir.exists() and any(exp_dir.iterdir()))
     if started and not args.resume:
         if not args.overwrite:
             where = exp_dir if exp_dir.exists() else storage.describe()
-            print(
-                f"error: {where} exists; pass --resume to continue it or --overwrite to "
-                "delete it and start again",
-                file=sys.stderr,
+            raise UsageError(
+                f"{where} exists; pass --resume to continue it or --overwrite to delete it "
+                "and start again"
             )
-            return 2
         shutil.rmtree(exp_dir, ignore_errors=True)
         if not storage.is_local:
             storage.fs.delete_dir_contents(storage.root, missing_dir_ok=True)
@@ -152,10 +148,16 @@ def main(argv: list[str] | None = None) -> int:
             address=args.address,
             max_failures=args.max_failures,
             storage_uri=storage.uri,
+            verbose=args.verbose,
         )
-    except (DataError, ConfigError, SpaceError, ValueError, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except Exception as exc:
+        if is_bad_input(exc):
+            raise  # one line, exit 2 (cli.common.command)
+        if args.verbose:
+            traceback.print_exc()
+        more = "" if args.verbose else " (--verbose shows the traceback)"
+        print(f"error: the search failed: {type(exc).__name__}: {exc}{more}", file=sys.stderr)
+        return 1
     print(f"\nleaderboard ({len(trials)} trials; {exp_dir / 'trials.parquet'}):")
     print(leaderboard(trials, args.top))
     if (exp_dir / "best").is_dir():

@@ -6,14 +6,16 @@ python -m emseg_search synth --out DIR [--n 200] [--seed 0] [--size 256] [--styl
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-from emseg_search.data.synth.generator import STYLES, write_synthetic_dataset
+from emseg_search.cli.common import UsageError, command
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line options of `synth`."""
+    from emseg_search.data.synth.generator import STYLES
+
     p = argparse.ArgumentParser(
         prog="python -m emseg_search synth",
         description="Write procedural EM micrographs with instance masks in the EMPS layout.",
@@ -36,36 +38,31 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
-    """Parse arguments, write the data set, print a one-line summary; returns the exit code."""
-    args = _parser().parse_args(argv)
+    """Parse arguments, write the data set, print a one-line summary; returns the exit code
+    (0 written or already there, 2 bad input)."""
+    from emseg_search.data.synth.generator import write_synthetic_dataset
+
+    args = build_parser().parse_args(argv)
     out: Path = args.out
     if args.if_missing and (out / "synth.json").is_file():
         print(f"synthetic data set already in {out} (synth.json); not regenerating")
         return 0
     if out.exists() and not out.is_dir():
-        print(f"error: --out {out} exists and is not a folder", file=sys.stderr)
-        return 2
+        raise UsageError(f"--out {out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not args.overwrite:
-        print(
-            f"error: --out {out} is not empty; pass --overwrite to write into it anyway",
-            file=sys.stderr,
-        )
-        return 2
+        raise UsageError(f"--out {out} is not empty; pass --overwrite to write into it anyway")
     t0 = time.perf_counter()
-    try:
-        write_synthetic_dataset(
-            out,
-            n=args.n,
-            seed=args.seed,
-            size=args.size,
-            test_fraction=args.test_fraction,
-            progress=args.progress,
-            style=None if args.style == "mixed" else args.style,
-        )
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    write_synthetic_dataset(
+        out,
+        n=args.n,
+        seed=args.seed,
+        size=args.size,
+        test_fraction=args.test_fraction,
+        progress=args.progress,
+        style=None if args.style == "mixed" else args.style,
+    )
     dt = time.perf_counter() - t0
     print(f"wrote {args.n} synthetic images ({args.style}, {args.size}px) to {out} in {dt:.1f} s")
     return 0

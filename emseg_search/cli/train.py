@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from emseg_search.cli.common import UsageError, command
 from emseg_search.config import ConfigError, TrialConfig, field_type
 
 
@@ -44,13 +45,17 @@ def build_parser() -> argparse.ArgumentParser:
         help_ = f"{info.description + '; ' if info.description else ''}default {info.default!r}"
         if kind is bool:
             fields.add_argument(
-                flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_
+                flag,
+                dest=name,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=help_,
             )
         else:
             fields.add_argument(
                 flag,
                 dest=name,
-                default=None,
+                default=argparse.SUPPRESS,  # absent: the YAML's value; `none` sets None
                 choices=choices,
                 help=help_,
                 type=_none_or(kind) if optional else kind,
@@ -81,21 +86,16 @@ def changed_fields(saved: Path, cfg: TrialConfig) -> str | None:
     )
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     """Train; returns the exit code (0 done, 1 training failed, 2 bad input)."""
     args = build_parser().parse_args(argv)
-    overrides = {
-        k: getattr(args, k) for k in TrialConfig.model_fields if getattr(args, k) is not None
-    }
-    try:
-        cfg = (
-            TrialConfig.from_yaml(args.config, **overrides)
-            if args.config
-            else TrialConfig.from_dict(overrides, source="command line")
-        )
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    overrides = {k: getattr(args, k) for k in TrialConfig.model_fields if hasattr(args, k)}
+    cfg = (
+        TrialConfig.from_yaml(args.config, **overrides)
+        if args.config
+        else TrialConfig.from_dict(overrides, source="command line")
+    )
     if not {"val_file", "val_fraction"} & cfg.model_fields_set:
         # no split given: a final model, trained on every image (a data set's val.csv or
         # test.csv still hold theirs out); --val-file / --val-fraction measure one instead
@@ -103,29 +103,20 @@ def main(argv: list[str] | None = None) -> int:
     name = args.name or (args.config.stem if args.config else f"{cfg.arch}-{cfg.encoder}")
     run_dir = args.results / name
 
-    from emseg_search.data import DataError
     from emseg_search.train.driver import clear_run, run_training
 
     if run_dir.exists() and any(run_dir.iterdir()):
         if args.overwrite:
             clear_run(run_dir)
         elif not args.resume:
-            print(
-                f"error: {run_dir} exists; pass --resume to continue it or --overwrite to "
-                "start again",
-                file=sys.stderr,
+            raise UsageError(
+                f"{run_dir} exists; pass --resume to continue it or --overwrite to start again"
             )
-            return 2
         elif (changed := changed_fields(run_dir / "config.yaml", cfg)) is not None:
-            print(f"error: --resume: {changed}", file=sys.stderr)
-            return 2
-    try:
-        outcome = run_training(
-            cfg, run_dir, workers=args.workers, use_gpu=args.gpu, address=args.address
-        )
-    except (DataError, ConfigError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+            raise UsageError(f"--resume: {changed}")
+    outcome = run_training(
+        cfg, run_dir, workers=args.workers, use_gpu=args.gpu, address=args.address
+    )
     if outcome.stop_reason:
         print(f"stopped: {outcome.stop_reason}", file=sys.stderr)
     if outcome.model_dir is None:

@@ -6,11 +6,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from emseg_search.models import pretrained
+from emseg_search.cli.common import command
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
-    """CLI: ``fetch [--encoder NAME]`` downloads weights; ``list`` shows the cache."""
+    """CLI: ``fetch [--encoder NAME]`` downloads weights; ``list`` shows the cache (exit 0;
+    1 when a download fails, 2 on bad input)."""
+    from emseg_search.models import pretrained
+
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--cache",
@@ -33,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "fetch":
         try:
             paths = pretrained.fetch_weights(args.encoder, root)
-        except (RuntimeError, OSError) as exc:
+        except (RuntimeError, OSError) as exc:  # no network, a wrong checksum: not bad input
             print(f"error: {exc}", file=sys.stderr)
             return 1
         for path in paths:

@@ -1,17 +1,28 @@
 """How Tune runs a search's trials: the resources each takes, how many run at once, the Optuna
-searcher (trials ASHA stops are PRUNED; the study is exported to optuna.db) and the ASHA
+searcher (trials ASHA stops are PRUNED; the study is exported to optuna.db), the trial budget
+and time budget (both read from experiment.json, so --resume may extend them) and the ASHA
 scheduler."""
 
 from __future__ import annotations
 
+import json
+import math
+import time
 from pathlib import Path
 from typing import Any
 
+import ray
+from ray.tune.search import ConcurrencyLimiter, SearchGenerator
 from ray.tune.search.optuna import OptunaSearch
+from ray.tune.stopper import Stopper
 
+from emseg_search.atomic import atomic_path
 from emseg_search.space.spec import SearchSpace
 
 TRIAL_DRIVER_MEMORY = 64 * 1024**2  # bytes reserved per trial driver (a scheduling token)
+# OptunaSearch state that PruningOptunaSearch reads: Ray has no public API for the Optuna trial
+# of a Tune trial, nor for which trials were already told (tests/search/test_algorithms.py)
+OPTUNA_SEARCH_PRIVATE = ("_ot_trials", "_completed_trials")
 
 
 def trial_resources(space: SearchSpace) -> dict[str, float]:
@@ -41,15 +52,19 @@ def concurrency(space: SearchSpace, cluster: dict[str, float]) -> int:
     return max(1, min(fits, limit) if limit else fits)
 
 
-def build_searcher(space: SearchSpace, exp_dir: Path) -> Any:
-    """OptunaSearch over the space's define-by-run function (TPE or random, seeded).
+def recorded_budget(experiment_json: Path) -> dict[str, Any] | None:
+    """``space.budget`` as experiment.json records it, or None when it cannot be read."""
+    try:
+        budget = json.loads(experiment_json.read_text(encoding="utf-8"))["space"]["budget"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return budget if isinstance(budget, dict) else None
 
-    The study lives in memory, inside the searcher state that Tune snapshots together with its
-    own, so a resumed search sees both as of one moment; after every finished trial it is
-    exported to optuna.db (for optuna-dashboard). Trials that ASHA stops early are told to
-    Optuna as PRUNED with their intermediate values.
-    """
-    return PruningOptunaSearch(
+
+def build_search(space: SearchSpace, exp_dir: Path, max_concurrent: int) -> BudgetedSearch:
+    """Tune's search algorithm: the Optuna searcher (see ``PruningOptunaSearch``) behind a
+    ConcurrencyLimiter, in a SearchGenerator whose trial budget --resume can raise."""
+    searcher = PruningOptunaSearch(
         max_epochs=space.scheduler.max_epochs,
         export_to=str(exp_dir / "optuna.db"),
         space=space.define_by_run(),
@@ -58,19 +73,101 @@ def build_searcher(space: SearchSpace, exp_dir: Path) -> Any:
         sampler=space.searcher.build_sampler(),
         study_name=space.name,
     )
+    return BudgetedSearch(
+        ConcurrencyLimiter(searcher, max_concurrent=max_concurrent),
+        experiment_json=str(exp_dir / "experiment.json"),
+    )
+
+
+class BudgetedSearch(SearchGenerator):
+    """Tune's SearchGenerator, except that a restored search runs as many trials as
+    experiment.json's ``space.budget.num_samples`` says.
+
+    Tuner.restore keeps the num_samples the search started with, so a --resume that raised it
+    (search/driver.py allows only raising it) would otherwise be ignored.
+    """
+
+    def __init__(self, searcher: Any, experiment_json: str) -> None:
+        super().__init__(searcher)
+        self.experiment_json = experiment_json
+
+    def set_state(self, state: dict) -> None:
+        """Tune's saved state (on restore), with the recorded trial budget if it is larger."""
+        budget = recorded_budget(Path(self.experiment_json)) or {}
+        wanted = int(budget.get("num_samples") or 0)
+        super().set_state({**state, "total_samples": max(state["total_samples"], wanted)})
+
+
+class TimeBudget(Stopper):
+    """Stops the whole search once experiment.json's ``space.budget.time_budget_s`` (read at the
+    first check of each run, so a --resume may raise or remove it; none: no limit) has passed.
+
+    As with Tune's own ``time_budget_s``, the clock starts at the first check of this run, so a
+    resumed search gets the budget again.
+    """
+
+    def __init__(self, experiment_json: str) -> None:
+        self.experiment_json = experiment_json
+        self._deadline: float | None = None
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        """No single trial is stopped here."""
+        return False
+
+    def stop_all(self) -> bool:
+        """Whether the time budget is spent."""
+        if self._deadline is None:
+            budget = recorded_budget(Path(self.experiment_json)) or {}
+            seconds = budget.get("time_budget_s")
+            self._deadline = math.inf if seconds is None else time.monotonic() + float(seconds)
+        return time.monotonic() >= self._deadline
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles the stopper with the Tuner: a restored one reads the budget again
+        return {**self.__dict__, "_deadline": None}
 
 
 class PruningOptunaSearch(OptunaSearch):
     """OptunaSearch that records trials stopped before ``max_epochs`` as PRUNED, not COMPLETE,
     names each Optuna trial's Tune trial (user attribute ``tune_trial_id``), and exports the
     study to SQLite after each finished trial and whenever Tune snapshots the searcher with a
-    study that changed (so a trial still running at the end of the search is in the file)."""
+    study that changed (so a trial still running at the end of the search is in the file).
 
-    def __init__(self, max_epochs: int, export_to: str, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    The study lives in an in-memory storage made here (Optuna's default), inside the searcher
+    state that Tune snapshots together with its own, so a resumed search sees both as of one
+    moment.
+    """
+
+    def __init__(
+        self, max_epochs: int, export_to: str, study_name: str, sampler: Any, **kwargs: Any
+    ) -> None:
+        import optuna
+
+        # one object, pickled once with the study: the restored searcher shares it again
+        self._study_storage = optuna.storages.InMemoryStorage()
+        super().__init__(
+            study_name=study_name, sampler=sampler, storage=self._study_storage, **kwargs
+        )
+        missing = [name for name in OPTUNA_SEARCH_PRIVATE if not hasattr(self, name)]
+        if missing:
+            raise RuntimeError(
+                f"ray {ray.__version__}: OptunaSearch no longer has {', '.join(missing)}, which "
+                "search/algorithms.py PruningOptunaSearch reads; install the Ray version "
+                "pyproject.toml names or update PruningOptunaSearch"
+            )
+        self._study_name_ = study_name
+        self._study_sampler = sampler
         self._max_epochs = max_epochs
         self._export_to = export_to
         self._exported: tuple = ()
+
+    def study(self) -> Any:
+        """The Optuna study (a handle on this searcher's storage)."""
+        import optuna
+
+        return optuna.load_study(
+            study_name=self._study_name_, storage=self._study_storage, sampler=self._study_sampler
+        )
 
     def suggest(self, trial_id: str) -> dict | None:
         """Optuna's parameters for a new Tune trial, which its Optuna trial is labelled with."""
@@ -99,7 +196,8 @@ class PruningOptunaSearch(OptunaSearch):
             and result.get("training_iteration", self._max_epochs) < self._max_epochs
         )
         if stopped_early and trial_id in self._ot_trials and trial_id not in self._completed_trials:
-            self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
+            number = self._ot_trials[trial_id].number
+            self.study().tell(number, state=optuna.trial.TrialState.PRUNED)
             self._completed_trials.add(trial_id)
         else:
             super().on_trial_complete(trial_id, result=result, error=error)
@@ -109,26 +207,22 @@ class PruningOptunaSearch(OptunaSearch):
         """Copy the in-memory study to the SQLite file, atomically (temp file + rename)."""
         import optuna
 
-        if self._ot_study is None or not self._export_to:
+        if not self._export_to:
             return
         self._exported = self._study_key()
-        target = Path(self._export_to)
-        tmp = target.with_name(f".{target.name}.tmp")
-        tmp.unlink(missing_ok=True)
-        optuna.copy_study(
-            from_study_name=self._ot_study.study_name,
-            from_storage=self._ot_study._storage,
-            to_storage=f"sqlite:///{tmp}",
-        )
-        tmp.replace(target)
+        # SQLite takes the empty temporary file for an empty database
+        with atomic_path(self._export_to) as tmp:
+            optuna.copy_study(
+                from_study_name=self._study_name_,
+                from_storage=self._study_storage,
+                to_storage=f"sqlite:///{tmp}",
+            )
 
     def _study_key(self) -> tuple:
         """What the export shows of each trial: its state and how many epochs it reported."""
-        if self._ot_study is None:
-            return ()
         return tuple(
             (t.number, t.state, len(t.intermediate_values))
-            for t in self._ot_study.get_trials(deepcopy=False)
+            for t in self.study().get_trials(deepcopy=False)
         )
 
 

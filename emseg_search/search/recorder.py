@@ -11,8 +11,7 @@ from ray.tune.experiment import Trial
 
 from emseg_search.results.io import read_rows, write_table
 from emseg_search.results.schemas import EPOCH_METRICS, EPOCH_SCHEMA, trial_schema
-from emseg_search.search.storage import Storage
-from emseg_search.space.spec import SearchSpace
+from emseg_search.search.trainable import TRIALS_DIR, SearchContext
 
 
 def _finite(value: Any) -> float | None:
@@ -27,17 +26,16 @@ class TableRecorder(Callback):
     """Writes one row per trial and one per trial x epoch, atomically, after every result.
 
     On --resume it starts from the tables on disk, so nothing recorded before is lost, and
-    (trial_id, epoch) rows are never duplicated.
+    (trial_id, epoch) rows are never duplicated. The trials' data comes from ``context`` (what
+    run_search resolved), not from reading the data set again.
     """
 
-    def __init__(
-        self, exp_dir: str | Path, space: SearchSpace, data: str, storage: Storage | None = None
-    ) -> None:
+    def __init__(self, exp_dir: str | Path, context: SearchContext) -> None:
         self.exp_dir = Path(exp_dir)
-        self.space = space
-        self.data = data
-        self.storage = storage or Storage.open(exp_dir)
-        self.schema = trial_schema(space.param_names)
+        self.context = context
+        self.space = context.space
+        self.storage = context.storage
+        self.schema = trial_schema(self.space.param_names)
         self.setup()
 
     def setup(self, **info: Any) -> None:
@@ -46,12 +44,19 @@ class TableRecorder(Callback):
         self.epochs = {
             (r["trial_id"], r["epoch"]): r for r in read_rows(self.exp_dir / "epochs.parquet")
         }
+        self.params: dict[str, dict[str, Any]] = {}  # trial_id -> its sampled fields
+
+    def _params(self, trial: Any) -> dict[str, Any]:
+        """The trial's sampled TrialConfig fields (mapped from Optuna's names once per trial)."""
+        if trial.trial_id not in self.params:
+            self.params[trial.trial_id] = self.space.sampled_params(trial.config)
+        return self.params[trial.trial_id]
 
     def _row(self, trial: Any) -> dict[str, Any]:
         row = self.trials.setdefault(
             trial.trial_id, {"trial_id": trial.trial_id, "status": "running", "epochs_run": 0}
         )
-        for name, value in self.space.sampled_params(trial.config).items():
+        for name, value in self._params(trial).items():
             row[f"params_{name}"] = value
         return row
 
@@ -125,14 +130,13 @@ class TableRecorder(Callback):
         import tempfile
 
         from emseg_search.models.registry import required_stride
-        from emseg_search.train.data import prepare_data
         from emseg_search.train.outputs import finish_run
 
-        checkpoint = self.storage.latest_checkpoint(f"trials/{trial.trial_id}")
+        checkpoint = self.storage.latest_checkpoint(f"{TRIALS_DIR}/{trial.trial_id}")
         if checkpoint is None:
             return None
-        cfg = self.space.trial_config(self.space.sampled_params(trial.config), data=self.data)
-        prepared, _, fingerprint = prepare_data(cfg)
+        cfg = self.context.trial_config(trial.config)
+        prepared, fingerprint = self.context.trial_data(cfg)
         with tempfile.TemporaryDirectory() as tmp:
             local = (
                 Path(checkpoint)
@@ -179,11 +183,11 @@ class TableRecorder(Callback):
         """The trial failed for good (after its retries)."""
         row = self._row(trial)
         row["status"] = "error"
-        row["error"] = _error_text(trial)
+        row["error"] = trial_error_text(trial)
         self._flush()
 
 
-def _error_text(trial: Any) -> str:
+def trial_error_text(trial: Any) -> str:
     """The last line of the trial's error (the exception message), or a generic note."""
     path = getattr(trial, "error_file", None) or getattr(trial, "pickled_error_file", None)
     try:

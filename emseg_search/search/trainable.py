@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,22 +20,43 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from emseg_search.config import TrialConfig
+from emseg_search.data import Fingerprint
 from emseg_search.search.storage import Storage
 from emseg_search.space.spec import SearchSpace
 from emseg_search.train.checkpoint import CHECKPOINT_PREFIX
+from emseg_search.train.data import PreparedData, normalization, prepare_data
 
 TRIALS_DIR = "trials"
+SPLIT_FIELDS = ("val_fraction", "val_file", "split_seed")  # what the split depends on
 
 
 @dataclass(frozen=True)
 class SearchContext:
-    """What every trial needs besides its sampled parameters (passed with tune.with_parameters)."""
+    """What every trial needs besides its sampled parameters (passed with tune.with_parameters),
+    with the data run_search validated, split and fingerprinted once for the whole search."""
 
     space: SearchSpace
     storage: Storage  # checkpoints: <storage>/trials/<trial_id>/
-    data: str
+    data: str  # the resolved data folder
     use_gpu: bool
     threads: int
+    prepared: PreparedData  # the search's split, normalised for its probe configuration
+    fingerprint: Fingerprint  # of the split's training images
+
+    def trial_config(self, params: dict[str, Any]) -> TrialConfig:
+        """The TrialConfig of a trial's sampled (Tune/Optuna) parameters."""
+        return self.space.trial_config(params, data=self.data)
+
+    def trial_data(self, cfg: TrialConfig) -> tuple[PreparedData, Fingerprint]:
+        """What ``prepare_data(cfg)`` returns, without reading the data again: the split and
+        its fingerprint are the search's unless the space samples a split field (then this
+        trial's are resolved); only the normalisation may follow ``cfg`` (encoder weights)."""
+        if set(SPLIT_FIELDS) & set(self.space.parameters):
+            prepared, _, fingerprint = prepare_data(cfg)
+            return prepared, fingerprint
+        mean, std, source = normalization(cfg, self.fingerprint)
+        return replace(self.prepared, mean=mean, std=std, normalization=source), self.fingerprint
 
 
 def run_trial(params: dict[str, Any], context: SearchContext) -> None:
@@ -47,12 +68,10 @@ def run_trial(params: dict[str, Any], context: SearchContext) -> None:
     """
     import ray.tune
 
-    from emseg_search.train.data import prepare_data
-
     space = context.space
-    cfg = space.trial_config(space.sampled_params(params), data=context.data)
+    cfg = context.trial_config(params)
     trial_id = ray.tune.get_context().get_trial_id()
-    prepared, _, _ = prepare_data(cfg)
+    prepared, _ = context.trial_data(cfg)
     storage = context.storage
     loop_config = {
         "trial": cfg.to_dict(),
@@ -104,7 +123,8 @@ class TuneSession:
 
     Checkpoints go to ``storage``/``run``/checkpoint_epoch_<n> (the newest kept), beside where
     a TorchTrainer trial keeps its own, so resuming and writing the trial's model find them
-    the same way, locally or in cloud storage.
+    the same way, locally or in cloud storage. A ``train.session.Session``; made once per
+    trial, in the trial's process, so it also sends the worker's progress lines to stdout.
     """
 
     rank, world = 0, 1
@@ -112,6 +132,9 @@ class TuneSession:
     def __init__(self, storage: Storage, run: str, use_gpu: bool) -> None:
         import ray.tune
 
+        from emseg_search.train.worker import log_to_stdout
+
+        log_to_stdout()
         self._tune = ray.tune
         self.storage, self.run = storage, run
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")

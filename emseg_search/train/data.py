@@ -45,18 +45,11 @@ def prepare_data(cfg: TrialConfig) -> tuple[PreparedData, EMData, Fingerprint]:
     Normalisation follows pretrained encoder weights when there are any (their ImageNet
     statistics), else the training images' fingerprint.
     """
-    from emseg_search.models.registry import weights_normalization
-
     root = resolve_data_dir(cfg)
     data = load_data(root)
     split = resolve_split(data.index, cfg.val_fraction, cfg.split_seed, cfg.val_file)
     fingerprint = compute_fingerprint(data.subset(split.train))
-    pretrained = weights_normalization(cfg)
-    if pretrained is not None:
-        (mean, std), source = pretrained, f"encoder weights ({cfg.encoder_weights})"
-    else:
-        mean, std = fingerprint.intensity_mean, max(fingerprint.intensity_std, 1e-3)
-        source = "training-data fingerprint"
+    mean, std, source = normalization(cfg, fingerprint)
     prepared = PreparedData(
         data_dir=str(root),
         train=split.train,
@@ -67,6 +60,18 @@ def prepare_data(cfg: TrialConfig) -> tuple[PreparedData, EMData, Fingerprint]:
         normalization=source,
     )
     return prepared, data, fingerprint
+
+
+def normalization(cfg: TrialConfig, fingerprint: Fingerprint) -> tuple[float, float, str]:
+    """(mean, std, where they come from) for ``cfg``: its encoder weights' statistics, or the
+    training images' ``fingerprint`` for random init."""
+    from emseg_search.models.registry import weights_normalization
+
+    pretrained = weights_normalization(cfg)
+    if pretrained is not None:
+        return *pretrained, f"encoder weights ({cfg.encoder_weights})"
+    mean, std = fingerprint.intensity_mean, max(fingerprint.intensity_std, 1e-3)
+    return mean, std, "training-data fingerprint"
 
 
 def build_datasets(

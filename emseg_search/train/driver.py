@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+from emseg_search.atomic import write_text
 from emseg_search.config import TrialConfig
 from emseg_search.train.data import prepare_data
 from emseg_search.train.outputs import TrainOutcome, finish_run
@@ -35,7 +36,7 @@ def run_training(
     from ray.train.torch import TorchTrainer
 
     from emseg_search.models.registry import check_input_size, min_batch_size, required_stride
-    from emseg_search.train.cluster import init_ray
+    from emseg_search.train.cluster import ClusterError, init_ray
 
     run_dir = Path(run_dir).absolute()
     check_input_size(cfg)
@@ -47,11 +48,11 @@ def run_training(
     prepared, _, fingerprint = prepare_data(cfg)  # bad data fails here, before Ray starts
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.write_yaml(run_dir / "config.yaml")
-    (run_dir / "data.json").write_text(json.dumps(prepared.to_dict(), indent=1), "utf-8")
+    write_text(run_dir / "data.json", json.dumps(prepared.to_dict(), indent=1))
 
     cluster = init_ray(address)
     if use_gpu and cluster.get("GPU", 0) < workers:
-        raise RuntimeError(
+        raise ClusterError(
             f"--gpu with {workers} worker(s) needs {workers} GPU(s); the Ray "
             f"cluster has {cluster.get('GPU', 0):g}"
         )

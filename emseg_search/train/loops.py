@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from functools import partial
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -17,7 +18,50 @@ from emseg_search.metrics import per_image_counts, summarize_distributed
 
 
 class DivergedError(RuntimeError):
-    """Training produced a NaN/inf loss; the run stops instead of training on garbage."""
+    """Training produced a NaN/inf loss; the run stops instead of training on garbage.
+
+    ``step`` is the step of the epoch and ``ranks`` the data-parallel ranks whose loss was
+    not finite (every rank raises the same error, see ``agree_finite``).
+    """
+
+    def __init__(self, message: str, step: int | None = None, ranks: tuple[int, ...] = ()) -> None:
+        super().__init__(message)
+        self.step, self.ranks = step, ranks
+
+
+def _distributed() -> bool:
+    """True inside an initialised torch.distributed group of more than one rank."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def agree_finite(loss: torch.Tensor, step: int, lr: float) -> None:
+    """Raise DivergedError on EVERY rank when the loss (a scalar) is NaN/inf on ANY rank.
+
+    Under torch.distributed each rank's loss is all-reduced first (one value per rank), so a
+    rank whose loss diverged never stops alone while the others wait for it in DDP's gradient
+    all-reduce; call it before backward, on every rank, every step.
+    """
+    if _distributed():
+        world, rank = dist.get_world_size(), dist.get_rank()
+        on = loss.device if dist.get_backend() == "nccl" else torch.device("cpu")
+        losses = torch.zeros(world, dtype=torch.float64, device=on)
+        losses[rank] = float(loss.detach())  # the other slots stay 0: a sum keeps NaN/inf
+        dist.all_reduce(losses, op=dist.ReduceOp.SUM)
+        values = losses.tolist()
+    else:
+        world, values = 1, [float(loss.detach())]
+    bad = tuple(r for r, v in enumerate(values) if not math.isfinite(v))
+    if not bad:
+        return
+    where = ""
+    if world > 1:
+        where = f" on rank{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad))} of {world}"
+    raise DivergedError(
+        f"loss became {values[bad[0]]} at step {step} of the epoch{where} (lr {lr:.3g}); "
+        "lower the learning rate or enable gradient clipping",
+        step=step,
+        ranks=bad,
+    )
 
 
 @dataclass(frozen=True)
@@ -47,7 +91,8 @@ def build_optimizer(model: nn.Module, cfg: TrialConfig) -> torch.optim.Optimizer
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, floor: float = 0.01) -> float:
-    """Linear warm-up to 1, then cosine decay to ``floor``: a pure function of the step."""
+    """Linear warm-up to 1, then cosine decay to ``floor`` (TrialConfig.lr_min_factor): a pure
+    function of the step."""
     if warmup_steps > 0 and step < warmup_steps:
         return (step + 1) / warmup_steps
     span = max(1, total_steps - warmup_steps)
@@ -58,11 +103,12 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, floor: float = 0.0
 def build_scheduler(
     optimizer: torch.optim.Optimizer, cfg: TrialConfig, steps_per_epoch: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Per-step warm-up + cosine schedule over ``cfg.epochs``."""
+    """Per-step warm-up + cosine schedule over ``cfg.epochs`` down to ``cfg.lr_min_factor``."""
     total = cfg.epochs * steps_per_epoch
     warmup = round(cfg.warmup_epochs * steps_per_epoch)
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, partial(lr_factor, total_steps=total, warmup_steps=warmup)
+        optimizer,
+        partial(lr_factor, total_steps=total, warmup_steps=warmup, floor=cfg.lr_min_factor),
     )
 
 
@@ -79,7 +125,8 @@ def train_one_epoch(
 ) -> EpochStats:
     """One pass over ``loader`` ({"image": (N,1,T,T), "mask": (N,1,T,T)}); mean loss per image.
 
-    Raises DivergedError on a NaN/inf loss, naming the step.
+    Raises DivergedError on a NaN/inf loss, naming the step; under torch.distributed every
+    rank raises it when any rank's loss is not finite (``agree_finite``).
     """
     model.train()
     t0 = time.perf_counter()
@@ -90,12 +137,7 @@ def train_one_epoch(
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model(image)
             loss = loss_fn(logits.float(), mask)
-        if not torch.isfinite(loss):
-            raise DivergedError(
-                f"loss became {loss.item()} at step {step} of the epoch "
-                f"(lr {optimizer.param_groups[0]['lr']:.3g}); lower the learning "
-                "rate or enable gradient clipping"
-            )
+        agree_finite(loss, step, optimizer.param_groups[0]["lr"])
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()

@@ -1,43 +1,61 @@
-"""The Ray Train worker loop: one data-parallel training run, checkpointed by rank 0."""
+"""The worker loop: one (data-parallel) training run, reported epoch by epoch to a Session.
+
+``run_worker`` builds what this rank trains with (``build_run``), then ``train_run`` restores
+from the session's checkpoint (``restore``) and trains the remaining epochs
+(``train_epochs``), each ending in ``report_epoch``: the metrics to the session on every rank,
+the checkpoint from rank 0.
+"""
 
 from __future__ import annotations
 
 import copy
 import functools
+import logging
+import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+import torch.distributed as dist
+from torch import nn
 from torch.utils.data import DataLoader
 
 from emseg_search.config import TrialConfig
 from emseg_search.data import load_data
-from emseg_search.data.datasets import seed_worker
+from emseg_search.data.datasets import TileDataset, seed_worker
 from emseg_search.models.precision import autocast_dtype
 from emseg_search.train.checkpoint import load_checkpoint, save_checkpoint
 from emseg_search.train.data import PreparedData, build_datasets
 from emseg_search.train.loops import (
     DivergedError,
+    EpochStats,
     build_optimizer,
     build_scheduler,
     evaluate,
     train_one_epoch,
 )
+from emseg_search.train.session import Session
+
+logger = logging.getLogger(__name__)
+
+_STDOUT_HANDLER = "emseg-stdout"  # the name of the handler log_to_stdout adds (once)
 
 
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The bare model inside a DDP wrapper."""
-    return getattr(model, "module", model)
-
-
-def _save_into(
-    state: dict[str, Any],
-    best: dict[str, torch.Tensor],
-    history: list[dict[str, Any]],
-    folder: Path,
-) -> None:
-    save_checkpoint(folder, state, best, history)
+def log_to_stdout(level: int = logging.INFO) -> None:
+    """Print the package's log records (the "[emseg] ..." progress lines) as plain lines on
+    stdout. For process boundaries only (a Ray Train worker, a Tune trial); idempotent."""
+    package = logging.getLogger("emseg_search")
+    if not any(h.get_name() == _STDOUT_HANDLER for h in package.handlers):
+        handler = logging.StreamHandler(sys.stdout)
+        handler.set_name(_STDOUT_HANDLER)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        package.addHandler(handler)
+    package.setLevel(level)
+    package.propagate = False  # a root handler (Ray's, a user's) would print each line twice
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -45,21 +63,63 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     PreparedData dict, "threads": torch threads per worker}."""
     from emseg_search.train.session import TrainSession
 
+    log_to_stdout()
     run_worker(config, TrainSession())
 
 
-def run_worker(config: dict[str, Any], session: Any) -> None:
-    """One training run, reporting every epoch to ``session`` (train.session: a Ray Train
-    worker, or a Tune trial's own process). ``config`` as for train_loop_per_worker."""
+def run_worker(config: dict[str, Any], session: Session) -> None:
+    """One training run, reporting every epoch to ``session`` (a Ray Train worker, a Tune
+    trial's own process or a LocalSession). ``config`` as for train_loop_per_worker."""
     cfg = TrialConfig.from_dict(config["trial"])
     prepared = PreparedData.from_dict(config["prepared"])
     torch.set_num_threads(int(config.get("threads", 1)))
-    rank, world, device = session.rank, session.world, session.device
-    torch.manual_seed(cfg.seed + rank)
+    train_run(build_run(cfg, prepared, session), session)
 
-    from emseg_search.losses import build_loss
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """What one rank trains with, built once from the config by ``build_run``."""
+
+    cfg: TrialConfig
+    rank: int
+    world: int
+    device: torch.device
+    model: nn.Module  # on ``device``; DDP-wrapped when world > 1
+    train_data: TileDataset  # this rank's tiles (the loader's sampler shards them)
+    loader: DataLoader
+    val_loader: DataLoader  # this rank's disjoint share of the validation images
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler | None
+    amp_dtype: torch.dtype | None
+    validating: bool  # False: no validation split, the last epoch is the model
+
+    @property
+    def bare_model(self) -> nn.Module:
+        """The model without its DDP wrapper."""
+        return getattr(self.model, "module", self.model)
+
+
+@dataclass
+class Progress:
+    """Where a run stands; what a checkpoint saves and ``restore`` brings back."""
+
+    start: int = 0  # the next epoch to train
+    best_iou: float = -1.0
+    best_epoch: int = -1
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_state: dict[str, torch.Tensor] = field(default_factory=dict)  # kept by rank 0
+    val: dict[str, float] = field(default_factory=dict)  # the latest validation, with "epoch"
+
+
+def build_run(cfg: TrialConfig, prepared: PreparedData, session: Session) -> TrainingRun:
+    """Data, model, loss, optimiser, schedule and scaler for this rank of ``session``."""
+    from emseg_search.losses import build_trial_loss
     from emseg_search.models.registry import build_model, unused_parameters
 
+    rank, world, device = session.rank, session.world, session.device
+    torch.manual_seed(cfg.seed + rank)
     data = load_data(prepared.data_dir)
     train_ds, val_ds = build_datasets(cfg, prepared, data, rank, world)
     loader = DataLoader(
@@ -73,13 +133,12 @@ def run_worker(config: dict[str, Any], session: Any) -> None:
         pin_memory=device.type == "cuda",
     )
     loader = session.prepare_loader(loader)
-    val_loader = DataLoader(val_ds, batch_size=1, shuffle=False)  # disjoint shard per rank
+    val_loader = DataLoader(val_ds, batch_size=1, shuffle=False)
 
     model = build_model(cfg)
     # some encoders/depths leave parameters without gradients, which DDP must be told about
     unused = bool(unused_parameters(model, cfg)) if world > 1 else False
     model = session.prepare_model(model, find_unused_parameters=unused)
-    loss_fn = build_loss(cfg.loss, cfg.loss_weight)
     optimizer = build_optimizer(model, cfg)
     steps = len(loader)
     if steps == 0:
@@ -87,119 +146,207 @@ def run_worker(config: dict[str, Any], session: Any) -> None:
             f"batch_size={cfg.batch_size} exceeds the {len(train_ds)} training tiles "
             f"per epoch on each of {world} workers; lower batch_size"
         )
-    scheduler = build_scheduler(optimizer, cfg, steps)
     amp_dtype = autocast_dtype(device, cfg.amp)
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-    validating = bool(prepared.val)  # no validation split: the last epoch is the model
-    if rank == 0:
-        print(
-            f"[emseg] {cfg.arch}/{cfg.encoder}: world size {world} on {device.type}, "
-            f"{len(train_ds)} tiles x {cfg.epochs} epochs and "
-            + (
-                f"{len(val_ds)} validation images per worker"
-                if validating
-                else "no validation split (all images train; the last epoch is the model)"
-            ),
-            flush=True,
-        )
+    return TrainingRun(
+        cfg=cfg,
+        rank=rank,
+        world=world,
+        device=device,
+        model=model,
+        train_data=train_ds,
+        loader=loader,
+        val_loader=val_loader,
+        loss_fn=build_trial_loss(cfg),
+        optimizer=optimizer,
+        scheduler=build_scheduler(optimizer, cfg, steps),
+        scaler=torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None,
+        amp_dtype=amp_dtype,
+        validating=bool(prepared.val),
+    )
 
-    start, best_iou, best_epoch, history = 0, -1.0, -1, []
-    best_state: dict[str, torch.Tensor] = {}
-    val: dict[str, float] = {}
-    state: dict[str, Any] | None = None
-    with session.checkpoint_dir() as folder:
-        if folder is not None:
-            loaded = load_checkpoint(folder, device)
-            state, best_state, history = loaded.state, loaded.best, loaded.history
-    if state is not None:
-        _unwrap(model).load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        start, best_iou, best_epoch = state["epoch"] + 1, state["best_iou"], state["best_epoch"]
-        val = state.get("val", {})
 
-    if start >= cfg.epochs and history:
+def train_run(run: TrainingRun, session: Session) -> None:
+    """Resume from the session's checkpoint, if any, and train the remaining epochs."""
+    if run.rank == 0:
+        _log_start(run)
+    progress = restore(run, session)
+    if progress.start >= run.cfg.epochs and progress.history:
         # resumed after its last epoch (a search killed between the two): report the final
         # metrics again so the caller gets a result; no training, no new checkpoint
-        session.report(history[-1])
+        session.report(progress.history[-1])
         return
-    for epoch in range(start, cfg.epochs):
-        if world > 1 and hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
-            loader.sampler.set_epoch(epoch)
+    train_epochs(run, progress, session)
+
+
+def _log_start(run: TrainingRun) -> None:
+    cfg = run.cfg
+    logger.info(
+        f"[emseg] {cfg.arch}/{cfg.encoder}: world size {run.world} on {run.device.type}, "
+        f"{len(run.train_data)} tiles x {cfg.epochs} epochs and "
+        + (
+            f"{len(run.val_loader.dataset)} validation images per worker"
+            if run.validating
+            else "no validation split (all images train; the last epoch is the model)"
+        )
+    )
+
+
+def restore(run: TrainingRun, session: Session) -> Progress:
+    """Load the session's checkpoint into the run's model, optimiser, schedule and scaler;
+    a fresh Progress when there is none."""
+    with session.checkpoint_dir() as folder:
+        if folder is None:
+            return Progress()
+        loaded = load_checkpoint(folder, run.device)
+    state = loaded.state
+    run.bare_model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    if run.scaler is not None and state.get("scaler"):
+        run.scaler.load_state_dict(state["scaler"])
+    return Progress(
+        start=state["epoch"] + 1,
+        best_iou=state["best_iou"],
+        best_epoch=state["best_epoch"],
+        history=loaded.history,
+        best_state=loaded.best,
+        val=state.get("val", {}),
+    )
+
+
+def seed_epoch(run: TrainingRun, epoch: int) -> None:
+    """Seed torch and the tile augmentations from (seed, rank, epoch), so a resumed run draws
+    the batches an uninterrupted one would (exactly so with loader_workers=0: persistent
+    loader processes keep the stream they started with)."""
+    entropy = [run.cfg.seed % 2**63, run.rank, epoch]
+    seed = int(np.random.SeedSequence(entropy).generate_state(1)[0])
+    torch.manual_seed(seed)
+    run.train_data.reseed(seed)
+    sampler = getattr(run.loader, "sampler", None)
+    if run.world > 1 and hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(epoch)
+
+
+def _synced_model(run: TrainingRun) -> nn.Module:
+    """The bare model with rank 0's buffers (BatchNorm statistics) on every rank: what rank 0
+    checkpoints, scored on each rank's shard. Not the DDP wrapper, whose first forward in
+    eval mode broadcasts them itself and so hangs when a rank's shard is empty."""
+    model = run.bare_model
+    if run.world > 1:
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
+    return model
+
+
+def train_epochs(run: TrainingRun, progress: Progress, session: Session) -> None:
+    """Train epochs ``progress.start`` .. cfg.epochs - 1, validating every ``val_every`` and at
+    the last; a diverged epoch is reported (``diverged``, ``stop_reason``) and ends the run."""
+    cfg = run.cfg
+    for epoch in range(progress.start, cfg.epochs):
+        seed_epoch(run, epoch)
         try:
             stats = train_one_epoch(
-                model,
-                loader,
-                loss_fn,
-                optimizer,
-                scheduler,
-                device,
-                amp_dtype,
-                scaler,
+                run.model,
+                run.loader,
+                run.loss_fn,
+                run.optimizer,
+                run.scheduler,
+                run.device,
+                run.amp_dtype,
+                run.scaler,
                 cfg.grad_clip,
             )
         except DivergedError as exc:
+            # every rank gets here at the same step (loops.agree_finite), so all report
             session.report(
                 {
                     "epoch": epoch,
                     "diverged": True,
                     "stop_reason": str(exc),
                     "val_iou": 0.0,
-                    "best_val_iou": max(best_iou, 0.0),
+                    "best_val_iou": max(progress.best_iou, 0.0),
                 }
             )
             return
-        last = epoch == cfg.epochs - 1
         val_seconds = 0.0
-        if validating and ((epoch + 1) % cfg.val_every == 0 or last):
+        if run.validating and ((epoch + 1) % cfg.val_every == 0 or epoch == cfg.epochs - 1):
             t0 = time.perf_counter()
-            val = evaluate(model, val_loader, device, cfg.threshold, amp_dtype)
+            progress.val = evaluate(
+                _synced_model(run), run.val_loader, run.device, cfg.threshold, run.amp_dtype
+            )
             val_seconds = time.perf_counter() - t0
-            val["epoch"] = epoch
-        if not validating or (val and val["epoch"] == epoch and val["iou"] > best_iou):
-            best_iou, best_epoch = (val["iou"] if validating else best_iou), epoch
-            if rank == 0:
-                best_state = copy.deepcopy(
-                    {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()}
+            progress.val["epoch"] = epoch
+        val = progress.val
+        if not run.validating or (val and val["epoch"] == epoch and val["iou"] > progress.best_iou):
+            # without validation every epoch is the best so far: the last one is the model
+            progress.best_iou = val["iou"] if run.validating else progress.best_iou
+            progress.best_epoch = epoch
+            if run.rank == 0:
+                progress.best_state = copy.deepcopy(
+                    {k: v.detach().cpu() for k, v in run.bare_model.state_dict().items()}
                 )
-        metrics = {
-            "epoch": epoch,
-            "train_loss": stats.train_loss,
-            "lr": stats.lr,
-            "epoch_seconds": stats.seconds,
-            "val_seconds": val_seconds,
-            "train_images_per_s": stats.images * world / stats.seconds,
-            "val_epoch": val.get("epoch", -1),
-            **{f"val_{k}": v for k, v in val.items() if k != "epoch"},
-            "best_val_iou": best_iou if validating else None,
-            "best_epoch": best_epoch,
-            "diverged": False,
-        }
-        history.append(metrics)
-        if rank == 0:
-            shown = (
-                f"val IoU {val['iou']:.4f} Dice {val['dice']:.4f} (best {best_iou:.4f})"
-                if val
-                else ("not validated yet" if validating else "no validation")
-            )
-            print(
-                f"[emseg] epoch {epoch + 1}/{cfg.epochs}  loss {stats.train_loss:.4f}  {shown}"
-                f"  {stats.seconds:.1f} s",
-                flush=True,
-            )
-            state = {
-                "model": _unwrap(model).state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else None,
-                "epoch": epoch,
-                "best_iou": best_iou,
-                "best_epoch": best_epoch,
-                "val": val,
-                "config": cfg.to_dict(),
-            }
-            session.report(metrics, save=functools.partial(_save_into, state, best_state, history))
-        else:
-            session.report(metrics)
+        report_epoch(run, progress, epoch, stats, val_seconds, session)
+
+
+def report_epoch(
+    run: TrainingRun,
+    progress: Progress,
+    epoch: int,
+    stats: EpochStats,
+    val_seconds: float,
+    session: Session,
+) -> dict[str, Any]:
+    """Add the epoch's metrics to the history and report them; rank 0 also logs the epoch and
+    attaches the checkpoint. Returns the metrics."""
+    cfg, val = run.cfg, progress.val
+    metrics = {
+        "epoch": epoch,
+        "train_loss": stats.train_loss,
+        "lr": stats.lr,
+        "epoch_seconds": stats.seconds,
+        "val_seconds": val_seconds,
+        "train_images_per_s": stats.images * run.world / stats.seconds,
+        "val_epoch": val.get("epoch", -1),
+        **{f"val_{k}": v for k, v in val.items() if k != "epoch"},
+        "best_val_iou": progress.best_iou if run.validating else None,
+        "best_epoch": progress.best_epoch,
+        "diverged": False,
+    }
+    progress.history.append(metrics)
+    progress.start = epoch + 1
+    if run.rank != 0:
+        session.report(metrics)
+        return metrics
+    shown = (
+        f"val IoU {val['iou']:.4f} Dice {val['dice']:.4f} (best {progress.best_iou:.4f})"
+        if val
+        else ("not validated yet" if run.validating else "no validation")
+    )
+    logger.info(
+        f"[emseg] epoch {epoch + 1}/{cfg.epochs}  loss {stats.train_loss:.4f}  {shown}"
+        f"  {stats.seconds:.1f} s"
+    )
+    state = {
+        "model": run.bare_model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "scaler": run.scaler.state_dict() if run.scaler is not None else None,
+        "epoch": epoch,
+        "best_iou": progress.best_iou,
+        "best_epoch": progress.best_epoch,
+        "val": val,
+        "config": cfg.to_dict(),
+    }
+    session.report(
+        metrics, save=functools.partial(_save_into, state, progress.best_state, progress.history)
+    )
+    return metrics
+
+
+def _save_into(
+    state: dict[str, Any],
+    best: dict[str, torch.Tensor],
+    history: list[dict[str, Any]],
+    folder: Path,
+) -> None:
+    save_checkpoint(folder, state, best, history)

@@ -37,8 +37,8 @@ def _epoch(epoch: int, iou: float) -> dict:
     }
 
 
-def test_statuses_best_values_and_resume_dedup(tmp_path: Path) -> None:
-    rec = TableRecorder(tmp_path, SPACE, data="synthetic")
+def test_statuses_best_values_and_resume_dedup(tmp_path: Path, make_context) -> None:
+    rec = TableRecorder(tmp_path, make_context(SPACE, tmp_path))
     full, short = _trial("a"), _trial("b")
     for t in (full, short):
         rec.on_trial_start(0, [], t)
@@ -53,14 +53,16 @@ def test_statuses_best_values_and_resume_dedup(tmp_path: Path) -> None:
     assert trials.loc["a", "params_lr"] == 1e-3 and trials.loc["a", "train_seconds"] == 4.0
 
     # a resumed search replays an epoch: one row per (trial, epoch), nothing lost
-    again = TableRecorder(tmp_path, SPACE, data="synthetic")
+    again = TableRecorder(tmp_path, make_context(SPACE, tmp_path))
     again.on_trial_result(0, [], full, _epoch(1, 0.7))
     epochs = pd.read_parquet(tmp_path / "epochs.parquet")
     assert len(epochs) == 3 and not epochs.duplicated(["trial_id", "epoch"]).any()
 
 
-def test_trial_unknown_to_tune_after_resume_is_marked_not_dropped(tmp_path: Path) -> None:
-    rec = TableRecorder(tmp_path, SPACE, data="synthetic")
+def test_trial_unknown_to_tune_after_resume_is_marked_not_dropped(
+    tmp_path: Path, make_context
+) -> None:
+    rec = TableRecorder(tmp_path, make_context(SPACE, tmp_path))
     rec.on_trial_start(0, [], _trial("lost"))
     rec.on_trial_start(0, [], _trial("kept"))
     rec.on_experiment_end([_trial("kept")])
@@ -71,7 +73,7 @@ def test_trial_unknown_to_tune_after_resume_is_marked_not_dropped(tmp_path: Path
 
 
 def test_trial_stopped_by_the_end_of_the_search_keeps_its_model(
-    tmp_path: Path, monkeypatch
+    tmp_path: Path, monkeypatch, make_context
 ) -> None:
     """The time budget ran out mid-trial: Tune stops it without a trial-complete event."""
     written = []
@@ -81,7 +83,7 @@ def test_trial_stopped_by_the_end_of_the_search_keeps_its_model(
         return tmp_path / "trials" / trial.trial_id / "model"
 
     monkeypatch.setattr(TableRecorder, "_write_model", write_model)
-    rec = TableRecorder(tmp_path, SPACE, data="synthetic")
+    rec = TableRecorder(tmp_path, make_context(SPACE, tmp_path))
     cut, live = _trial("cut"), _trial("live")
     for t in (cut, live):
         rec.on_trial_start(0, [], t)
@@ -95,8 +97,8 @@ def test_trial_stopped_by_the_end_of_the_search_keeps_its_model(
     assert trials.loc["live", "status"] == "running"
 
 
-def test_diverged_trial_is_an_error_with_its_reason(tmp_path: Path) -> None:
-    rec = TableRecorder(tmp_path, SPACE, data="synthetic")
+def test_diverged_trial_is_an_error_with_its_reason(tmp_path: Path, make_context) -> None:
+    rec = TableRecorder(tmp_path, make_context(SPACE, tmp_path))
     t = _trial("d", last={"diverged": True})
     rec.on_trial_start(0, [], t)
     rec.on_trial_result(
@@ -107,11 +109,8 @@ def test_diverged_trial_is_an_error_with_its_reason(tmp_path: Path) -> None:
     assert row["status"] == "error" and row["error"] == "loss became nan"
 
 
-def test_broken_checkpoint_is_recorded_not_fatal(tmp_path: Path) -> None:
-    from emseg_search.data.synth.default_set import ensure_synthetic_data
-
-    data = ensure_synthetic_data(tmp_path / "d", n=6, size=64)
-    rec = TableRecorder(tmp_path, SPACE, data=str(data))
+def test_broken_checkpoint_is_recorded_not_fatal(tmp_path: Path, make_context) -> None:
+    rec = TableRecorder(tmp_path, make_context(SPACE, tmp_path))
     t = _trial("x")
     rec.on_trial_start(0, [], t)
     rec.on_trial_result(0, [], t, _epoch(0, 0.4))
@@ -123,3 +122,41 @@ def test_broken_checkpoint_is_recorded_not_fatal(tmp_path: Path) -> None:
     assert row["status"] == "pruned" and pd.isna(row["model_dir"])
     assert row["error"].startswith("model artifact not written: JSONDecodeError")
     assert row["best_val_iou"] == 0.4
+
+
+def test_model_is_written_from_the_search_data_not_a_new_read(
+    tmp_path: Path, monkeypatch, make_context
+) -> None:
+    """The recorder writes a trial's artifact with the split and fingerprint run_search
+    resolved (what prepare_data would give), without reading the data set again."""
+    import emseg_search.search.trainable as trainable
+    import emseg_search.train.outputs as outputs
+    from emseg_search.train.checkpoint import COMPLETE_FILE
+    from emseg_search.train.data import prepare_data
+
+    context = make_context(SPACE, tmp_path)
+    seen = {}
+
+    def finish_run(cfg, run_dir, checkpoint, prepared, fingerprint, stride, trial_id=""):
+        seen.update(cfg=cfg, prepared=prepared, fingerprint=fingerprint)
+        return SimpleNamespace(model_dir=run_dir / "model")
+
+    def no_read(cfg):
+        raise AssertionError("prepare_data called: the data set was read again")
+
+    monkeypatch.setattr(outputs, "finish_run", finish_run)
+    monkeypatch.setattr(trainable, "prepare_data", no_read)
+    monkeypatch.setattr("emseg_search.train.data.prepare_data", no_read)
+    checkpoint = tmp_path / "trials" / "m" / "checkpoint_epoch_000001"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / COMPLETE_FILE).write_text("[1]")
+    rec = TableRecorder(tmp_path, context)
+    t = _trial("m")
+    rec.on_trial_start(0, [], t)
+    rec.on_trial_result(0, [], t, _epoch(0, 0.4))
+    rec.on_trial_complete(0, [], t)
+    row = pd.read_parquet(tmp_path / "trials.parquet").iloc[0]
+    assert row["model_dir"] == str(tmp_path / "trials" / "m" / "model"), row["error"]
+    want, _, want_fingerprint = prepare_data(seen["cfg"])
+    assert seen["prepared"] == want and seen["fingerprint"] == want_fingerprint
+    assert seen["cfg"].lr == 1e-3 and seen["cfg"].data == context.data

@@ -81,6 +81,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_killed_search_resumes_without_losing_or_duplicating(data: Path, tmp_path: Path) -> None:
+    """Killed mid-search, then resumed with a larger trial budget (what --resume may extend)."""
     space = tiny_space(tmp_path / "tiny.yaml", data, num_samples=4, max_epochs=2)
     results = tmp_path / "results"
     proc = subprocess.Popen(
@@ -107,11 +108,13 @@ def test_killed_search_resumes_without_losing_or_duplicating(data: Path, tmp_pat
     assert len(finished_before) >= 1
     epochs_before = read_table(results / "tiny" / "epochs.parquet").to_pandas()
 
+    tiny_space(space, data, num_samples=5, max_epochs=2)
     out = run_cli(str(space), "--results", str(results), "--resume")
     assert out.returncode == 0, out.stderr[-3000:]
     exp = load_experiment(results / "tiny")
     trials, epochs = exp["trials"], exp["epochs"]
-    assert trials["trial_id"].is_unique and len(trials) == 4
+    assert trials["trial_id"].is_unique and len(trials) == 5, trials[["trial_id", "status"]]
+    assert exp["experiment"]["space"]["budget"]["num_samples"] == 5
     assert set(trials["status"]) <= {"completed", "pruned"}
     assert not epochs.duplicated(["trial_id", "epoch"]).any()
     merged = epochs_before.merge(epochs, on=["trial_id", "epoch"], suffixes=("", "_after"))
@@ -144,13 +147,17 @@ def test_time_budget_stops_a_trial_and_keeps_its_model(data: Path, tmp_path: Pat
     assert set(trained["trial_id"]) <= set(states), states
     assert {states[t] for t in trained["trial_id"]} == {"PRUNED"}, states
     assert "RUNNING" not in states.values(), states
+    # the default console: one line per event, none of Tune's tables or Optuna's INFO lines
+    assert "trial 1/2 started: arch=" in out.stdout and "search ended" in out.stdout
+    assert "Trial status" not in out.stdout and "A new study" not in out.stdout + out.stderr
 
 
 def test_multi_worker_trials_train_data_parallel(data: Path, tmp_path: Path) -> None:
     """2 workers per trial: each trial is a TorchTrainer (DDP over 2 ranks), not inline."""
     space = tiny_space(tmp_path / "tiny.yaml", data, num_samples=1, max_epochs=2, workers=2)
     results = tmp_path / "results"
-    out = run_cli(str(space), "--results", str(results))
+    # --verbose: the workers' own output reaches the console (the default keeps it in Ray's logs)
+    out = run_cli(str(space), "--results", str(results), "--verbose")
     assert out.returncode == 0, out.stderr[-3000:]
     trials = load_experiment(results / "tiny")["trials"]
     assert list(trials["status"]) == ["completed"]

@@ -411,42 +411,6 @@ def test_ray_optuna_search_suggests_without_ray_init(space: SearchSpace) -> None
     pickle.loads(pickle.dumps(space.define_by_run()))  # OptunaSearch.save pickles it
 
 
-def test_study_export_shows_every_trial_and_settles_those_the_search_cut(
-    space: SearchSpace, tmp_path: Path
-) -> None:
-    """optuna.db: each trial names its Tune trial; a trial still running when Tune last
-    snapshots the searcher (time budget ran out) is in the file, and after the search it is
-    PRUNED with its last reported IoU, not left RUNNING (or missing, as before)."""
-    from emseg_search.search.algorithms import build_searcher, settle_study_export
-
-    db = tmp_path / "optuna.db"
-    searcher = build_searcher(space, tmp_path)
-    searcher.suggest("done")
-    searcher.on_trial_result("done", {"val_iou": 0.6, "training_iteration": 1})
-    searcher.on_trial_complete("done", {"val_iou": 0.7, "training_iteration": 4})
-    searcher.suggest("cut")  # asked after the last export by on_trial_complete
-    for epoch, iou in ((1, 0.4), (2, 0.55)):
-        searcher.on_trial_result("cut", {"val_iou": iou, "training_iteration": epoch})
-    searcher.save(str(tmp_path / "searcher.pkl"))  # Tune's final snapshot
-    mtime = db.stat().st_mtime_ns
-    searcher.save(str(tmp_path / "searcher.pkl"))  # nothing changed: not exported again
-    assert db.stat().st_mtime_ns == mtime
-
-    def load() -> dict[str, optuna.trial.FrozenTrial]:
-        study = optuna.load_study(study_name=space.name, storage=f"sqlite:///{db}")
-        return {t.user_attrs["tune_trial_id"]: t for t in study.trials}
-
-    trials = load()
-    assert trials["done"].state == optuna.trial.TrialState.COMPLETE
-    assert trials["cut"].state == optuna.trial.TrialState.RUNNING
-    assert settle_study_export(db) == 1
-    trials = load()
-    assert trials["cut"].state == optuna.trial.TrialState.PRUNED
-    assert trials["cut"].value == pytest.approx(0.55)
-    assert settle_study_export(db) == 0
-    assert settle_study_export(tmp_path / "missing.db") == 0
-
-
 # ---- mapping, trial configs, random search, smoke test -----------------------------------------
 
 

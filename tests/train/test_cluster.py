@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from emseg_search.train.cluster import stale_cluster_address
+from emseg_search.train.cluster import current_cluster_file, stale_cluster_address
 
 
 def dead_port() -> int:
@@ -34,6 +34,23 @@ def test_stale_cluster_address_tells_a_dead_head_from_a_live_one(tmp_path: Path)
         assert stale_cluster_address(record) is None  # a head that answers is joined
     record.write_text("not an address")
     assert stale_cluster_address(record) is None
+
+
+@pytest.mark.parametrize(
+    "env",
+    [{}, {"TMPDIR": "/var/tmp/x"}, {"RAY_TMPDIR": "/srv/raytmp", "TMPDIR": "/var/tmp/x"}],
+    ids=["default", "TMPDIR", "RAY_TMPDIR"],
+)
+def test_cluster_file_is_where_ray_keeps_it(env: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray has no public API for it: we compute the path, and this fails loudly when Ray
+    moves it (or its private helper), so that current_cluster_file follows."""
+    from ray._common.utils import get_ray_address_file
+
+    for key in ("RAY_TMPDIR", "TMPDIR"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert current_cluster_file() == Path(get_ray_address_file(None))
 
 
 @pytest.mark.ray

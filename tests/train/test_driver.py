@@ -11,6 +11,7 @@ import torch
 from emseg_search.config import TrialConfig
 from emseg_search.data.synth.default_set import ensure_synthetic_data
 from emseg_search.inference.artifact import load_artifact
+from emseg_search.train.checkpoint import load_checkpoint
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -92,7 +93,7 @@ def test_train_without_a_split_uses_every_image_and_keeps_the_last_epoch(
     assert art.config.val_fraction == 0.0 and art.meta["metrics"] == {"best_epoch": 1}
     # the artifact holds the weights of the last epoch, as checkpointed
     (state_file,) = (run / "ray").rglob("state.pt")
-    last = torch.load(state_file, map_location="cpu", weights_only=False)["model"]
+    last = load_checkpoint(state_file.parent).state["model"]  # loads with weights_only=True
     for key, value in art.model.state_dict().items():
         assert torch.equal(value, last[key]), key
 

@@ -1,0 +1,154 @@
+"""`run`'s exit codes without a search: bad input is 2 with one line, before Ray starts; a
+crash inside the search is 1 with its message (the traceback only with --verbose)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+import emseg_search.train.cluster as cluster
+from emseg_search.cli.run import main
+from emseg_search.space.spec import load_space
+
+SPEC = {
+    "name": "tiny",
+    "budget": {"num_samples": 2, "time_budget_s": 60},
+    "scheduler": {"type": "asha", "max_epochs": 2},
+    "fixed": {"tile_size": 64, "batch_size": 2},
+    "parameters": {"lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
+}
+
+
+@pytest.fixture
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from emseg_search.data.synth.default_set import ensure_synthetic_data
+
+    return ensure_synthetic_data(tmp_path_factory.mktemp("d") / "synth", n=6, size=64)
+
+
+def space_file(tmp_path: Path, **changes: object) -> Path:
+    spec = json.loads(json.dumps(SPEC))
+    for key, value in changes.items():
+        section, field = key.split("__")
+        spec.setdefault(section, {})[field] = value
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def no_ray(*args: object, **kwargs: object) -> None:
+    raise AssertionError("Ray was started")
+
+
+def started_experiment(tmp_path: Path, space: Path) -> Path:
+    """A results folder as an interrupted search leaves it (for --resume)."""
+    exp = tmp_path / "results" / "tiny"
+    (exp / "tune").mkdir(parents=True)
+    info = {"space": load_space(space).to_dict(), "storage": None}
+    (exp / "experiment.json").write_text(json.dumps(info))
+    return exp
+
+
+def test_resume_with_an_edited_space_is_refused_before_ray(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(cluster, "init_ray", no_ray)
+    space = space_file(tmp_path)
+    exp = started_experiment(tmp_path, space)
+    edited = space_file(tmp_path, scheduler__max_epochs=3, fixed__batch_size=4)
+    results = ["--results", str(tmp_path / "results"), "--resume"]
+    assert main([str(edited), *results]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: --resume: the search space differs")
+    assert "scheduler.max_epochs: 2 -> 3" in err and "fixed.batch_size: 2 -> 4" in err
+    assert "budget.num_samples may grow" in err
+    assert (
+        json.loads((exp / "experiment.json").read_text())["space"]["scheduler"]["max_epochs"] == 2
+    )  # not rewritten
+
+
+def test_a_crash_in_the_search_is_exit_1_with_its_message(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    data: Path,
+) -> None:
+    def crash(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("the raylet died")
+
+    monkeypatch.setattr(cluster, "init_ray", crash)
+    args = [str(space_file(tmp_path)), "--data", str(data), "--results", str(tmp_path / "r")]
+    assert main(args) == 1  # not 2: nothing was wrong with the input
+    err = capsys.readouterr().err
+    assert "error: the search failed: RuntimeError: the raylet died" in err
+    assert "Traceback" not in err and "--verbose" in err
+    assert main([*args, "--overwrite", "--verbose"]) == 1
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_an_extended_budget_passes_the_resume_check(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    data: Path,
+) -> None:
+    """More trials and no time limit are allowed: the search gets as far as starting Ray."""
+
+    def unreachable(*args: object, **kwargs: object) -> None:
+        raise OSError("x")
+
+    monkeypatch.setattr(cluster, "init_ray", unreachable)
+    space = space_file(tmp_path)
+    started_experiment(tmp_path, space)
+    more = space_file(tmp_path, budget__num_samples=5, budget__time_budget_s=None)
+    args = [str(more), "--data", str(data), "--results", str(tmp_path / "results"), "--resume"]
+    assert main(args) == 1
+    assert "error: the search failed: OSError: x" in capsys.readouterr().err
+
+
+def test_gpus_asked_of_a_cluster_without_gpus_is_bad_input(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    data: Path,
+) -> None:
+    monkeypatch.setattr(cluster, "init_ray", lambda *a, **k: {"CPU": 2.0})
+    space = space_file(tmp_path, resources__gpus_per_worker=1)
+    assert main([str(space), "--data", str(data), "--results", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err.startswith("error: space 'tiny' asks for 1 GPU(s) per worker") and err.count("\n") == 1
+    )
+
+
+@pytest.mark.parametrize(
+    ("setup", "flags", "message"),
+    [
+        (False, ["--resume"], "holds no experiment to resume"),
+        (True, [], "exists; pass --resume to continue it or --overwrite"),
+    ],
+)
+def test_resume_and_overwrite_mistakes(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    setup: bool,
+    flags: list[str],
+    message: str,
+) -> None:
+    monkeypatch.setattr(cluster, "init_ray", no_ray)
+    space = space_file(tmp_path)
+    if setup:
+        started_experiment(tmp_path, space)
+    assert main([str(space), "--results", str(tmp_path / "results"), *flags]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_bad_space_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = space_file(tmp_path, budget__num_samples=0)
+    assert main([str(bad), "--results", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {bad}: budget.num_samples") and "Traceback" not in err

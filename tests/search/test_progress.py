@@ -1,0 +1,105 @@
+"""ConsoleProgress: one line per trial event, with the best score, elapsed and time left."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from emseg_search.search.progress import ConsoleProgress, format_params, format_seconds
+from emseg_search.space.spec import space_from_dict
+
+SPACE = space_from_dict(
+    {
+        "name": "t",
+        "budget": {"num_samples": 3},
+        "scheduler": {"type": "asha", "max_epochs": 2},
+        "fixed": {"tile_size": 64},
+        "parameters": {
+            "arch": {"type": "categorical", "choices": ["unet", "deeplabv3plus"]},
+            "lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+        },
+    }
+)
+
+
+def trial(trial_id: str, **last: object) -> SimpleNamespace:
+    config = {"arch": "unet", "lr": 0.00123456}
+    return SimpleNamespace(trial_id=trial_id, config=config, last_result=last, error_file=None)
+
+
+def epoch(e: int, iou: float, best: float) -> dict:
+    return {"epoch": e, "val_epoch": e, "val_iou": iou, "best_val_iou": best, "epoch_seconds": 3}
+
+
+def test_one_line_per_event(capsys: pytest.CaptureFixture[str]) -> None:
+    progress = ConsoleProgress(SPACE)
+    progress.setup(total_num_samples=3)
+    a, b = trial("a"), trial("b")
+    trials = [a]
+    progress.on_trial_start(0, trials, a)
+    progress.on_trial_result(0, trials, a, epoch(0, 0.5, 0.5))
+    progress.on_trial_result(0, trials, a, epoch(1, 0.4, 0.5))
+    a.last_result = epoch(1, 0.4, 0.5)
+    progress.on_trial_complete(0, trials, a)
+    trials.append(b)
+    progress.on_trial_start(0, trials, b)
+    progress.on_trial_result(0, trials, b, epoch(0, 0.7, 0.7))
+    b.last_result = epoch(0, 0.7, 0.7)
+    progress.on_trial_complete(0, trials, b)
+    c = trial("c")
+    trials.append(c)
+    progress.on_trial_start(0, trials, c)
+    progress.on_trial_error(0, trials, c)
+    progress.on_experiment_end(trials)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 10, lines
+    assert "trial 1/3 started: arch=unet lr=0.00123" in lines[0]
+    assert "trial 1/3 epoch 1/2: val IoU 0.5000 (trial best 0.5000) in 3.0 s" in lines[1]
+    assert "best val IoU 0.5000 (trial 1)" in lines[1] and "elapsed" in lines[1]
+    assert "left at most" in lines[1]  # the estimate, once an epoch has run
+    assert "trial 1/3 completed, best val IoU 0.5000" in lines[3]
+    assert "trial 2/3 epoch 1/2: val IoU 0.7000" in lines[5]
+    assert "best val IoU 0.7000 (trial 2)" in lines[5]
+    assert "trial 2/3 pruned after 1/2 epochs" in lines[6]
+    assert "trial 3/3 error: trial failed" in lines[8]
+    assert "search ended: 3 trial(s)" in lines[9]
+
+
+def test_a_diverged_trial_says_why(capsys: pytest.CaptureFixture[str]) -> None:
+    progress = ConsoleProgress(SPACE)
+    d = trial("d")
+    progress.on_trial_start(0, [d], d)
+    result = {"epoch": 0, "diverged": True, "stop_reason": "loss became nan", "val_iou": 0.0}
+    progress.on_trial_result(0, [d], d, result)
+    d.last_result = result
+    progress.on_trial_complete(0, [d], d)
+    out = capsys.readouterr().out
+    assert "epoch 1/2: diverged (loss became nan)" in out
+    assert "trial 1/3 error: diverged (loss became nan)" in out
+
+
+def test_a_resumed_trial_continues_its_count(capsys: pytest.CaptureFixture[str]) -> None:
+    progress = ConsoleProgress(SPACE)
+    r = trial("r", epoch=0, val_iou=0.3)
+    progress.on_trial_start(0, [r], r)
+    assert "trial 1/3 resumed after epoch 1: arch=unet" in capsys.readouterr().out
+
+
+def test_time_left_is_an_upper_bound_from_the_epochs_left() -> None:
+    progress = ConsoleProgress(SPACE)
+    progress.setup(total_num_samples=3)
+    a = trial("a")
+    assert progress.time_left([a], 10.0) is None  # no epoch yet: nothing to go by
+    progress.epochs, progress.epochs_run = {"a": 1}, 1
+    # 1 epoch in 10 s; left: 1 of a's + 2 trials x 2 epochs
+    assert progress.time_left([a], 10.0) == pytest.approx(50.0)
+    progress.time_budget = 30
+    assert progress.time_left([a], 10.0) == pytest.approx(20.0)  # the budget ends it sooner
+
+
+def test_formats() -> None:
+    assert [format_seconds(s) for s in (4.4, 65, 3725)] == ["4s", "1m05s", "1h02m"]
+    assert format_params({"arch": "unet", "lr": 0.000123456, "n": 3}) == (
+        "arch=unet lr=0.000123 n=3"
+    )

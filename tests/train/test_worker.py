@@ -1,0 +1,255 @@
+"""The worker loop without Ray (LocalSession): resume, divergence, best-epoch bookkeeping,
+progress lines; and the Session protocol every place a run can train in implements."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from emseg_search.config import TrialConfig
+from emseg_search.data.synth.default_set import ensure_synthetic_data
+from emseg_search.train import worker
+from emseg_search.train.checkpoint import latest_checkpoint, load_checkpoint, read_best
+from emseg_search.train.data import PreparedData, prepare_data
+from emseg_search.train.session import LocalSession, Session, TrainSession
+from emseg_search.train.worker import build_run, log_to_stdout, run_worker, train_run
+
+TIMING = ("epoch_seconds", "val_seconds", "train_images_per_s")  # differ from run to run
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # 6 images: 3 train, 2 validation, 1 held-out test image
+    return ensure_synthetic_data(tmp_path_factory.mktemp("data") / "synth", n=6, size=64)
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Any:
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def _cfg(data: Path, **fields: Any) -> TrialConfig:
+    base = dict(
+        data=str(data),
+        arch="unet",
+        encoder="resnet18",
+        tile_size=64,
+        tiles_per_image=4,  # 12 tiles: 3 steps of 4 per epoch
+        batch_size=4,
+        epochs=3,
+        warmup_epochs=0,
+        lr=3e-3,
+        augment="flips",
+        val_fraction=0.34,
+    )
+    return TrialConfig(**{**base, **fields})
+
+
+def _loop_config(cfg: TrialConfig) -> dict[str, Any]:
+    prepared, _, _ = prepare_data(cfg)
+    return {"trial": cfg.to_dict(), "prepared": prepared.to_dict(), "threads": 1}
+
+
+class Killed(Exception):
+    """Stands in for Tune stopping the trial (or the machine dying) at a report."""
+
+
+class StoppingSession(LocalSession):
+    """A LocalSession whose process is 'killed' right after reporting epoch ``after``."""
+
+    def __init__(self, folder: Path, after: int) -> None:
+        super().__init__(folder)
+        self.after = after
+
+    def report(self, metrics: dict[str, Any], save: Any = None) -> None:
+        super().report(metrics, save)
+        if metrics["epoch"] == self.after:
+            raise Killed
+
+
+class KeepingSession(LocalSession):
+    """A LocalSession that also keeps every epoch's checkpoint under ``folder``/all/<epoch>."""
+
+    def report(self, metrics: dict[str, Any], save: Any = None) -> None:
+        if save is not None:
+            keep = self.folder / "all" / str(metrics["epoch"])
+            keep.mkdir(parents=True)
+            save(keep)
+        super().report(metrics, save)
+
+
+def _untimed(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in rows]
+
+
+def test_resume_in_the_middle_continues_and_ends_as_an_uninterrupted_run(
+    synth: Path, tmp_path: Path
+) -> None:
+    config = _loop_config(_cfg(synth))
+    whole = LocalSession(tmp_path / "whole")
+    run_worker(config, whole)
+    assert [r["epoch"] for r in whole.reports] == [0, 1, 2]
+
+    with pytest.raises(Killed):
+        run_worker(config, StoppingSession(tmp_path / "resumed", after=0))
+    again = LocalSession(tmp_path / "resumed")
+    run_worker(config, again)
+    assert [r["epoch"] for r in again.reports] == [1, 2]  # continues at epoch 1, once
+
+    done = load_checkpoint(latest_checkpoint(again.folder))
+    ref = load_checkpoint(latest_checkpoint(whole.folder))
+    assert [row["epoch"] for row in done.history] == [0, 1, 2]
+    assert _untimed(done.history) == _untimed(ref.history)
+    # CPU training is deterministic: resuming reproduces the weights bit for bit
+    for key, value in ref.state["model"].items():
+        assert torch.equal(done.state["model"][key], value), key
+    for key, value in ref.best.items():
+        assert torch.equal(done.best[key], value), key
+    assert done.state["optimizer"]["state"].keys() == ref.state["optimizer"]["state"].keys()
+    assert done.state["scheduler"]["last_epoch"] == ref.state["scheduler"]["last_epoch"] == 9
+
+
+def test_resume_after_the_last_epoch_reports_it_again_without_training(
+    synth: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = _loop_config(_cfg(synth, epochs=1))
+    first = LocalSession(tmp_path / "run")
+    run_worker(config, first)
+    checkpoint = latest_checkpoint(first.folder)
+    written = sorted((p.name, p.stat().st_mtime_ns) for p in checkpoint.iterdir())
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="emseg_search"):
+        again = LocalSession(tmp_path / "run")
+        run_worker(config, again)
+    assert again.reports == [first.reports[-1]]
+    assert not [r for r in caplog.messages if r.startswith("[emseg] epoch")]  # no training
+    assert latest_checkpoint(again.folder) == checkpoint  # and no new checkpoint
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in checkpoint.iterdir()) == written
+
+
+def test_a_nan_loss_reports_divergence_and_stops(synth: Path, tmp_path: Path) -> None:
+    cfg = _cfg(synth)
+    session = LocalSession(tmp_path / "run")
+    run = build_run(cfg, prepare_data(cfg)[0], session)
+    steps, calls = len(run.loader), []
+
+    def nan_in_epoch_1(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        loss = run.loss_fn(logits, mask)
+        return loss * float("nan") if len(calls) > steps + 1 else loss  # epoch 1, step 1
+
+    train_run(dataclasses.replace(run, loss_fn=nan_in_epoch_1), session)
+    assert [r["epoch"] for r in session.reports] == [0, 1]
+    assert len(calls) == steps + 2  # stopped at the bad step: no further batches
+    first, diverged = session.reports
+    assert first["diverged"] is False
+    assert diverged == {
+        "epoch": 1,
+        "diverged": True,
+        "stop_reason": diverged["stop_reason"],
+        "val_iou": 0.0,
+        "best_val_iou": first["best_val_iou"],
+    }
+    assert diverged["stop_reason"].startswith("loss became nan at step 1 of the epoch (lr ")
+    assert "on rank" not in diverged["stop_reason"]  # one process: no rank to name
+    # the diverged epoch leaves no checkpoint: a resume starts again after epoch 0
+    assert load_checkpoint(latest_checkpoint(session.folder)).state["epoch"] == 0
+
+
+@pytest.mark.parametrize(
+    ("fields", "ious", "best_epochs", "best_ious"),
+    [
+        ({}, [0.3, 0.6, 0.5], [0, 1, 1], [0.3, 0.6, 0.6]),
+        ({}, [0.3, 0.3, 0.4], [0, 0, 2], [0.3, 0.3, 0.4]),  # a tie keeps the earlier epoch
+        ({"val_every": 2}, [0.6, 0.5], [-1, 1, 1], [-1.0, 0.6, 0.6]),  # epochs 1 and 2 (last)
+        ({"val_fraction": 0.0}, [], [0, 1, 2], [None, None, None]),  # the last epoch wins
+    ],
+)
+def test_best_epoch_follows_the_best_validation_iou(
+    synth: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    fields: dict[str, Any],
+    ious: list[float],
+    best_epochs: list[int],
+    best_ious: list[float | None],
+) -> None:
+    scripted = iter(ious)
+
+    def evaluate(*args: Any, **kwargs: Any) -> dict[str, float]:
+        iou = next(scripted)
+        return {"iou": iou, "dice": 2 * iou / (1 + iou), "precision": 0.5, "recall": 0.5}
+
+    monkeypatch.setattr(worker, "evaluate", evaluate)
+    session = KeepingSession(tmp_path / "run")
+    run_worker(_loop_config(_cfg(synth, **fields)), session)
+    assert next(scripted, None) is None  # validated exactly where expected
+    assert [r["best_epoch"] for r in session.reports] == best_epochs
+    assert [r["best_val_iou"] for r in session.reports] == best_ious
+    validated = {"val_every": [-1, 1, 2], "val_fraction": [-1, -1, -1]}
+    assert [r["val_epoch"] for r in session.reports] == validated.get(
+        next(iter(fields), ""), [0, 1, 2]
+    )
+    # the best weights are those checkpointed at the best epoch
+    best = read_best(latest_checkpoint(session.folder))
+    at_best = load_checkpoint(session.folder / "all" / str(best_epochs[-1])).state["model"]
+    assert best.keys() == at_best.keys()
+    for key, value in at_best.items():
+        assert torch.equal(best[key], value), key
+    last = load_checkpoint(session.folder / "all" / "2").state["model"]
+    differs = any(not torch.equal(best[k], last[k]) for k in last)
+    assert differs == (best_epochs[-1] != 2)
+
+
+def test_progress_lines_are_logged_and_printed_only_when_asked(
+    synth: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="emseg_search"):
+        run_worker(_loop_config(_cfg(synth, epochs=1)), LocalSession(tmp_path / "run"))
+    assert caplog.messages[0] == (
+        "[emseg] unet/resnet18: world size 1 on cpu, 12 tiles x 1 epochs and "
+        "2 validation images per worker"
+    )
+    assert caplog.messages[1].startswith("[emseg] epoch 1/1  loss ")
+    assert " val IoU " in caplog.messages[1] and caplog.messages[1].endswith(" s")
+    assert capsys.readouterr().out == ""  # library code never prints
+
+    package = logging.getLogger("emseg_search")
+    saved = package.handlers[:], package.level, package.propagate
+    try:
+        log_to_stdout()
+        log_to_stdout()  # a reused process (a Tune actor) must not print lines twice
+        logging.getLogger("emseg_search.train.worker").info("[emseg] hello")
+        assert capsys.readouterr().out == "[emseg] hello\n"
+    finally:
+        package.handlers[:], package.level, package.propagate = saved
+
+
+def test_every_session_implements_the_protocol(tmp_path: Path) -> None:
+    from emseg_search.search.trainable import TuneSession
+
+    assert isinstance(LocalSession(tmp_path), Session)
+    members = ("prepare_loader", "prepare_model", "checkpoint_dir", "report")
+    for cls in (TrainSession, TuneSession, LocalSession):
+        for name in members:
+            expected = inspect.signature(getattr(Session, name)).parameters
+            got = inspect.signature(getattr(cls, name)).parameters
+            assert list(got) == list(expected), (cls.__name__, name)
+    with pytest.raises(ValueError, match="start a torch.distributed process group first"):
+        LocalSession(tmp_path, rank=1, world=2)
+    with pytest.raises(ValueError, match="`0 <= rank < world` must hold, got rank=2"):
+        LocalSession(tmp_path, rank=2, world=2)
+
+
+def test_prepared_data_crosses_as_a_plain_dict(synth: Path) -> None:
+    prepared = prepare_data(_cfg(synth))[0]
+    assert PreparedData.from_dict(prepared.to_dict()) == prepared
