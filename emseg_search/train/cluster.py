@@ -9,6 +9,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+logger = logging.getLogger(__name__)
+
 # What every Ray worker process gets: offline habits (../shared/ENV.md) and quiet logs.
 WORKER_ENV = {
     "HF_HUB_OFFLINE": "1",
@@ -58,10 +60,11 @@ def init_ray(
             # of any other process on this machine and die with it.
             stale = stale_cluster_address()
             if stale:
-                print(
-                    f"[emseg] ignoring {current_cluster_file()}: it names the Ray head {stale}, "
-                    "which does not answer (stopped without `ray stop`?); starting a local Ray",
-                    flush=True,
+                logger.warning(
+                    "ignoring %s: it names the Ray head %s, which does not answer (stopped "
+                    "without `ray stop`?); starting a local Ray",
+                    current_cluster_file(),
+                    stale,
                 )
             local = {
                 "num_cpus": num_cpus or os.cpu_count(),
