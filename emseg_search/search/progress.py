@@ -13,7 +13,7 @@ from typing import Any
 from ray.tune import Callback, ProgressReporter
 
 from emseg_search.search.algorithms import recorded_budget
-from emseg_search.search.recorder import trial_error_text
+from emseg_search.search.recorder import end_status, trial_error_text
 from emseg_search.space.spec import SearchSpace
 
 LABELS = {"val_iou": "val IoU", "val_dice": "val Dice"}
@@ -152,12 +152,11 @@ class ConsoleProgress(Callback):
         self.ended.add(trial.trial_id)
         last = getattr(trial, "last_result", None) or {}
         epochs, max_epochs = self.epochs.get(trial.trial_id, 0), self.space.scheduler.max_epochs
-        if last.get("diverged"):
-            how = f"error: diverged ({last.get('stop_reason')})"
-        elif epochs < max_epochs:
-            how = f"pruned after {epochs}/{max_epochs} epochs"
-        else:
-            how = "completed"
+        how = {
+            "error": f"error: diverged ({last.get('stop_reason')})",
+            "pruned": f"pruned after {epochs}/{max_epochs} epochs",
+            "completed": "completed",
+        }[end_status(last, epochs, max_epochs)]
         best = last.get(f"best_{self.space.metric}")
         if best is not None and not last.get("diverged"):
             how += f", best {self._label} {float(best):.4f}"

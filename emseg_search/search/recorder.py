@@ -14,6 +14,14 @@ from emseg_search.results.schemas import EPOCH_METRICS, EPOCH_SCHEMA, trial_sche
 from emseg_search.search.trainable import TRIALS_DIR, SearchContext
 
 
+def end_status(last_result: dict[str, Any], epochs_run: int, max_epochs: int) -> str:
+    """How a trial that Tune reports complete ended: 'error' (diverged), 'pruned' (stopped by
+    the scheduler before ``max_epochs``) or 'completed'."""
+    if last_result.get("diverged"):
+        return "error"
+    return "pruned" if epochs_run < max_epochs else "completed"
+
+
 def _finite(value: Any) -> float | None:
     """A float, or None for missing/NaN values."""
     if value is None:
@@ -102,12 +110,7 @@ class TableRecorder(Callback):
         """Completed all epochs, or stopped early by the scheduler (pruned)."""
         row = self._row(trial)
         last = trial.last_result or {}
-        if last.get("diverged"):
-            row["status"] = "error"
-        elif row.get("epochs_run", 0) < self.space.scheduler.max_epochs:
-            row["status"] = "pruned"
-        else:
-            row["status"] = "completed"
+        row["status"] = end_status(last, row.get("epochs_run", 0), self.space.scheduler.max_epochs)
         self._record_model(trial, row)
         self._flush()
 

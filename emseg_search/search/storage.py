@@ -10,7 +10,6 @@ in the experiment folder on the node that runs the search.
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
+from emseg_search.atomic import replace_dir
 from emseg_search.train.checkpoint import CHECKPOINT_PREFIX, COMPLETE_FILE
 
 
@@ -122,14 +122,13 @@ class Storage:
     def save_checkpoint(self, run: str, name: str, staging: Path) -> str:
         """Store a filled ``staging_dir`` as ``run/name`` and delete older checkpoints.
 
-        Locally the folder is renamed into place (atomic); on object stores its files are
-        uploaded one by one with ``COMPLETE_FILE`` last, so a reader never takes a partial
-        upload for a checkpoint.
+        Locally the folder is renamed into place (``atomic.replace_dir``); on object stores
+        its files are uploaded one by one with ``COMPLETE_FILE`` last, so a reader never takes
+        a partial upload for a checkpoint.
         """
         target = self.path(run, name)
         if self.is_local:
-            shutil.rmtree(target, ignore_errors=True)
-            os.replace(staging, target)
+            replace_dir(staging, target)
         else:
             try:
                 self.fs.create_dir(target, recursive=True)

@@ -24,7 +24,7 @@ from emseg_search.config import TrialConfig
 from emseg_search.data import Fingerprint
 from emseg_search.search.storage import Storage
 from emseg_search.space.spec import SearchSpace
-from emseg_search.train.checkpoint import CHECKPOINT_PREFIX
+from emseg_search.train.checkpoint import checkpoint_name
 from emseg_search.train.data import PreparedData, normalization, prepare_data
 
 TRIALS_DIR = "trials"
@@ -174,6 +174,5 @@ class TuneSession:
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
-            name = f"{CHECKPOINT_PREFIX}epoch_{int(metrics['epoch']):06d}"
-            self.storage.save_checkpoint(self.run, name, staging)
+            self.storage.save_checkpoint(self.run, checkpoint_name(metrics["epoch"]), staging)
         self._tune.report(metrics)

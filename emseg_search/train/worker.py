@@ -15,7 +15,6 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -337,16 +336,8 @@ def report_epoch(
         "val": val,
         "config": cfg.to_dict(),
     }
-    session.report(
-        metrics, save=functools.partial(_save_into, state, progress.best_state, progress.history)
+    save = functools.partial(
+        save_checkpoint, state=state, best=progress.best_state, history=progress.history
     )
+    session.report(metrics, save=save)
     return metrics
-
-
-def _save_into(
-    state: dict[str, Any],
-    best: dict[str, torch.Tensor],
-    history: list[dict[str, Any]],
-    folder: Path,
-) -> None:
-    save_checkpoint(folder, state, best, history)
