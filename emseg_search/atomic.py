@@ -101,3 +101,18 @@ def replace_dir(filled: str | Path, target: str | Path) -> Path:
     fsync_dir(target.parent)
     shutil.rmtree(aside, ignore_errors=True)
     return target
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | Path) -> Iterator[Path]:
+    """A new empty folder beside ``target`` to fill; on success it takes the place of
+    ``target`` (``replace_dir``), on an exception it is deleted and ``target`` is left as it
+    was."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        yield tmp
+        replace_dir(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone already unless something failed

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from emseg_search.atomic import atomic_path, replace_dir, write_bytes, write_text
+from emseg_search.atomic import atomic_dir, atomic_path, replace_dir, write_bytes, write_text
 from emseg_search.results.io import read_rows, read_table, write_table
 
 SCHEMA = pa.schema([("n", pa.int64()), ("marker", pa.int64())])
@@ -81,6 +81,19 @@ def test_replace_dir_into_nothing_and_after_a_crash(tmp_path: Path) -> None:
 def table_of(marker: int) -> list[dict[str, int]]:
     """Rows whose count depends on ``marker``, so a mix of two versions is detectable."""
     return [{"n": i, "marker": marker} for i in range(5_000 * marker)]
+
+
+def test_atomic_dir_swaps_in_a_filled_folder_or_leaves_the_old_one(tmp_path: Path) -> None:
+    target = tmp_path / "model"
+    with atomic_dir(target) as tmp:
+        (tmp / "w").write_text("1", encoding="utf-8")
+        assert not target.exists()  # nothing is visible until the folder is complete
+    assert (target / "w").read_text(encoding="utf-8") == "1"
+    with pytest.raises(RuntimeError), atomic_dir(target) as tmp:
+        (tmp / "w").write_text("2", encoding="utf-8")
+        raise RuntimeError("save failed")
+    assert (target / "w").read_text(encoding="utf-8") == "1"
+    assert names(tmp_path) == ["model"]  # no temporary folder left
 
 
 def test_a_reader_never_sees_a_torn_table_while_a_writer_rewrites_it(tmp_path: Path) -> None:

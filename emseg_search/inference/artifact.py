@@ -11,8 +11,6 @@ model/
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from emseg_search.atomic import replace_dir
+from emseg_search.atomic import atomic_dir
 from emseg_search.config import TrialConfig
 from emseg_search.data import Fingerprint
 
@@ -104,7 +102,6 @@ def write_artifact(
     """Write an artifact folder atomically: filled in a temp folder, then swapped in whole
     (a reader finds the old complete artifact or the new one)."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "format": FORMAT,
         "arch": cfg.arch,
@@ -123,16 +120,12 @@ def write_artifact(
         "metrics": metrics,
         "versions": versions(),
     }
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         (tmp / "artifact.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         cfg.write_yaml(tmp / "config.yaml")
         torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, tmp / "weights.pt")
         fingerprint.write_json(tmp / "fingerprint.json")
-        return replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    return out
 
 
 def load_artifact(path: str | Path) -> ModelArtifact:

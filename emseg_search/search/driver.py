@@ -14,12 +14,11 @@ import contextlib
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from emseg_search.atomic import replace_dir, write_text
+from emseg_search.atomic import atomic_dir, write_text
 from emseg_search.search.algorithms import (
     TimeBudget,
     build_scheduler,
@@ -50,13 +49,10 @@ def copy_best(exp_dir: Path, trials: Any) -> Path | None:
     if done.empty:
         return None
     row = done.sort_values("best_val_iou", ascending=False).iloc[0]
-    tmp = Path(tempfile.mkdtemp(prefix=".best.", suffix=".tmp", dir=exp_dir))
-    try:
+    with atomic_dir(exp_dir / "best") as tmp:
         shutil.copytree(row["model_dir"], tmp, dirs_exist_ok=True)
         (tmp / "TRIAL").write_text(f"{row['trial_id']}\n", encoding="utf-8")
-        return replace_dir(tmp, exp_dir / "best")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # gone already unless something failed
+    return exp_dir / "best"
 
 
 def _git_commit() -> str | None:

@@ -21,7 +21,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
-from emseg_search.atomic import replace_dir
+from emseg_search.atomic import atomic_dir
 from emseg_search.train.checkpoint import (
     CHECKPOINT_PREFIX,
     checkpoint_name,
@@ -176,14 +176,9 @@ class LocalSession:
         """Store the checkpoint (``save(folder)`` fills it) before recording the epoch, so a
         run stopped at this report resumes after it; older checkpoints are deleted."""
         if save is not None:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(prefix=f".{CHECKPOINT_PREFIX}", dir=self.folder))
-            try:
+            target = self.folder / checkpoint_name(metrics["epoch"])
+            with atomic_dir(target) as staging:
                 save(staging)
-                target = replace_dir(staging, self.folder / checkpoint_name(metrics["epoch"]))
-            except BaseException:
-                shutil.rmtree(staging, ignore_errors=True)
-                raise
             for old in self.folder.glob(f"{CHECKPOINT_PREFIX}*"):
                 if old != target:
                     shutil.rmtree(old, ignore_errors=True)
