@@ -33,6 +33,14 @@ class TrialConfig(BaseModel):
         0.2, ge=0.0, lt=1.0, description="share held out for validation; 0: train on all images"
     )
     split_seed: int = 0
+    group_by: str | None = Field(
+        None,
+        description="keep groups on one side of every split: CSV:COLUMN (EMPS: "
+        "metadata.csv:doi) or regex:PATTERN",
+    )
+    test_file: str | None = Field(
+        None, description="split file naming held-out test images: never trained or validated on"
+    )
     scale: float = Field(1.0, gt=0.0, le=4.0, description="rescale images (0.5: half size)")
     tile_size: int = Field(256, ge=32, le=4096)
     tiles_per_image: int = Field(4, ge=1, description="training tiles drawn per image per epoch")

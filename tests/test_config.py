@@ -62,6 +62,8 @@ FLAGS: dict[str, tuple[list[str], object]] = {
     "val_file": (["--val-file", "/srv/val.csv"], "/srv/val.csv"),
     "val_fraction": (["--val-fraction", "0.25"], 0.25),
     "split_seed": (["--split-seed", "3"], 3),
+    "group_by": (["--group-by", "metadata.csv:doi"], "metadata.csv:doi"),
+    "test_file": (["--test-file", "/srv/test.csv"], "/srv/test.csv"),
     "scale": (["--scale", "0.5"], 0.5),
     "tile_size": (["--tile-size", "128"], 128),
     "tiles_per_image": (["--tiles-per-image", "2"], 2),

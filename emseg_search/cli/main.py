@@ -14,10 +14,19 @@ COMMANDS = {
     "inspect": ("emseg_search.cli.inspect_data", "validate a data set and print its fingerprint"),
     "synth": ("emseg_search.cli.synth", "generate the synthetic EM data set"),
     "montage": ("emseg_search.cli.montage", "picture synthetic micrographs next to real ones"),
+    "split": ("emseg_search.cli.split", "write a reproducible (grouped) split file"),
     "train": ("emseg_search.cli.train", "train one configuration with Ray Train"),
     "evaluate": ("emseg_search.cli.evaluate", "score a trained model on labelled images"),
     "predict": ("emseg_search.cli.predict", "segment new micrographs and measure particles"),
     "weights": ("emseg_search.cli.weights", "fetch offline ImageNet encoder weights"),
+    "final": (
+        "emseg_search.cli.final",
+        "retrain each architecture's best configuration (seeds) and score it on held-out data",
+    ),
+    "report": (
+        "emseg_search.cli.report",
+        "write an experiment's HTML report: comparisons with intervals, figures",
+    ),
     "export": (
         "emseg_search.cli.export",
         "export a model artifact to TorchScript or ONNX, verified",

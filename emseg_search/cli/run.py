@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from emseg_search.cli.common import UsageError, command, is_bad_input
+from emseg_search.data.splits import GROUP_BY_HELP
 
 
 def default_space() -> Path:
@@ -39,6 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--data", help="data folder (overrides the space's `data`; 'synthetic' = the embedded set)"
+    )
+    p.add_argument("--group-by", help=f"split by group (overrides the space's): {GROUP_BY_HELP}")
+    p.add_argument(
+        "--test-file",
+        type=Path,
+        help="split file naming held-out test images: no trial trains or validates on them "
+        "(score them later with `final`)",
     )
     p.add_argument("--name", help="experiment name (default: the space's name)")
     p.add_argument(
@@ -113,6 +121,12 @@ def main(argv: list[str] | None = None) -> int:
 
     space = load_space(args.space or default_space())
     default_name = f"{space.name}-smoke" if args.smoke_test else space.name
+    overrides = {
+        **({"group_by": args.group_by} if args.group_by else {}),
+        **({"test_file": str(args.test_file.absolute())} if args.test_file else {}),
+    }
+    if overrides:
+        space = space.with_fixed(**overrides)
     if args.smoke_test:
         space = space.smoke_test()
     exp_dir = args.results / (args.name or default_name)

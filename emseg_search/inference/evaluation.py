@@ -28,7 +28,14 @@ def select(data: Any, split: str, cfg: Any) -> tuple[list[str], str]:
     if split == "all":
         return list(data.names), "all images"
     if split == "val":
-        chosen = resolve_split(data.index, cfg.val_fraction, cfg.split_seed, cfg.val_file)
+        chosen = resolve_split(
+            data.index,
+            cfg.val_fraction,
+            cfg.split_seed,
+            cfg.val_file,
+            cfg.group_by,
+            cfg.test_file,
+        )
         if not chosen.val:
             raise DataError(
                 data.root,

@@ -4,6 +4,11 @@ results/<experiment>/trials.parquet   one row per trial          TRIAL_COLUMNS +
 results/<experiment>/epochs.parquet   one row per trial x epoch  EPOCH_SCHEMA
 <evaluate out>/images.parquet         one row per scored image   IMAGE_SCHEMA
 <predict/evaluate out>/particles.parquet  one row per particle   PARTICLE_SCHEMA
+results/<experiment>/final/images.parquet  one row per architecture x seed x test image
+                                           FINAL_IMAGE_SCHEMA (written by `final`)
+results/<experiment>/final/particles.parquet  true and predicted particles of the test images
+                                           FINAL_PARTICLE_SCHEMA
+results/<experiment>/final.parquet   intervals and paired tests   FINAL_SCHEMA (analysis)
 """
 
 from __future__ import annotations
@@ -115,3 +120,48 @@ PARTICLE_COLUMNS: dict[str, pa.DataType] = {
     **{f"{n}_nm": F64 for n in LENGTHS},
 }
 PARTICLE_SCHEMA = pa.schema(list(PARTICLE_COLUMNS.items()))
+
+
+# `final`: the best configuration of each architecture retrained (one run per seed) and scored
+# on held-out test images; one row per architecture x seed x image, IMAGE_SCHEMA's columns plus
+# which run it is and the image's group (its paper for EMPS; its own name when ungrouped).
+FINAL_RUN_COLUMNS: dict[str, pa.DataType] = {
+    "arch": pa.string(),
+    "seed": pa.int64(),
+    "trial_id": pa.string(),  # the search trial whose configuration was retrained
+    "group": pa.string(),
+}
+FINAL_IMAGE_SCHEMA = pa.schema(
+    [*FINAL_RUN_COLUMNS.items(), *((f.name, f.type) for f in IMAGE_SCHEMA)]
+)
+# kind "true": the ground-truth particles of the test images (arch, seed and trial_id null);
+# kind "pred": each run's predicted particles.
+FINAL_PARTICLE_SCHEMA = pa.schema(
+    [("kind", pa.string()), *list(FINAL_RUN_COLUMNS.items())[:3], *PARTICLE_COLUMNS.items()]
+)
+
+# final.parquet: per architecture and metric an estimate with its bootstrap 95 % interval
+# (kind "architecture"), and paired differences between architectures (kind "difference":
+# arch minus arch_b) with a Wilcoxon signed-rank test and P(arch beats arch_b on a random image).
+FINAL_KINDS = ("architecture", "difference")
+FINAL_METRICS = ("iou", "dice", "particle_f1")
+FINAL_SCHEMA = pa.schema(
+    [
+        ("kind", pa.string()),
+        ("arch", pa.string()),
+        ("arch_b", pa.string()),  # difference rows only
+        ("metric", pa.string()),
+        ("estimate", F64),
+        ("ci_low", F64),
+        ("ci_high", F64),
+        ("seed_std", F64),  # architecture rows: std over seeds of the metric
+        ("n_images", pa.int64()),
+        ("n_groups", pa.int64()),
+        ("n_seeds", pa.int64()),
+        ("wilcoxon_statistic", F64),  # difference rows only
+        ("wilcoxon_p", F64),
+        ("prob_superiority", F64),
+        ("trial_id", pa.string()),  # architecture rows: the retrained search trial
+        ("method", pa.string()),  # how the interval and the test were computed
+    ]
+)

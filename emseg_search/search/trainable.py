@@ -28,7 +28,13 @@ from emseg_search.train.checkpoint import checkpoint_name
 from emseg_search.train.data import PreparedData, normalization, prepare_data
 
 TRIALS_DIR = "trials"
-SPLIT_FIELDS = ("val_fraction", "val_file", "split_seed")  # what the split depends on
+SPLIT_FIELDS = (
+    "val_fraction",
+    "val_file",
+    "split_seed",
+    "group_by",
+    "test_file",
+)  # what the split depends on
 
 
 @dataclass(frozen=True)

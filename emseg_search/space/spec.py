@@ -218,6 +218,18 @@ class SearchSpace(Frozen):
         values["scheduler"].update(max_epochs=1, grace_period=1)
         return space_from_dict(values, source=f"{self._source} (smoke test)")
 
+    def with_fixed(self, **values: Any) -> SearchSpace:
+        """The space with more fixed fields (command-line overrides such as ``group_by``),
+        validated like the file; a field the space samples cannot be fixed this way."""
+        sampled = sorted(set(values) & set(self.parameters))
+        if sampled:
+            raise Problems(
+                [f"parameters.{n}: sampled by the space; cannot fix it" for n in sampled]
+            )
+        dumped = self.model_dump()
+        dumped["fixed"].update(values)
+        return space_from_dict(dumped, source=self._source)
+
     def to_dict(self) -> dict[str, Any]:
         """The resolved space (defaults filled in), JSON-serialisable (for experiment.json)."""
         return self.model_dump(mode="json")

@@ -47,7 +47,9 @@ def prepare_data(cfg: TrialConfig) -> tuple[PreparedData, EMData, Fingerprint]:
     """
     root = resolve_data_dir(cfg)
     data = load_data(root)
-    split = resolve_split(data.index, cfg.val_fraction, cfg.split_seed, cfg.val_file)
+    split = resolve_split(
+        data.index, cfg.val_fraction, cfg.split_seed, cfg.val_file, cfg.group_by, cfg.test_file
+    )
     fingerprint = compute_fingerprint(data.subset(split.train))
     mean, std, source = normalization(cfg, fingerprint)
     prepared = PreparedData(

@@ -152,3 +152,31 @@ def test_a_bad_space_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert main([str(bad), "--results", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {bad}: budget.num_samples") and "Traceback" not in err
+
+
+def test_group_by_and_test_file_reach_the_search_and_bad_groups_stop_it_before_ray(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from helpers import make_folder
+
+    monkeypatch.setattr(cluster, "init_ray", no_ray)
+    data = make_folder(tmp_path / "d", n=6, size=(64, 64))
+    (data / "metadata.csv").write_text(
+        "filename,doi\n" + "".join(f"img{i:02d}.png,p{i // 2}\n" for i in range(6))
+    )
+    test = tmp_path / "test.txt"
+    test.write_text("img04\n")  # its paper p2 also has img05, left in the search's data
+    args = [str(space_file(tmp_path)), "--data", str(data), "--results", str(tmp_path / "r")]
+    assert main([*args, "--group-by", "metadata.csv:doi", "--test-file", str(test)]) == 2
+    err = capsys.readouterr().err
+    assert "test.txt: test images share 1 group(s) (metadata.csv:doi)" in err and "p2" in err
+    assert main([*args, "--group-by", "metadata.csv:nope"]) == 2
+    assert "metadata.csv: has no column 'nope'" in capsys.readouterr().err
+    assert not (tmp_path / "r" / "tiny").exists()
+
+
+def test_a_sampled_field_cannot_be_fixed_from_the_command_line(tmp_path: Path) -> None:
+    space = load_space(space_file(tmp_path))
+    assert space.with_fixed(group_by="regex:(\\d)").fixed["group_by"] == "regex:(\\d)"
+    with pytest.raises(ValueError, match="parameters.lr: sampled by the space"):
+        space.with_fixed(lr=0.1)
