@@ -35,6 +35,9 @@ run: venv
 	"$(PY)" -m emseg_search montage "$(SYNTH_DIR)" --out results/synthetic_montage.png
 	@if [ -d "results/$(EXPERIMENT)/tune" ] && [ -z "$(RUN_ARGS)" ]; then resume=--resume; fi; \
 	  "$(PY)" -m emseg_search.run "$(SPACE)" --name "$(EXPERIMENT)" $$resume $(RUN_ARGS)
+	"$(PY)" -m emseg_search report "results/$(EXPERIMENT)"
+	@echo "open it in a browser: file://$(abspath results/$(EXPERIMENT))/report/index.html"
+	@echo "held-out comparison with intervals: $(PY) -m emseg_search final results/$(EXPERIMENT) --test-data $(SYNTH_DIR)"
 
 test: venv
 	"$(PY)" -m pytest $(PYTEST_ARGS)

@@ -37,6 +37,8 @@ LAYERS: dict[str, int] = {
     "cli": 7,
     "run": 8,  # `python -m emseg_search.run`
     "__main__": 8,  # `python -m emseg_search <command>`
+    "final": 8,  # `python -m emseg_search.final`
+    "report": 8,  # `python -m emseg_search.report`
 }
 # What each of these must never import, whatever the layers say (STYLE.md).
 NEVER = {

@@ -29,6 +29,9 @@ COMMANDS = {
     "synth",
     "montage",
     "weights",
+    "split",
+    "final",
+    "report",
 }
 FENCE = re.compile(r"```.*?```", flags=re.S)
 

@@ -28,6 +28,8 @@ BAD_INPUT = (
     ("emseg_search.search.storage", "StorageError"),
     ("emseg_search.search.driver", "ResumeError"),
     ("emseg_search.train.cluster", "ClusterError"),
+    ("emseg_search.search.final", "FinalError"),
+    ("emseg_search.analysis.comparison", "AnalysisError"),
     ("emseg_search.cli.common", "UsageError"),
 )
 PACKAGE_DIR = Path(__file__).resolve().parents[1]

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,18 @@ def write_table(rows: list[dict[str, Any]], schema: pa.Schema, path: str | Path)
     """Write rows with a declared schema, atomically (temp file, fsync, rename)."""
     path = Path(path)
     columns = {f.name: [r.get(f.name) for r in rows] for f in schema}
+    for f in schema:
+        if not pa.types.is_floating(f.type):
+            # pandas writes a missing string or integer as NaN: it is a null here
+            columns[f.name] = [None if _is_nan(v) else v for v in columns[f.name]]
     table = pa.Table.from_pydict(columns, schema=schema)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
     return path
+
+
+def _is_nan(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)
 
 
 def read_table(path: str | Path) -> pa.Table:

@@ -1,0 +1,121 @@
+"""`final` end to end: a real tiny search, then each architecture's best configuration
+retrained with 2 seeds and scored on the held-out test.csv, resumed, and reported."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from emseg_search.data.synth.default_set import ensure_synthetic_data
+from emseg_search.results.io import read_table
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+REPO = Path(__file__).resolve().parents[2]
+
+
+def env() -> dict[str, str]:
+    import os
+
+    e = dict(os.environ)
+    e.update(HF_HUB_OFFLINE="1", NO_ALBUMENTATIONS_UPDATE="1", RAY_AUTH_MODE="disabled")
+    e.pop("RAY_ADDRESS", None)
+    return e
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", *args],
+        cwd=REPO,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_final_retrains_scores_resumes_and_reports(tmp_path: Path) -> None:
+    data = ensure_synthetic_data(tmp_path / "synth", n=24, seed=5, size=64)
+    space = {
+        "name": "tiny",
+        "data": str(data),
+        "budget": {"num_samples": 2},
+        "resources": {"workers": 1, "cpus_per_worker": 1},
+        "scheduler": {"type": "asha", "max_epochs": 1, "grace_period": 1, "reduction_factor": 2},
+        "searcher": {"type": "random", "seed": 0},
+        "fixed": {
+            "tile_size": 64,
+            "tiles_per_image": 1,
+            "batch_size": 4,
+            "encoder": "resnet18",
+            "augment": "flips",
+            "warmup_epochs": 0,
+        },
+        "parameters": {"arch": {"type": "categorical", "choices": ["unet", "fpn"]}},
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(space))
+    results = tmp_path / "results"
+    out = cli("emseg_search.run", str(path), "--results", str(results))
+    assert out.returncode == 0, out.stderr[-3000:]
+    exp = results / "tiny"
+    trials = read_table(exp / "trials.parquet").to_pandas()
+    archs = sorted(set(trials["params_arch"]))
+
+    out = cli(
+        "emseg_search.final",
+        str(exp),
+        "--test-data",
+        str(data),
+        "--seeds",
+        "2",
+        "--group-by",
+        r"regex:^synth_(\d{4})",
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"{len(archs)} architecture(s) x 2 seed(s)" in out.stdout
+    images = read_table(exp / "final" / "images.parquet").to_pandas()
+    test_names = (data / "test.csv").read_text().split()
+    assert len(images) == len(archs) * 2 * len(test_names)
+    assert set(images["name"]) == set(test_names) and set(images["arch"]) == set(archs)
+    # groups from --group-by: tens of images
+    assert all(g == n[6:10] for g, n in zip(images["group"], images["name"], strict=True))
+    final = read_table(exp / "final.parquet").to_pandas()
+    rows = final[final["kind"] == "architecture"]
+    assert len(rows) == len(archs) * 3 and (rows["n_seeds"] == 2).all()
+    assert ((rows["ci_low"] <= rows["estimate"]) & (rows["estimate"] <= rows["ci_high"])).all()
+    for arch in archs:
+        assert (exp / "final" / "runs" / arch / "seed1" / "model" / "weights.pt").is_file()
+    index = exp / "report" / "index.html"
+    assert index.is_file() and "Held-out test comparison" in index.read_text()
+    assert (exp / "report" / "comparison_grid.png").is_file()
+
+    # run again: every finished run is kept, nothing retrains
+    again = cli(
+        "emseg_search.final",
+        str(exp),
+        "--test-data",
+        str(data),
+        "--seeds",
+        "2",
+        "--group-by",
+        r"regex:^synth_(\d{4})",
+        "--no-report",
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("done before, kept") == len(archs) * 2
+    # other settings on a resumed final are refused, naming them
+    other = cli(
+        "emseg_search.final",
+        str(exp),
+        "--test-data",
+        str(data),
+        "--tta",
+        "--group-by",
+        r"regex:^synth_(\d{4})",
+    )
+    assert other.returncode == 2 and "other settings" in other.stderr
+    assert "Traceback" not in other.stderr
