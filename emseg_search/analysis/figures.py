@@ -238,9 +238,5 @@ def comparison_grid(
             f1 = s.get("particle_f1")
             f1_text = "n/a" if f1 is None or not np.isfinite(f1) else f"{f1:.2f}"
             axes[i][j].set_title(f"{arch}\nIoU {s['iou']:.3f}, particle F1 {f1_text}", fontsize=7)
-    fig.suptitle(
-        f"{what} x (image | ground truth | each architecture's model): "
-        "green = true outlines, magenta = predicted",
-        fontsize=8,
-    )
-    return save_figure(fig, out_png)
+    fig.suptitle(f"{what}: green = true outlines, magenta = predicted", fontsize=8, y=0.999)
+    return save_figure(fig, out_png, rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))

@@ -231,6 +231,22 @@ def _img(name: str, alt: str) -> str:
     return f'<figure><img src="{html.escape(name)}" alt="{html.escape(alt)}"></figure>'
 
 
+def _p_value(p: float) -> str:
+    if p is None or not math.isfinite(p):
+        return "n/a"
+    return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
+
+
+def _split_text(split: Any) -> str:
+    """experiment.json's split as words: '128 train / 32 validation images (source)'."""
+    if not isinstance(split, dict):
+        return str(split)
+    return (
+        f"{split.get('train', '?')} training / {split.get('val', '?')} validation images "
+        f"({split.get('source', 'source unknown')})"
+    )
+
+
 def _final_table(final: pd.DataFrame) -> str:
     archs = final[final["kind"] == "architecture"]
     wide = []
@@ -251,7 +267,7 @@ def _final_table(final: pd.DataFrame) -> str:
             "estimate [95 % CI]": [
                 f"{r.estimate:+.4f} [{r.ci_low:+.4f}, {r.ci_high:+.4f}]" for r in diffs.itertuples()
             ],
-            "Wilcoxon p (groups)": diffs["wilcoxon_p"],
+            "Wilcoxon p (groups)": [_p_value(p) for p in diffs["wilcoxon_p"]],
             "P(first beats second on an image)": diffs["prob_superiority"],
         }
     )
@@ -275,6 +291,7 @@ table{border-collapse:collapse;margin:.6em 0;font-size:.85em}
 td,th{border:1px solid #ccc;padding:.25em .5em;text-align:right} th{background:#f3f3f3}
 td:first-child,th:first-child{text-align:left}
 figure{margin:.6em 0} img{max-width:100%;border:1px solid #ddd}
+.row figure{display:inline-block;width:49%;margin:.6em 0}
 .note{color:#555;font-size:.9em}
 .warn{background:#fff4d6;padding:.5em;border-left:4px solid #e0a800}
 pre{background:#f7f7f7;padding:.6em;overflow-x:auto;font-size:.8em}
@@ -356,8 +373,8 @@ def build_report(
         f"<h1>Experiment {html.escape(exp_dir.name)}</h1>"
         f"<p>{html.escape(str(space.get('description', '')))}</p>"
         f"<p>{len(trials)} trials ({n_done} scored), data "
-        f"<code>{html.escape(str(info.get('data', '?')))}</code>; validation split: "
-        f"{html.escape(str(info.get('split', {})))}. Report written "
+        f"<code>{html.escape(str(info.get('data', '?')))}</code>; search split: "
+        f"{html.escape(_split_text(info.get('split', {})))}. Report written "
         f"{dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}.</p>"
     )
     sections.append(head)
@@ -388,13 +405,17 @@ def build_report(
             f"<p>{html.escape(grid_note)}. Rows are chosen along the paired per-image IoU "
             "difference between the two best architectures (first wins by most, median, second "
             "wins by most), not the easy ones; titles give that model's per-image IoU and "
-            "particle F1 (particles split with the watershed, matched at IoU >= 0.5).</p>"
+            "particle F1 (particles split with the watershed, matched at IoU >= 0.5). Outlines: "
+            "<span style='color:#0a0'>green = ground truth</span>, "
+            "<span style='color:#c0c'>magenta = predicted</span>.</p>"
             + _img("comparison_grid.png", "comparison grid")
+            + "<div class='row'>"
             + "".join(
                 _img(f"sizes_{a}.png", f"particle sizes {a}")
                 for a in rank_architectures(scored.per_image)
                 if (out / f"sizes_{a}.png").is_file()
             )
+            + "</div>"
         )
     elif problem:
         sections.append(

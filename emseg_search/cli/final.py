@@ -37,6 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seeds", type=int, default=3, help="training seeds per architecture (3)")
     p.add_argument(
+        "--epochs",
+        type=int,
+        help="train each run this many epochs (default: as the search trained the trial)",
+    )
+    p.add_argument(
         "--archs", nargs="+", help="only these architectures (default: every one the search scored)"
     )
     p.add_argument(
@@ -76,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         use_gpu=args.gpu,
         address=args.address,
         tta=args.tta,
+        epochs=args.epochs,
         overwrite=args.overwrite,
         log=lambda msg: print(msg, flush=True),
     )

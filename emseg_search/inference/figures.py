@@ -125,9 +125,12 @@ def size_histogram(
     return save_figure(fig, out_png)
 
 
-def save_figure(fig: Any, out_png: str | Path) -> Path:
-    """Lay out a matplotlib Figure and write it as PNG, atomically (parent folders made)."""
-    fig.tight_layout()
+def save_figure(
+    fig: Any, out_png: str | Path, rect: tuple[float, float, float, float] | None = None
+) -> Path:
+    """Lay out a matplotlib Figure (within ``rect``, figure fractions) and write it as PNG,
+    atomically (parent folders made)."""
+    fig.tight_layout(rect=rect)
     with atomic_path(out_png) as tmp:
         fig.savefig(tmp, format="png")
     return Path(out_png)

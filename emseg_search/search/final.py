@@ -31,7 +31,7 @@ from emseg_search.config import TrialConfig
 
 FINAL_DIR = "final"
 # What a resumed `final` must keep (the seeds may grow).
-SETTINGS = ("test_data", "split", "split_names", "group_by", "architectures", "tta")
+SETTINGS = ("test_data", "split", "split_names", "group_by", "architectures", "tta", "epochs")
 
 
 class FinalError(ValueError):
@@ -83,16 +83,21 @@ def best_per_architecture(exp_dir: Path, archs: Sequence[str] | None = None) -> 
     return list(best.values())
 
 
-def retrain_config(candidate: Candidate, seed: int, test_file: Path | None) -> TrialConfig:
+def retrain_config(
+    candidate: Candidate, seed: int, test_file: Path | None, epochs: int | None = None
+) -> TrialConfig:
     """The candidate's configuration trained on train + validation (no split), seeded, with
-    the test images (``test_file``, when they are in the training folder) held out."""
+    the test images (``test_file``, when they are in the training folder) held out;
+    ``epochs`` replaces the search's training length (the schedule stretches with it)."""
     update: dict[str, Any] = {"seed": seed, "val_fraction": 0.0, "val_file": None}
+    if epochs is not None:
+        update["epochs"] = epochs
     if test_file is not None:
         update["test_file"] = str(test_file)
     return TrialConfig.from_dict({**candidate.config.to_dict(), **update}, source="final")
 
 
-def test_images(
+def select_test_images(
     test_data: Path, split: str | None, cfg: TrialConfig
 ) -> tuple[Any, list[str], str, Path | None]:
     """(EMData of ``test_data``, the test names, their description, the split file when the
@@ -166,6 +171,7 @@ def run_final(
     use_gpu: bool = False,
     address: str | None = None,
     tta: bool = False,
+    epochs: int | None = None,
     overwrite: bool = False,
     log: Callable[[str], None] = print,
 ) -> Path:
@@ -187,9 +193,11 @@ def run_final(
     exp_dir = Path(exp_dir).absolute()
     if seeds < 1:
         raise FinalError(f"--seeds must be >= 1, got {seeds}")
+    if epochs is not None and epochs < 1:
+        raise FinalError(f"--epochs must be >= 1, got {epochs}")
     candidates = best_per_architecture(exp_dir, archs)
     first = candidates[0].config
-    data, names, described, held = test_images(Path(test_data), split, first)
+    data, names, described, held = select_test_images(Path(test_data), split, first)
     if not names:
         raise FinalError(f"{test_data}: no test images in {described}")
     group_by = group_by or first.group_by
@@ -204,6 +212,7 @@ def run_final(
         "split_names": len(names),
         "group_by": group_by,
         "tta": tta,
+        "epochs": epochs,
         "architectures": {
             c.arch: {
                 "trial_id": c.trial_id,
@@ -244,7 +253,7 @@ def run_final(
         if key in info["runs"] and scored.is_file():
             log(f"[{k}/{len(plan)}] {key}: done before, kept")
             continue
-        cfg = retrain_config(cand, seed, held)
+        cfg = retrain_config(cand, seed, held, epochs)
         log(
             f"[{k}/{len(plan)}] {key}: training trial {cand.trial_id}'s configuration "
             f"({cfg.encoder}, {cfg.loss}, {cfg.augment}, {cfg.epochs} epochs) on all "

@@ -72,11 +72,16 @@ def test_final_retrains_scores_resumes_and_reports(tmp_path: Path) -> None:
         str(data),
         "--seeds",
         "2",
+        "--epochs",
+        "2",
         "--group-by",
         r"regex:^synth_(\d{4})",
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert f"{len(archs)} architecture(s) x 2 seed(s)" in out.stdout
+    # --epochs: each run trains 2 epochs though the search trained 1
+    run_epochs = read_table(exp / "final" / "runs" / archs[0] / "seed0" / "epochs.parquet")
+    assert run_epochs.num_rows == 2
     images = read_table(exp / "final" / "images.parquet").to_pandas()
     test_names = (data / "test.csv").read_text().split()
     assert len(images) == len(archs) * 2 * len(test_names)
@@ -100,6 +105,8 @@ def test_final_retrains_scores_resumes_and_reports(tmp_path: Path) -> None:
         "--test-data",
         str(data),
         "--seeds",
+        "2",
+        "--epochs",
         "2",
         "--group-by",
         r"regex:^synth_(\d{4})",

@@ -54,3 +54,22 @@ def test_committed_validation_split_is_the_seeded_one_and_never_trained_on(emps)
     assert len(split.val) == 74 and not set(split.val) & set(split.train)
     assert len(split.train) + len(split.val) == 366
     assert sorted(split.val) == sorted(resolve_split(emps.index, 0.2, 0).val)
+
+
+def test_committed_test_papers_share_no_paper_with_the_rest(emps) -> None:
+    """configs/splits/emps_test_papers.csv (the EMPS study's held-out part) is the seed-0
+    paper-grouped 20 % split: no paper (metadata.csv doi) on both sides, and a search given it
+    as test_file with group_by trains and validates on the other papers only, grouped too."""
+    from emseg_search.data import read_groups, split_names
+
+    path = Path(__file__).resolve().parents[2] / "configs" / "splits" / "emps_test_papers.csv"
+    test = path.read_text().split()
+    groups = read_groups(emps.root, list(emps.names), "metadata.csv:doi")
+    assert len(set(groups.values())) == 247
+    assert sorted(test) == sorted(split_names(list(emps.names), 0.2, 0, groups)[1])
+    rest = set(emps.names) - set(test)
+    assert not {groups[n] for n in test} & {groups[n] for n in rest}
+    split = resolve_split(emps.index, 0.2, 0, group_by="metadata.csv:doi", test_file=path)
+    assert not set(split.train + split.val) & set(test)
+    assert len(split.train) + len(split.val) == 366 - len(test)
+    assert not {groups[n] for n in split.train} & {groups[n] for n in split.val}
