@@ -63,6 +63,7 @@ class ConsoleProgress(Callback):
         self.epochs: dict[str, int] = {}  # epochs each trial has finished
         self.epochs_run = 0  # epochs run since this process started the search
         self.ended: set[str] = set()
+        self.started: set[str] = set()  # started or resumed by this process
         self.best: tuple[float, int] | None = None  # (metric, trial number)
 
     def _say(self, text: str) -> None:
@@ -110,6 +111,7 @@ class ConsoleProgress(Callback):
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         """'trial 2/8 started: arch=unet encoder=resnet18 ...'."""
+        self.started.add(trial.trial_id)
         last = getattr(trial, "last_result", None) or {}
         if "epoch" in last:
             self.epochs[trial.trial_id] = int(last["epoch"]) + 1
@@ -169,7 +171,8 @@ class ConsoleProgress(Callback):
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         """'search ended: 8 trials (5 completed, 3 pruned) in 4m10s ...'."""
-        cut = [t for t in trials if t.trial_id not in self.ended]
+        # a trial that ended before a --resume (restored finished) was not cut by this end
+        cut = [t for t in trials if t.trial_id in self.started and t.trial_id not in self.ended]
         note = f"; {len(cut)} stopped by the end of the search" if cut else ""
         self._say(f"search ended: {len(trials)} trial(s){note} | {self._status(trials, False)}")
         sys.stdout.flush()

@@ -103,3 +103,17 @@ def test_formats() -> None:
     assert format_params({"arch": "unet", "lr": 0.000123456, "n": 3}) == (
         "arch=unet lr=0.000123 n=3"
     )
+
+
+def test_resuming_a_finished_search_cuts_nothing(capsys: pytest.CaptureFixture[str]) -> None:
+    """--resume of a search whose trials all ended: Tune restores them finished, this process
+    starts none, and the end line must not call them 'stopped by the end of the search'."""
+    progress = ConsoleProgress(SPACE)
+    progress.setup(total_num_samples=2)
+    progress.on_experiment_end([trial("a"), trial("b")])
+    out = capsys.readouterr().out
+    assert "search ended: 2 trial(s)" in out and "stopped by the end" not in out
+    running = trial("c")
+    progress.on_trial_start(0, [running], running)
+    progress.on_experiment_end([trial("a"), running])
+    assert "1 stopped by the end of the search" in capsys.readouterr().out
