@@ -3,9 +3,9 @@
 on the held-out papers) and the report; prints the test table and writes
 benchmarks/results/emps_study.md. Each stage resumes where it stopped when run again.
 
-    python benchmarks/emps_study.py --data ../shared/data/emps-train [--seeds 3] [--epochs 12]
+    python benchmarks/emps_study.py --data ../shared/data/emps-train [--seeds 3] [--epochs 8]
 
-About an hour on a 2-core CPU (search ~15 min, final ~45 min at 12 epochs; machines differ by
+About an hour on a 2-core CPU (search ~12 min, final ~40 min at 8 epochs; machines differ by
 2x).
 """
 
@@ -40,7 +40,7 @@ def main() -> int:
     p.add_argument("--data", type=Path, required=True, help="the EMPS training folder")
     p.add_argument("--results", type=Path, default=REPO / "results")
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--epochs", type=int, default=12, help="final runs' epochs (12)")
+    p.add_argument("--epochs", type=int, default=8, help="final runs' epochs (8)")
     args = p.parse_args()
     data = args.data.absolute()
     exp = args.results.absolute() / "emps_study"

@@ -51,10 +51,12 @@ class Candidate:
 def best_per_architecture(exp_dir: Path, archs: Sequence[str] | None = None) -> list[Candidate]:
     """The best trial (by best_val_iou) of each architecture the search tried, best first.
 
-    The configuration is the one the trial trained with (its model artifact's), so nothing is
-    re-derived from the space. ``archs`` keeps only those (FinalError names unknown ones).
+    The configuration is the one the trial trained with (its model artifact's config.yaml, read
+    as written: ``load_artifact`` drops ``encoder_weights``, which a retraining needs), so
+    nothing is re-derived from the space. ``archs`` keeps only those (FinalError names unknown
+    ones).
     """
-    from emseg_search.inference.artifact import ArtifactError, load_artifact
+    from emseg_search.config import ConfigError
     from emseg_search.results.io import load_experiment
 
     try:
@@ -65,8 +67,8 @@ def best_per_architecture(exp_dir: Path, archs: Sequence[str] | None = None) -> 
     best: dict[str, Candidate] = {}
     for row in scored.sort_values("best_val_iou", ascending=False).itertuples():
         try:
-            cfg = load_artifact(row.model_dir).config
-        except (ArtifactError, OSError):
+            cfg = TrialConfig.from_yaml(Path(row.model_dir) / "config.yaml")
+        except (ConfigError, OSError):
             continue  # a trial whose model is gone cannot say what it trained
         if cfg.arch not in best:
             best[cfg.arch] = Candidate(cfg.arch, row.trial_id, float(row.best_val_iou), cfg)

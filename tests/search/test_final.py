@@ -63,6 +63,19 @@ def test_best_trial_of_each_architecture_with_the_configuration_it_trained(exper
         best_per_architecture(exp / "nothing")
 
 
+def test_retraining_keeps_the_trials_pretrained_encoder(experiment) -> None:
+    """The artifact loader drops encoder_weights (its weights.pt has them); a retraining from
+    scratch must start from the ImageNet weights the trial started from, as it did."""
+    exp, _ = experiment
+    config = exp / "m1" / "config.yaml"
+    config.write_text(
+        config.read_text().replace("encoder_weights: null", "encoder_weights: imagenet-offline")
+    )
+    unet = best_per_architecture(exp)[0]
+    assert unet.trial_id == "t1" and unet.config.encoder_weights == "imagenet-offline"
+    assert retrain_config(unet, 1, None).encoder_weights == "imagenet-offline"
+
+
 def test_retrain_config_trains_on_train_and_validation_seeded(experiment) -> None:
     exp, _ = experiment
     cand = best_per_architecture(exp)[0]
