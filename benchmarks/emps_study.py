@@ -124,7 +124,8 @@ def main() -> int:
     trials = read_table(exp / "trials.parquet").to_pandas()
     head = (
         f"EMPS study ({platform.machine()}, {platform.processor() or 'cpu'}; "
-        f"search {times['search'] / 60:.1f} min for {len(trials)} trials, "
+        f"search {times['search'] / 60:.1f} min for {len(trials)} trials"
+        f"{' (resumed: the earlier runs not counted)' if resume else ''}, "
         f"final {times['final'] / 60:.1f} min, report {times['report']:.0f} s; "
         f"test = {TEST_SPLIT.name}, grouped by paper). Method: {final['method'].iloc[0]}"
     )

@@ -227,14 +227,15 @@ def comparison_grid(
         _empty(axes[0][0], "no images to show")
     for i, row in enumerate(rows):
         image, truth = row["image"], row["truth"]
+        width = max(1, round(max(image.shape) / 250))  # outlines that survive the downscaling
         axes[i][0].imshow(image, cmap="gray")
         why = row["why"].replace(": ", "\n", 1)
         axes[i][0].set_title(f"{row['name']}: {why}", fontsize=7)
-        axes[i][1].imshow(overlay(image, np.zeros(truth.shape, bool), truth))
+        axes[i][1].imshow(overlay(image, np.zeros(truth.shape, bool), truth, width))
         axes[i][1].set_title(f"ground truth\n{int(truth.max())} particles", fontsize=7)
         for j, arch in enumerate(archs, 2):
             pred, s = row["pred"][arch], row["scores"][arch]
-            axes[i][j].imshow(overlay(image, pred, truth))
+            axes[i][j].imshow(overlay(image, pred, truth, width))
             f1 = s.get("particle_f1")
             f1_text = "n/a" if f1 is None or not np.isfinite(f1) else f"{f1:.2f}"
             axes[i][j].set_title(f"{arch}\nIoU {s['iou']:.3f}, particle F1 {f1_text}", fontsize=7)

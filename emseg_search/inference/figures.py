@@ -29,14 +29,19 @@ def to_grey_uint8(image: np.ndarray) -> np.ndarray:
 
 
 def overlay(
-    image: np.ndarray, labels_or_mask: np.ndarray, true_labels: np.ndarray | None = None
+    image: np.ndarray,
+    labels_or_mask: np.ndarray,
+    true_labels: np.ndarray | None = None,
+    width: int = 1,
 ) -> np.ndarray:
     """Micrograph (H, W) with particle outlines -> uint8 RGB (H, W, 3).
 
     Predicted particles (a label map, or a bool mask) are outlined in ``PRED_COLOR`` on
     their inner boundary pixels, touching particles included; ground-truth particles in
     ``TRUE_COLOR`` on their outer boundary pixels, so both stay visible where they agree.
+    ``width`` > 1 thickens the outlines (for pictures shown smaller than the image).
     """
+    from skimage.morphology import dilation, disk
     from skimage.segmentation import find_boundaries
 
     grey = to_grey_uint8(image)
@@ -48,7 +53,10 @@ def overlay(
         lab = np.asarray(lab)
         if lab.shape != grey.shape:
             raise ValueError(f"`{what}` shape {lab.shape} differs from image {grey.shape}")
-        rgb[find_boundaries(lab, mode=mode)] = color
+        edges = find_boundaries(lab, mode=mode)
+        if width > 1:
+            edges = dilation(edges, disk(width // 2))
+        rgb[edges] = color
     return rgb
 
 

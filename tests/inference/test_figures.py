@@ -37,6 +37,16 @@ def test_overlay_colours_outlines_only() -> None:
     assert tuple(both[20, 12]) == PRED_COLOR and tuple(both[20, 11]) == TRUE_COLOR
 
 
+def test_overlay_width_thickens_the_outline_only() -> None:
+    grey = np.full((40, 40), 100, np.uint8)
+    pred = disk(40, 40, [(20, 20, 10)])
+    thin, thick = overlay(grey, pred), overlay(grey, pred, width=5)
+    ring = lambda rgb: (rgb != 100).any(axis=2)  # noqa: E731
+    assert ring(thin).sum() * 2 < ring(thick).sum()
+    assert ring(thin)[ring(thick)].sum() == ring(thin).sum()  # the thin ring lies inside it
+    assert not ring(thick)[20, 20] and not ring(thick)[0, 0]  # still an outline, not a fill
+
+
 def test_overlay_outlines_touching_particles() -> None:
     labels = np.zeros((20, 20), np.int32)
     labels[5:15, 2:10], labels[5:15, 10:18] = 1, 2

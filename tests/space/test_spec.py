@@ -114,7 +114,11 @@ def test_quick_is_a_cpu_synthetic_comparison() -> None:
     space = load_space(SPACES[0].parent / "quick.yaml")
     assert space.data == "synthetic" and space.resources.gpus_per_worker == 0
     assert set(space.parameters["arch"].all_choices) == {"unet", "deeplabv3plus"}
-    assert space.base_values()["encoder_weights"] is None
+    # ImageNet encoders from the offline weight files (`make venv` fetches them): no hub
+    from emseg_search.models.pretrained import OFFLINE_ENCODERS
+
+    assert space.base_values()["encoder_weights"] == "imagenet-offline"
+    assert set(space.parameters["encoder"].all_choices) <= set(OFFLINE_ENCODERS)
     # the default search must end on a laptop whatever the trials do: a time budget stops it
     assert space.budget.time_budget_s is not None and space.budget.time_budget_s <= 10 * 60
 
