@@ -65,18 +65,10 @@ def test_final_retrains_scores_resumes_and_reports(tmp_path: Path) -> None:
     trials = read_table(exp / "trials.parquet").to_pandas()
     archs = sorted(set(trials["params_arch"]))
 
-    out = cli(
-        "emseg_search.final",
-        str(exp),
-        "--test-data",
-        str(data),
-        "--seeds",
-        "2",
-        "--epochs",
-        "2",
-        "--group-by",
-        r"regex:^synth_(\d{4})",
-    )
+    final_cmd = ["emseg_search.final", str(exp), "--test-data", str(data)]
+    final_cmd += ["--group-by", r"regex:^synth_(\d{4})"]
+    settings = ["--seeds", "2", "--epochs", "2"]
+    out = cli(*final_cmd, *settings)
     assert out.returncode == 0, out.stderr[-3000:]
     assert f"{len(archs)} architecture(s) x 2 seed(s)" in out.stdout
     # --epochs: each run trains 2 epochs though the search trained 1
@@ -99,30 +91,10 @@ def test_final_retrains_scores_resumes_and_reports(tmp_path: Path) -> None:
     assert (exp / "report" / "comparison_grid.png").is_file()
 
     # run again: every finished run is kept, nothing retrains
-    again = cli(
-        "emseg_search.final",
-        str(exp),
-        "--test-data",
-        str(data),
-        "--seeds",
-        "2",
-        "--epochs",
-        "2",
-        "--group-by",
-        r"regex:^synth_(\d{4})",
-        "--no-report",
-    )
+    again = cli(*final_cmd, *settings, "--no-report")
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("done before, kept") == len(archs) * 2
     # other settings on a resumed final are refused, naming them
-    other = cli(
-        "emseg_search.final",
-        str(exp),
-        "--test-data",
-        str(data),
-        "--tta",
-        "--group-by",
-        r"regex:^synth_(\d{4})",
-    )
+    other = cli(*final_cmd, "--tta")
     assert other.returncode == 2 and "other settings" in other.stderr
     assert "Traceback" not in other.stderr
