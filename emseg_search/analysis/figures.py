@@ -71,17 +71,21 @@ def learning_curves_by_arch(
             lw=2.4 if best else 0.9,
             alpha=1.0 if best else 0.45,
             marker="." if best else None,
-            label=arch if arch not in labelled else None,
         )
         labelled.add(arch)
     if not labelled:
         _empty(ax, "no epoch was validated")
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
+
+    handles = [Line2D([], [], color=colors[a], lw=2, label=a) for a in sorted(labelled)]
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation IoU" if metric == "val_iou" else metric)
     ax.set_title("Learning curves (thick: best trial of each architecture)")
     ax.grid(alpha=0.3)
     if labelled:
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(handles=handles, fontsize=8, loc="lower right")
     return save_figure(fig, out_png)
 
 
