@@ -63,7 +63,19 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from emseg_search.train.session import TrainSession
 
     log_to_stdout()
+    quiet_ray_reports()
     run_worker(config, TrainSession())
+
+
+def quiet_ray_reports() -> None:
+    """Silence Ray Train's "Reporting training result ..." line (one metrics dict per epoch):
+    Ray Train v2 logs it at INFO through a logger named by its file path, which the
+    ``LoggingConfig(log_level="WARNING")`` of the drivers does not reach."""
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:  # another Ray version: nothing to silence, or not this way
+        return
+    context.logger.setLevel(logging.WARNING)
 
 
 def run_worker(config: dict[str, Any], session: Session) -> None:
