@@ -30,6 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="all (default), val (the model's validation split of --data), test (test.csv), "
         "or a file naming the images, one per line",
     )
+    p.add_argument(
+        "--max-images",
+        type=int,
+        help="score a seeded random sample of this many of the chosen images (seed 0); the "
+        "summary says so",
+    )
     p.add_argument("--out", type=Path, help="per-image Parquet table (default: see README)")
     p.add_argument(
         "--split-touching",
@@ -43,17 +49,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--overlays", type=Path, help="also write overlays (true and predicted outlines)"
     )
+    p.add_argument(
+        "--shifts",
+        nargs="?",
+        const="all",
+        metavar="LIST",
+        help="the robustness benchmark: score the images under controlled shifts (scale, dose "
+        "and read noise, defocus, contrast, gamma, inverted contrast) and on synthetic domains; "
+        "'all' (the default when given without a value) or a comma list, e.g. "
+        "scale_x0.5,scale_x2,synth:dense-small-carbon (docs/usage.md lists them)",
+    )
+    p.add_argument(
+        "--domain-images",
+        type=int,
+        default=16,
+        help="with --shifts: images per synthetic domain (16)",
+    )
     add_inference_options(p)
     return p
 
 
-def default_out(model: Path, data: Path, split: str) -> Path:
-    """results/evaluate/<experiment>-<model>-on-<data>-<split>.parquet"""
+def default_out(model: Path, data: Path, split: str, suffix: str = "") -> Path:
+    """results/evaluate/<experiment>-<model>-on-<data>-<split><suffix>.parquet"""
     model = model.absolute()
     tag = Path(split).stem if split not in ("all", "val", "test") else split
-    return (
-        Path("results/evaluate") / f"{model.parent.name}-{model.name}-on-{data.name}-{tag}.parquet"
-    )
+    name = f"{model.parent.name}-{model.name}-on-{data.name}-{tag}{suffix}.parquet"
+    return Path("results/evaluate") / name
 
 
 @command
@@ -67,11 +88,19 @@ def main(argv: list[str] | None = None) -> int:
     from emseg_search.results.schemas import IMAGE_SCHEMA
 
     args = build_parser().parse_args(argv)
+    shifts = _check_options(args)
     predictor = load_predictor(args)
     data = load_data(args.data, progress=not args.quiet)
     names, described = select(data, args.split, predictor.artifact.config)
     if not names:
         raise UsageError(f"{args.data}: no images to score in {described}")
+    if args.max_images is not None and args.max_images < len(names):
+        import random
+
+        names = sorted(random.Random(0).sample(sorted(names), args.max_images))
+        described = f"{args.max_images} images sampled (seed 0) from {described}"
+    if shifts:
+        return run_shifts(args, predictor, data.subset(names), described, shifts)
     out = args.out or default_out(args.model, args.data, args.split)
     out.parent.mkdir(parents=True, exist_ok=True)
     done = evaluate_images(
@@ -110,6 +139,79 @@ def main(argv: list[str] | None = None) -> int:
         f"  size error {summary['mean_size_wasserstein_px']:.2f} px"
     )
     print(f"wrote {out}, {out.with_suffix('.json')}, {hist}")
+    return 0
+
+
+def _check_options(args: argparse.Namespace) -> list[str]:
+    """The shifts asked for (none without --shifts); UsageError for a bad option before
+    anything is loaded."""
+    from emseg_search.inference.robustness import resolve
+
+    if args.max_images is not None and args.max_images < 1:
+        raise UsageError(f"--max-images must be >= 1, got {args.max_images}")
+    if args.shifts is None:
+        return []
+    if args.masks or args.overlays:
+        raise UsageError("--shifts writes its own pictures; drop --masks / --overlays")
+    if args.domain_images < 1:
+        raise UsageError(f"--domain-images must be >= 1, got {args.domain_images}")
+    try:
+        return resolve(args.shifts)
+    except ValueError as e:
+        raise UsageError(f"--shifts: {e}") from None
+
+
+def run_shifts(
+    args: argparse.Namespace, predictor: object, items: tuple, described: str, shifts: list[str]
+) -> int:
+    """The robustness benchmark: rows, summary JSON, a chart and example panels."""
+    from emseg_search.inference.figures import example_grid, robustness_chart
+    from emseg_search.inference.robustness import (
+        SHIFTS,
+        evaluate_shifts,
+        robustness_score,
+        summarize_shifts,
+    )
+    from emseg_search.results.io import write_table
+    from emseg_search.results.schemas import ROBUSTNESS_SCHEMA
+
+    out = args.out or default_out(args.model, args.data, args.split, "-robustness")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = evaluate_shifts(
+        predictor,
+        items,
+        shifts,
+        args.split_touching,
+        domain_images=args.domain_images,
+        progress=not args.quiet,
+    )
+    write_table(done.rows, ROBUSTNESS_SCHEMA, out)
+    table = summarize_shifts(done.rows)
+    score = robustness_score(table)
+    summary = {
+        "model": str(args.model.absolute()),
+        "data": str(args.data.absolute()),
+        "split": described,
+        "options": {"tta": args.tta, "split_touching": args.split_touching},
+        **score,
+        "per_shift": table.to_dict("records"),
+        "descriptions": {n: SHIFTS[n].description for n in shifts if n in SHIFTS},
+    }
+    write_text(out.with_suffix(".json"), json.dumps(summary, indent=2) + "\n")
+    chart = robustness_chart(
+        table,
+        out.with_name(f"{out.stem}_chart.png"),
+        f"{args.model.absolute().parent.name}/{args.model.name} on {len(items)} images "
+        f"({described}); robustness IoU {score['robustness_iou']:.3f}",
+    )
+    grid = example_grid(done.examples, out.with_name(f"{out.stem}_examples.png"))
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(
+        f"robustness (mean over {score['shifts']} shifts and domains): IoU "
+        f"{score['robustness_iou']:.4f}, particle F1 {score['robustness_f1']:.4f} "
+        f"(unshifted: {score['reference_iou']:.4f} / {score['reference_f1']:.4f})"
+    )
+    print(f"wrote {out}, {out.with_suffix('.json')}, {chart}, {grid}")
     return 0
 
 

@@ -174,3 +174,56 @@ def learning_curves(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     return save_figure(fig, out_png)
+
+
+def robustness_chart(table: pd.DataFrame, out_png: str | Path, title: str) -> Path:
+    """Pixel IoU and particle F1 per shift (``inference.robustness.summarize_shifts``) as
+    horizontal bars, the unshifted reference as dashed lines -> PNG."""
+    from matplotlib.figure import Figure
+
+    n = len(table)
+    fig = Figure(figsize=(9.0, 1.2 + 0.32 * n), dpi=120)
+    axes = fig.subplots(1, 2, sharey=True)
+    y = np.arange(n)[::-1]
+    colors = {"reference": "0.4", "scale": "tab:blue", "noise": "tab:orange", "blur": "tab:green",
+              "intensity": "tab:purple", "polarity": "tab:red", "domain": "tab:brown"}  # fmt: skip
+    c = [colors.get(k, "tab:gray") for k in table["kind"]]
+    for ax, metric, label in zip(
+        axes, ("iou", "particle_f1"), ("pixel IoU", "particle F1 (IoU >= 0.5)"), strict=True
+    ):
+        values = table[metric].to_numpy(np.float64)
+        ax.barh(y, values, color=c)
+        for yi, v in zip(y, values, strict=True):
+            ax.text(min(v, 1.0) + 0.01, yi, f"{v:.3f}", va="center", fontsize=7)
+        ref = table.loc[table["shift"] == "none", metric]
+        if len(ref):
+            ax.axvline(float(ref.iloc[0]), color="0.3", ls="--", lw=1)
+        ax.set_xlim(0, 1.12)
+        ax.set_xlabel(label)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(y, table["shift"])
+    fig.suptitle(title, fontsize=10)
+    return save_figure(fig, out_png, rect=(0, 0, 1, 0.97))
+
+
+def example_grid(
+    panels: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]],
+    out_png: str | Path,
+    columns: int = 6,
+    panel_px: int = 256,
+) -> Path:
+    """(title, image (H, W), true instances, predicted instances) per panel, drawn as
+    outline overlays (green true, magenta predicted) in a grid -> PNG."""
+    from matplotlib.figure import Figure
+
+    rows = max(1, -(-len(panels) // columns))
+    size = panel_px / 100
+    fig = Figure(figsize=(columns * size, rows * (size + 0.3)), dpi=100)
+    axes = np.atleast_1d(fig.subplots(rows, columns)).ravel()
+    for ax in axes:
+        ax.axis("off")
+    for ax, (title, image, true, pred) in zip(axes, panels, strict=False):
+        width = max(1, round(max(image.shape) / panel_px))
+        ax.imshow(overlay(image, pred, true, width=width), interpolation="antialiased")
+        ax.set_title(title, fontsize=7)
+    return save_figure(fig, out_png)

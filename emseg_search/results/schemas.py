@@ -9,6 +9,7 @@ results/<experiment>/final/images.parquet  one row per architecture x seed x tes
 results/<experiment>/final/particles.parquet  true and predicted particles of the test images
                                            FINAL_PARTICLE_SCHEMA
 results/<experiment>/final.parquet   intervals and paired tests   FINAL_SCHEMA (analysis)
+<evaluate --shifts out>.parquet       one row per image x shift   ROBUSTNESS_SCHEMA
 """
 
 from __future__ import annotations
@@ -164,4 +165,11 @@ FINAL_SCHEMA = pa.schema(
         ("trial_id", pa.string()),  # architecture rows: the retrained search trial
         ("method", pa.string()),  # how the interval and the test were computed
     ]
+)
+
+
+# `evaluate --shifts` (inference/robustness.py): one row per image x shift, IMAGE_SCHEMA's
+# columns scored on the shifted image; synthetic domains are shifts of kind "domain".
+ROBUSTNESS_SCHEMA = pa.schema(
+    [("shift", pa.string()), ("shift_kind", pa.string()), *((f.name, f.type) for f in IMAGE_SCHEMA)]
 )

@@ -21,11 +21,16 @@ from emseg_search.data.synth.shapes import (
     grain,
     loguniform,
     rasterize,
+    sample_dense_small,
     sample_particles,
     smooth_noise,
 )
 
 STYLES: tuple[str, ...] = ("tem", "stem", "sem")
+# Scenes: special layouts drawn on purpose (the default draws from every layout).
+# "dense-small-carbon": bright-field TEM of dense small particles (about 6-16 px at 256 px) on a
+# strongly textured amorphous-carbon film at a low dose, the case that EMPS-trained models miss.
+SCENES: tuple[str, ...] = ("dense-small-carbon",)
 GENERATOR_VERSION = "emseg-synth-1"
 _MIN_SIZE = 32
 
@@ -58,9 +63,17 @@ def _check_style(style: str | None) -> None:
 
 
 def _render_tem_stem(
-    rng: np.random.Generator, style: str, parts: list[Particle], h: int, w: int
+    rng: np.random.Generator,
+    style: str,
+    parts: list[Particle],
+    h: int,
+    w: int,
+    film_gain: float = 1.0,
+    contrast: tuple[float, float] = (0.25, 2.6),
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Mass-thickness (TEM, dark) or Z-contrast (HAADF-STEM, bright) projection image."""
+    """Mass-thickness (TEM, dark) or Z-contrast (HAADF-STEM, bright) projection image;
+    ``film_gain`` scales the support film's texture, ``contrast`` bounds the particles'
+    absorption (TEM)."""
     inst = np.zeros((h, w), np.int32)
     thick = np.zeros((h, w), np.float32)
     fringe = rng.uniform(0.1, 0.35) if style == "tem" and rng.random() < 0.15 else 0.0
@@ -80,14 +93,14 @@ def _render_tem_stem(
     # Particle grain: polycrystalline / mesoporous texture modulates the projected thickness.
     thick *= 1.0 + rng.uniform(0.0, 0.25) * grain(rng, h, w, rng.uniform(0.6, 2.5))
     film = rng.uniform(0.01, 0.08) * smooth_noise(rng, h, w, rng.uniform(s / 6, s / 1.5))
-    film += rng.uniform(0.01, 0.06) * grain(rng, h, w, rng.uniform(0.5, 1.3))
+    film += film_gain * rng.uniform(0.01, 0.06) * grain(rng, h, w, rng.uniform(0.5, 1.3))
     if rng.random() < 0.15:  # lacey / mottled carbon: thicker film islands
         blob = smooth_noise(rng, h, w, rng.uniform(s / 20, s / 8))
         film += rng.uniform(0.03, 0.12) * ndimage.gaussian_filter(
             (blob > rng.uniform(-0.3, 0.8)).astype(np.float32), rng.uniform(1.0, 3.0)
         )
     if style == "tem":
-        img = np.exp(-(rng.uniform(0.05, 0.3) + film + loguniform(rng, 0.25, 2.6) * thick))
+        img = np.exp(-(rng.uniform(0.05, 0.3) + film + loguniform(rng, *contrast) * thick))
         if rng.random() < 0.5:  # defocus Fresnel fringe: bright halo outside the edges
             img += rng.uniform(0.2, 1.2) * (img - ndimage.gaussian_filter(img, rng.uniform(1, 3)))
     else:
@@ -136,15 +149,18 @@ def _render_sem(
     return img.astype(np.float32), inst
 
 
-def _finish(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
-    """Illumination, blur, shot/read noise, figure resampling and an 8-bit contrast stretch."""
+def _finish(
+    rng: np.random.Generator, img: np.ndarray, dose: tuple[float, float] = (25.0, 2000.0)
+) -> np.ndarray:
+    """Illumination, blur, shot/read noise (``dose``: mean counts per pixel), figure resampling
+    and an 8-bit contrast stretch."""
     h, w = img.shape
     yy, xx = np.mgrid[-1 : 1 : h * 1j, -1 : 1 : w * 1j].astype(np.float32)
     phi = rng.uniform(0, 2 * np.pi)
     illum = 1.0 + rng.uniform(0, 0.2) * (xx * math.cos(phi) + yy * math.sin(phi))
     illum -= rng.uniform(-0.05, 0.25) * (xx * xx + yy * yy) / 2
     img = ndimage.gaussian_filter(img * illum, loguniform(rng, 0.4, 1.8))
-    dose = loguniform(rng, 25.0, 2000.0) / max(float(img.mean()), 1e-3)
+    dose = loguniform(rng, *dose) / max(float(img.mean()), 1e-3)
     img = rng.poisson(np.clip(img, 0, None) * dose).astype(np.float32) / dose
     img += rng.normal(0, rng.uniform(0.002, 0.03), img.shape).astype(np.float32)
     if rng.random() < 0.5:  # the figure was rescaled for publication: correlated noise
@@ -254,11 +270,19 @@ def _relabel(inst: np.ndarray) -> np.ndarray:
 
 
 def generate_sample(
-    seed: int | Sequence[int], size: int | tuple[int, int] = 256, style: str | None = None
+    seed: int | Sequence[int],
+    size: int | tuple[int, int] = 256,
+    style: str | None = None,
+    scene: str | None = None,
 ) -> SynthSample:
-    """Render one synthetic micrograph and its instance mask from `seed` (deterministic)."""
+    """Render one synthetic micrograph and its instance mask from `seed` (deterministic);
+    ``scene`` (one of SCENES) draws that special layout instead (its style is its own)."""
     h, w = _hw(size)
     _check_style(style)
+    if scene is not None:
+        if scene not in SCENES:
+            raise ValueError(f"unknown `scene` {scene!r}; valid scenes: {sorted(SCENES)} or None")
+        return _dense_small_carbon(np.random.default_rng(seed), h, w)
     rng = np.random.default_rng(seed)
     # Always draw the style so a forced style keeps the seed's layout.
     drawn_style = str(rng.choice(STYLES))
@@ -281,6 +305,20 @@ def generate_sample(
         Image.fromarray(image).save(buf, format="JPEG", quality=int(rng.integers(55, 93)))
         image = np.array(Image.open(buf), dtype=np.uint8)
     return SynthSample(image, _relabel(inst), style, notes, overlay)
+
+
+def _dense_small_carbon(rng: np.random.Generator, h: int, w: int) -> SynthSample:
+    """Bright-field TEM: dense small particles, strong amorphous-carbon texture, low dose."""
+    s = min(h, w)
+    for _ in range(8):
+        parts = sample_dense_small(rng, h, w, (s / 40, s / 16), rng.uniform(0.15, 0.4))
+        img, inst = _render_tem_stem(
+            rng, "tem", parts, h, w, film_gain=rng.uniform(1.5, 3.0), contrast=(0.6, 1.2)
+        )
+        if inst.any():
+            break
+    image = _finish(rng, img, dose=(10.0, 50.0))
+    return SynthSample(image, _relabel(inst), "tem")
 
 
 def write_synthetic_dataset(

@@ -279,3 +279,29 @@ def sample_particles(rng: np.random.Generator, h: int, w: int) -> list[Particle]
         _make_particle(rng, kinds[k], float(x), float(y), float(dd), float(a), style)
         for (x, y), dd, a, k in zip(pts, diam, angles, pick, strict=True)
     ]
+
+
+def sample_dense_small(
+    rng: np.random.Generator, h: int, w: int, diameter: tuple[float, float], coverage: float
+) -> list[Particle]:
+    """A dense field of small, near-round particles (supported catalysts, in-situ sintering):
+    equivalent diameters log-uniform in ``diameter`` px, ``coverage`` of the frame covered."""
+    d = loguniform(rng, *diameter)
+    n = max(1, min(int(coverage * h * w / (math.pi * d * d / 4)), MAX_PARTICLES))
+    diam = d * np.exp(rng.normal(0, rng.uniform(0.1, 0.3), n))
+    style = {
+        "weight_sd": rng.uniform(0.05, 0.2),
+        "rough": rng.uniform(0.02, 0.1),
+        "aspect": 2.0,
+        "truncate": 0.0,
+        "corner_p": rng.uniform(4.0, 8.0),
+        "bevel": 0.1,
+    }
+    pts, placed = _scatter(rng, h, w, diam / 2, rng.uniform(0.9, 1.05), 0)
+    diam = diam[placed]
+    kinds = rng.choice(("sphere", "polygon"), len(pts), p=(0.7, 0.3))
+    angles = rng.uniform(0, 2 * np.pi, len(pts))
+    return [
+        _make_particle(rng, str(k), float(x), float(y), float(dd), float(a), style)
+        for (x, y), dd, a, k in zip(pts, diam, angles, kinds, strict=True)
+    ]
