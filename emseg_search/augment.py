@@ -127,12 +127,50 @@ def _heavy(s: float) -> Transforms:
     return _em_stack(1.5 * s, [warp])
 
 
+def _robust(s: float) -> Transforms:
+    """For micrographs from other microscopes: the EM stack plus particle scale over 0.5-2x
+    (users' particles span 12-150 px), dose noise down to ~5 counts, defocus up to radius 5,
+    contrast halved, gamma 0.5-2 and inverted contrast (bright- and dark-field)."""
+    lo, hi = 1 / (1 + s), 1 + s  # 0.5-2x at strength 1
+    return [
+        *_flips(s),
+        A.Affine(
+            scale=(lo, hi),
+            rotate=(-min(180.0, 45 * s), min(180.0, 45 * s)),
+            border_mode=_REFLECT,
+            p=_p(0.6, s),
+        ),
+        A.RandomBrightnessContrast(
+            brightness_limit=min(0.4, 0.2 * s),
+            contrast_limit=(-min(0.6, 0.5 * s), 0.2 * s),
+            p=_p(0.5, s),
+        ),
+        A.RandomGamma(gamma_limit=(100 / (1 + s), 100 * (1 + s)), p=_p(0.3, s)),
+        A.OneOf(
+            [
+                A.GaussianBlur(blur_limit=0, sigma_limit=(0.3, 0.3 + 1.5 * s)),
+                A.Defocus(radius=(1, max(1, round(1 + 4 * s))), alias_blur=(0.1, 0.3)),
+            ],
+            p=_p(0.3, s),
+        ),
+        A.OneOf(
+            [
+                A.GaussNoise(std_range=(0.01 * s, min(0.15, 0.1 * s))),
+                A.ShotNoise(scale_range=(0.005 * s, min(0.3, 0.2 * s))),  # ~5-200 counts
+            ],
+            p=_p(0.5, s),
+        ),
+        A.InvertImg(p=_p(0.3, s, cap=0.5)),
+    ]
+
+
 AUGMENTATIONS: dict[str, Builder] = {
     "none": _none,
     "flips": _flips,
     "light": _light,
     "em": _em,
     "heavy": _heavy,
+    "robust": _robust,
 }
 
 

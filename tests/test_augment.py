@@ -16,7 +16,7 @@ from emseg_search.data import Micrograph
 from emseg_search.data.datasets import TileDataset
 
 STRENGTHS = [0.0, 0.5, 1.0, 2.0]
-WARPING = ["light", "em", "heavy"]
+WARPING = ["light", "em", "heavy", "robust"]
 FLIPS = (A.HorizontalFlip, A.VerticalFlip, A.RandomRotate90)
 
 
@@ -44,14 +44,14 @@ def _leaves(t: A.BasicTransform | A.BaseCompose) -> list[A.BasicTransform]:
 
 
 def test_registry() -> None:
-    assert sorted(AUGMENTATIONS) == ["em", "flips", "heavy", "light", "none"]
+    assert sorted(AUGMENTATIONS) == ["em", "flips", "heavy", "light", "none", "robust"]
 
 
 def test_unknown_name_lists_sorted_names() -> None:
     with pytest.raises(
         ValueError,
         match=r"unknown augmentation 'strong'.*\['em', 'flips', "
-        r"'heavy', 'light', 'none'\]",
+        r"'heavy', 'light', 'none', 'robust'\]",
     ):
         build_augment("strong")
 
