@@ -190,7 +190,7 @@ def run_shifts(
     score = robustness_score(table)
     summary = {
         "model": str(args.model.absolute()),
-        "data": str(args.data.absolute()),
+        "data": str(args.data.resolve()),
         "split": described,
         "options": {"tta": args.tta, "split_touching": args.split_touching},
         **score,
