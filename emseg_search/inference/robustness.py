@@ -113,23 +113,16 @@ def resolve(names: str | Sequence[str] | None) -> list[str]:
     return ["none", *[n for n in wanted if n != "none"]]  # the reference always comes first
 
 
-def to_uint8(image: np.ndarray) -> np.ndarray:
-    """A grey image as uint8 (16-bit and float images stretched from their min to max)."""
-    if image.dtype == np.uint8:
-        return image
-    x = image.astype(np.float32)
-    lo, hi = float(x.min()), float(x.max())
-    return np.round((x - lo) / max(hi - lo, 1e-6) * 255).astype(np.uint8)
-
-
 def apply_shift(
     name: str, image: np.ndarray, instances: np.ndarray, seed: int = SEED
 ) -> tuple[np.ndarray, np.ndarray]:
     """The shifted (uint8 image (H', W'), uint16 instances (H', W')) of one labelled image."""
     import albumentations as A
 
+    from emseg_search.inference.figures import to_grey_uint8
+
     shift = SHIFTS[name]
-    image = to_uint8(image)
+    image = to_grey_uint8(image)  # 16-bit / float stretched as the data layer does
     instances = instances.astype(np.uint16)
     if shift.build is None:
         return image, instances

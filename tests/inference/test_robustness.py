@@ -120,12 +120,17 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return write_tiny_artifact(root / "model"), data
 
 
+def _argv(setup: tuple[Path, Path], out: Path) -> list[str]:
+    """evaluate's arguments for the tiny model on the tiny folder, writing ``out``."""
+    model, data = setup
+    return [str(model), "--data", str(data), "--out", str(out), "--quiet"]
+
+
 def test_evaluate_shifts_writes_rows_summary_and_pictures(
     setup: tuple[Path, Path], tmp_path: Path, capsys
 ) -> None:
-    model, data = setup
     out = tmp_path / "rob.parquet"
-    argv = [str(model), "--data", str(data), "--out", str(out), "--quiet"]
+    argv = _argv(setup, out)
     assert main([*argv, "--shifts", "scale_x0.5,invert,synth:stem", "--domain-images", "2"]) == 0
     rows = pd.read_parquet(out)
     assert list(rows.columns) == ROBUSTNESS_SCHEMA.names
@@ -150,9 +155,8 @@ def test_evaluate_shifts_writes_rows_summary_and_pictures(
 def test_bad_shift_options_exit_2_before_loading_anything(
     setup: tuple[Path, Path], tmp_path: Path, capsys
 ) -> None:
-    model, data = setup
     out = tmp_path / "never.parquet"
-    base = [str(model), "--data", str(data), "--out", str(out), "--quiet"]
+    base = _argv(setup, out)
     assert main([*base, "--shifts", "blur_x9"]) == 2
     assert "--shifts: unknown shift(s) blur_x9" in capsys.readouterr().err
     assert main([*base, "--shifts", "--masks", str(tmp_path / "m")]) == 2
@@ -165,12 +169,10 @@ def test_bad_shift_options_exit_2_before_loading_anything(
 
 
 def test_max_images_scores_a_seeded_sample(setup: tuple[Path, Path], tmp_path: Path) -> None:
-    model, data = setup
     runs = []
     for k in range(2):
         out = tmp_path / f"s{k}.parquet"
-        argv = [str(model), "--data", str(data), "--out", str(out), "--quiet", "--max-images", "2"]
-        assert main([*argv, "--shifts", "invert"]) == 0
+        assert main([*_argv(setup, out), "--max-images", "2", "--shifts", "invert"]) == 0
         runs.append(pd.read_parquet(out))
     names = runs[0].loc[runs[0]["shift"] == "none", "name"].tolist()
     assert len(names) == 2 and names == runs[1].loc[runs[1]["shift"] == "none", "name"].tolist()
