@@ -5,10 +5,12 @@ benchmarks/results/robustness[-NAME].md.
 
     python benchmarks/robustness.py results/emps_unet_papers/model \\
         results/emps_unet_robust_papers/model --data ../shared/data/emps-train \\
-        --ood ../shared/data/ood-msa-tem --max-images 24
+        --ood ../shared/data/ood-msa-tem --max-images 24 --inference "" "--scale auto"
 
-Each model is scored on its own validation split of --data (`--split val`), so models trained
-with the same split are compared on the same images. A run that already wrote its tables under
+Each model is scored on its own validation split of --data (`--split val`; all of it for the
+first column, a seeded sample under the shifts), so models trained with the same split are
+compared on the same images; each `--inference` setting (evaluate's options, e.g. "--scale
+auto") is a row of its own. A run that already wrote its tables under
 --out is read back, not scored again (delete them to re-score). About 3 minutes per EMPS model
 on a 2-core CPU at 24 images (DeepLabV3+ at full resolution), plus under a minute for 40 OOD
 images.
@@ -29,10 +31,11 @@ REPO = Path(__file__).resolve().parents[1]
 COLUMNS_SHIFTS = ("scale_x0.5", "scale_x2", "dose_5", "invert", "synth:dense-small-carbon")
 
 
-def tag(model: Path) -> str:
-    """<experiment>-<model folder>, as a file name."""
+def tag(model: Path, setting: str = "") -> str:
+    """<experiment>-<model folder>[-<setting>], as a file name."""
     model = model.absolute()
-    return f"{model.parent.name}-{model.name}"
+    extra = "".join(c if c.isalnum() or c in ".," else "_" for c in setting.strip())
+    return f"{model.parent.name}-{model.name}" + (f"-{extra.strip('_')}" if extra else "")
 
 
 def scored(args: list[str], summary: Path) -> dict:
@@ -54,35 +57,24 @@ def main() -> int:
     p.add_argument("--max-images", type=int, default=24, help="validation images sampled (24)")
     p.add_argument("--out", type=Path, default=REPO / "results" / "robustness")
     p.add_argument("--name", default="", help="suffix of the results file")
+    p.add_argument(
+        "--inference",
+        nargs="+",
+        default=[""],
+        help='evaluate options per row, e.g. "" "--scale auto" (default: the model as trained)',
+    )
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for model in args.models:
-        out = args.out / f"{tag(model)}-shifts.parquet"
-        shifts = scored(
-            [str(model.absolute()), "--data", str(args.data.absolute()), "--split", "val",
-             "--shifts", "--max-images", str(args.max_images), "--out", str(out)],
-            out.with_suffix(".json"),
-        )  # fmt: skip
-        per = {r["shift"]: r for r in shifts["per_shift"]}
-        row = [
-            tag(model),
-            f"{shifts['reference_iou']:.4f} / {shifts['reference_f1']:.3f}",
-            f"**{shifts['robustness_iou']:.4f}** / {shifts['robustness_f1']:.3f}",
-            *(f"{per[s]['iou']:.3f}" if s in per else "" for s in COLUMNS_SHIFTS),
-        ]
-        if args.ood:
-            ood_out = args.out / f"{tag(model)}-on-{args.ood.name}.parquet"
-            ood = scored(
-                [str(model.absolute()), "--data", str(args.ood.absolute()), "--out", str(ood_out)],
-                ood_out.with_suffix(".json"),
-            )
-            row.append(f"{ood['iou']:.4f} / {ood['particle_f1']:.3f}")
-        rows.append(row)
+        for setting in args.inference:
+            rows.append(score_model(model, setting.split(), tag(model, setting), args))
     columns = [
         "model",
-        "val IoU / particle F1",
+        "inference",
+        "val IoU / particle F1 (all)",
         "robustness IoU / F1",
+        f"IoU none ({args.max_images})",
         *(f"IoU {s}" for s in COLUMNS_SHIFTS),
     ]
     if args.ood:
@@ -95,6 +87,41 @@ def main() -> int:
     )
     write_report(f"robustness{'-' + args.name if args.name else ''}", head, columns, rows)
     return 0
+
+
+def score_model(model: Path, options: list[str], name: str, args: argparse.Namespace) -> list[str]:
+    """One row: the model with evaluate ``options`` on all its validation images, under the
+    shifts, and on the OOD set."""
+    data = str(args.data.absolute())
+    val_out = args.out / f"{name}-val.parquet"
+    val = scored(
+        [str(model.absolute()), "--data", data, "--split", "val", "--out", str(val_out), *options],
+        val_out.with_suffix(".json"),
+    )
+    out = args.out / f"{name}-shifts.parquet"
+    shifts = scored(
+        [str(model.absolute()), "--data", data, "--split", "val", "--shifts",
+         "--max-images", str(args.max_images), "--out", str(out), *options],
+        out.with_suffix(".json"),
+    )  # fmt: skip
+    per = {r["shift"]: r for r in shifts["per_shift"]}
+    row = [
+        tag(model),
+        " ".join(options) or "as trained",
+        f"{val['iou']:.4f} / {val['particle_f1']:.3f}",
+        f"**{shifts['robustness_iou']:.4f}** / {shifts['robustness_f1']:.3f}",
+        f"{shifts['reference_iou']:.3f}",
+        *(f"{per[s]['iou']:.3f}" if s in per else "" for s in COLUMNS_SHIFTS),
+    ]
+    if args.ood:
+        ood_out = args.out / f"{name}-on-{args.ood.name}.parquet"
+        ood = scored(
+            [str(model.absolute()), "--data", str(args.ood.absolute()), "--out", str(ood_out),
+             *options],
+            ood_out.with_suffix(".json"),
+        )  # fmt: skip
+        row.append(f"{ood['iou']:.4f} / {ood['particle_f1']:.3f}")
+    return row
 
 
 if __name__ == "__main__":

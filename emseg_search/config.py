@@ -44,6 +44,14 @@ class TrialConfig(BaseModel):
     scale: float = Field(1.0, gt=0.0, le=4.0, description="rescale images (0.5: half size)")
     tile_size: int = Field(256, ge=32, le=4096)
     tiles_per_image: int = Field(4, ge=1, description="training tiles drawn per image per epoch")
+    synthetic_mix: float = Field(
+        0.0,
+        ge=0.0,
+        le=4.0,
+        description="synthetic training images added per real training image (the "
+        "generator's styles and dense-small-carbon scene in turn, one tile each at the model's "
+        "scale); 0: none",
+    )
 
     # model
     arch: str = "unet"
@@ -88,6 +96,19 @@ class TrialConfig(BaseModel):
     # evaluation
     val_every: int = Field(1, ge=1)
     threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    val_shifts: list[str] = Field(
+        default_factory=list,
+        description="also score the validation images under these robustness shifts "
+        "(scale_x0.5, dose_20, invert, ...; `evaluate --shifts` lists them) at every "
+        "validation: val_robust_iou is their mean IoU",
+    )
+    robust_weight: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="with val_shifts: val_score = (1 - w) val_iou + w val_robust_iou, which "
+        "picks the best epoch (without: val_score = val_iou)",
+    )
 
     # reproducibility and loading
     seed: int = 0

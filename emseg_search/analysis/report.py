@@ -298,6 +298,53 @@ pre{background:#f7f7f7;padding:.6em;overflow-x:auto;font-size:.8em}
 """
 
 
+def robustness_section(exp_dir: Path, out: Path) -> str:
+    """The "Robustness" section from final/robustness.parquet (`final --shifts`): per shift and
+    architecture, IoU and particle F1 pooled over seeds, the robustness score, a chart per
+    architecture; "" when `final` ran without shifts."""
+    from emseg_search.inference.figures import robustness_chart
+    from emseg_search.inference.robustness import robustness_score, summarize_shifts
+    from emseg_search.results.io import read_table
+
+    path = exp_dir / FINAL_DIR / "robustness.parquet"
+    if not path.is_file():
+        return ""
+    rows = read_table(path).to_pandas()
+    if rows.empty:
+        return ""
+    archs = list(dict.fromkeys(rows["arch"]))
+    tables, scores = {}, {}
+    for arch in archs:
+        table = summarize_shifts(rows[rows["arch"] == arch].to_dict("records"))
+        tables[arch], scores[arch] = table, robustness_score(table)
+        robustness_chart(
+            table,
+            out / f"robustness_{arch}.png",
+            f"{arch}: pooled over {rows.loc[rows['arch'] == arch, 'seed'].nunique()} seed(s)",
+        )
+    shifts = list(tables[archs[0]]["shift"])
+    wide = pd.DataFrame({"shift": shifts, "kind": list(tables[archs[0]]["kind"])})
+    for arch in archs:
+        t = tables[arch].set_index("shift")
+        wide[f"{arch} IoU"] = [t["iou"].get(n, float("nan")) for n in shifts]
+        wide[f"{arch} F1"] = [t["particle_f1"].get(n, float("nan")) for n in shifts]
+    score_row = {"shift": "robustness score (mean of all but none)", "kind": ""}
+    for arch in archs:
+        score_row[f"{arch} IoU"] = scores[arch]["robustness_iou"]
+        score_row[f"{arch} F1"] = scores[arch]["robustness_f1"]
+    wide = pd.concat([wide, pd.DataFrame([score_row])], ignore_index=True)
+    n_images = int(rows.loc[rows["shift"] == "none", "name"].nunique())
+    return (
+        "<h2>Robustness (held-out test images under controlled shifts)</h2>"
+        f"<p>Every final run scored on {n_images} of the test images under each shift "
+        "(scale, dose and read noise, defocus, contrast, gamma, inverted contrast; image and "
+        "mask shifted together, fixed seed) and on the generator's synthetic domains; pixel "
+        "IoU and particle F1 pooled over images and seeds. The robustness score is the mean "
+        "over every row but <code>none</code>. See docs/robustness.md for what each shift "
+        "is.</p>" + _table(wide) + "".join(_img(f"robustness_{a}.png", a) for a in archs)
+    )
+
+
 def build_report(
     exp_dir: str | Path,
     grid_images: int = 6,
@@ -398,6 +445,9 @@ def build_report(
             f"{html.escape(str(exp_dir))} --test-data DIR</code> for a comparison on held-out "
             "images with intervals, then rebuild this report.</p>"
         )
+    robust = robustness_section(exp_dir, out)
+    if robust:
+        sections.append(robust)
     where = "test" if scored is not None and scored.source == "test" else "validation"
     if scored is not None:
         sections.append(
@@ -426,7 +476,13 @@ def build_report(
     board_html = "".join(
         f"<h3>By {comparison.DIMENSIONS[by]}</h3>" + _table(t) for by, t in boards.items()
     )
-    top = trials.sort_values("best_val_iou", ascending=False, na_position="last").head(15)
+    from emseg_search.results.io import selection_score
+
+    top = (
+        trials.assign(_score=selection_score(trials))
+        .sort_values("_score", ascending=False, na_position="last")
+        .head(15)
+    )
     cols = [
         "trial_id",
         "status",
@@ -435,6 +491,8 @@ def build_report(
         "loss",
         "augment",
         "best_val_iou",
+        "best_val_robust_iou",
+        "best_val_score",
         "last_val_iou",
         "best_epoch",
         "epochs_run",
@@ -446,7 +504,7 @@ def build_report(
         "its trials; pruned_share = share of its trials stopped early by ASHA.</p>"
         + board_html
         + "<h3>Best trials</h3>"
-        + _table(top[[c for c in cols if c in top]])
+        + _table(top[[c for c in cols if c in top and top[c].notna().any()]])
         + _img("learning_curves.png", "learning curves")
         + _img("best_so_far.png", "best so far")
         + _img("scores_by_arch.png", "scores by architecture")

@@ -97,8 +97,52 @@ def add_inference_options(p: argparse.ArgumentParser) -> None:
         help="sliding-window tile in px at the model's scale (default 1024); larger images "
         "are tiled with overlap so memory stays bounded",
     )
+    p.add_argument(
+        "--scale",
+        default=None,
+        help="working scale: 'auto' chooses one per image from the size of the particles a "
+        "first pass finds, rescaling images whose particles are smaller or larger than the "
+        "model's training particles; a number fixes it (the model's training scale times "
+        "your pixel size over the training data's, when both are known); default: the model's",
+    )
+    p.add_argument(
+        "--scale-tta",
+        default=None,
+        metavar="FACTORS",
+        help="multi-scale test-time augmentation: average the logits at the working scale "
+        "times each factor of a comma list, e.g. 0.71,1,1.41",
+    )
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def parse_scale(value: str | None) -> float | str | None:
+    """--scale: None, 'auto' or a number > 0 (UsageError otherwise)."""
+    if value is None or value == "auto":
+        return value
+    try:
+        scale = float(value)
+    except ValueError:
+        scale = float("nan")
+    if not 0 < scale <= 16:
+        raise UsageError(f"--scale must be 'auto' or a number in (0, 16], got {value!r}")
+    return scale
+
+
+def parse_factors(value: str | None) -> tuple[float, ...]:
+    """--scale-tta: a comma list of factors in [0.1, 10] (UsageError otherwise)."""
+    if value is None:
+        return (1.0,)
+    try:
+        factors = tuple(float(v) for v in value.split(","))
+    except ValueError:
+        factors = ()
+    if not factors or any(not 0.1 <= f <= 10 for f in factors):
+        raise UsageError(
+            f"--scale-tta must be a comma list of factors in [0.1, 10], e.g. 0.71,1,1.41; "
+            f"got {value!r}"
+        )
+    return factors
 
 
 def load_predictor(args: argparse.Namespace) -> Any:
@@ -109,5 +153,20 @@ def load_predictor(args: argparse.Namespace) -> Any:
     if args.pixel_size is not None and not args.pixel_size > 0:
         raise UsageError(f"--pixel-size must be > 0 nm per px, got {args.pixel_size}")
     return Predictor.from_dir(
-        args.model, tile_size=args.tile_size, tta=args.tta, device=args.device
+        args.model,
+        tile_size=args.tile_size,
+        tta=args.tta,
+        device=args.device,
+        scale=parse_scale(args.scale),
+        scale_tta=parse_factors(args.scale_tta),
     )
+
+
+def inference_options(args: argparse.Namespace) -> dict[str, Any]:
+    """How the model ran, for a command's summary.json."""
+    return {
+        "tta": args.tta,
+        "scale": args.scale or "model",
+        "scale_tta": list(parse_factors(args.scale_tta)),
+        "tile_size": args.tile_size,
+    }

@@ -12,7 +12,13 @@ import json
 from pathlib import Path
 
 from emseg_search.atomic import write_text
-from emseg_search.cli.common import UsageError, add_inference_options, command, load_predictor
+from emseg_search.cli.common import (
+    UsageError,
+    add_inference_options,
+    command,
+    inference_options,
+    load_predictor,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,6 +83,17 @@ def default_out(model: Path, data: Path, split: str, suffix: str = "") -> Path:
     return Path("results/evaluate") / name
 
 
+def scale_suffix(args: argparse.Namespace) -> str:
+    """What sets a default output apart when the model ran at another scale: '-scale-auto',
+    '-scale-0.5', '-scaletta-0.71,1,1.41' (empty at the model's own)."""
+    parts = []
+    if args.scale is not None:
+        parts.append(f"-scale-{args.scale}")
+    if args.scale_tta is not None:
+        parts.append(f"-scaletta-{args.scale_tta}")
+    return "".join(parts)
+
+
 @command
 def main(argv: list[str] | None = None) -> int:
     """Evaluate; exit 0, or 2 with one message for a bad model folder, data or option."""
@@ -101,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         described = f"{args.max_images} images sampled (seed 0) from {described}"
     if shifts:
         return run_shifts(args, predictor, data.subset(names), described, shifts)
-    out = args.out or default_out(args.model, args.data, args.split)
+    out = args.out or default_out(args.model, args.data, args.split, scale_suffix(args))
     out.parent.mkdir(parents=True, exist_ok=True)
     done = evaluate_images(
         predictor,
@@ -118,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": str(args.model.absolute()),
         "data": str(data.root),
         "split": described,
-        "options": {"tta": args.tta, "split_touching": args.split_touching},
+        "options": {**inference_options(args), "split_touching": args.split_touching},
         **summarize(rows),
         "seconds": predictor.throughput.seconds,
     }
@@ -145,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
 def _check_options(args: argparse.Namespace) -> list[str]:
     """The shifts asked for (none without --shifts); UsageError for a bad option before
     anything is loaded."""
-    from emseg_search.inference.robustness import resolve
+    from emseg_search.data.shifts import resolve
 
     if args.max_images is not None and args.max_images < 1:
         raise UsageError(f"--max-images must be >= 1, got {args.max_images}")
@@ -165,9 +182,9 @@ def run_shifts(
     args: argparse.Namespace, predictor: object, items: tuple, described: str, shifts: list[str]
 ) -> int:
     """The robustness benchmark: rows, summary JSON, a chart and example panels."""
+    from emseg_search.data.shifts import SHIFTS
     from emseg_search.inference.figures import example_grid, robustness_chart
     from emseg_search.inference.robustness import (
-        SHIFTS,
         evaluate_shifts,
         robustness_score,
         summarize_shifts,
@@ -175,7 +192,9 @@ def run_shifts(
     from emseg_search.results.io import write_table
     from emseg_search.results.schemas import ROBUSTNESS_SCHEMA
 
-    out = args.out or default_out(args.model, args.data, args.split, "-robustness")
+    out = args.out or default_out(
+        args.model, args.data, args.split, f"{scale_suffix(args)}-robustness"
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     done = evaluate_shifts(
         predictor,
@@ -192,7 +211,7 @@ def run_shifts(
         "model": str(args.model.absolute()),
         "data": str(args.data.resolve()),
         "split": described,
-        "options": {"tta": args.tta, "split_touching": args.split_touching},
+        "options": {**inference_options(args), "split_touching": args.split_touching},
         **score,
         "per_shift": table.to_dict("records"),
         "descriptions": {n: SHIFTS[n].description for n in shifts if n in SHIFTS},

@@ -52,6 +52,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu", action="store_true", help="one GPU per worker")
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or local)")
     p.add_argument("--tta", action="store_true", help="score with flip TTA (4x slower)")
+    p.add_argument(
+        "--shifts",
+        nargs="?",
+        const="all",
+        metavar="LIST",
+        help="also score every run on the robustness benchmark (as `evaluate --shifts`): "
+        "'all' (the default when given without a value) or a comma list; the report shows "
+        "IoU and particle F1 per shift and the robustness score per architecture",
+    )
+    p.add_argument(
+        "--shift-images",
+        type=int,
+        default=24,
+        help="with --shifts: a seeded sample of this many test images per shift (24)",
+    )
     p.add_argument("--overwrite", action="store_true", help="delete final/ and final.parquet first")
     p.add_argument("--no-report", action="store_true", help="do not rebuild the report after")
     return p
@@ -84,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         epochs=args.epochs,
         overwrite=args.overwrite,
         log=lambda msg: print(msg, flush=True),
+        shifts=args.shifts,
+        shift_images=args.shift_images,
     )
     images = read_table(images_path).to_pandas()
     table = compare_final(images)

@@ -9,7 +9,13 @@ import sys
 from pathlib import Path
 
 from emseg_search.atomic import write_text
-from emseg_search.cli.common import UsageError, add_inference_options, command, load_predictor
+from emseg_search.cli.common import (
+    UsageError,
+    add_inference_options,
+    command,
+    inference_options,
+    load_predictor,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,14 +61,14 @@ def main(argv: list[str] | None = None) -> int:
         "model": str(args.model.absolute()),
         "inputs": [str(f) for f in files],
         "options": {
+            **inference_options(args),
             "pixel_size_nm": args.pixel_size,
             "split_touching": args.split_touching,
-            "tta": args.tta,
-            "tile_size": args.tile_size,
         },
         "images": run.images,
         "particles": len(run.particles),
         "failures": [{"file": f, "error": e} for f, e in run.failures],
+        "working_scale": run.working_scales,
     }
     write_text(run.out / "summary.json", json.dumps(summary, indent=2) + "\n")
     seconds = predictor.throughput.seconds

@@ -14,6 +14,7 @@ from emseg_search.data.loading import Micrograph
 from emseg_search.data.readers import image_to_float01
 
 AREA_PERCENTILES = (5, 25, 50, 75, 95)
+BY_AREA_PERCENTILES = (10, 25, 50, 75, 90)
 _HIST_BINS = 4096  # intensity percentiles to 1/4096 of the [0, 1] range
 
 
@@ -55,6 +56,9 @@ class Fingerprint(BaseModel):
     images_without_particles: int
     particle_area_px: dict[str, float]
     particle_diameter_px: dict[str, float]
+    # percentiles of the diameter of the particle a random foreground pixel belongs to (the
+    # sizes that make up most of the particle area); None in fingerprints written before
+    particle_diameter_by_area_px: dict[str, float] | None = None
 
     def write_json(self, path: str | Path) -> Path:
         """Write the fingerprint as indented JSON (atomically)."""
@@ -76,6 +80,9 @@ class Fingerprint(BaseModel):
 
         pct = ", ".join(f"p{k[1:]}={v:.0f}" for k, v in self.particle_area_px.items())
         dia = ", ".join(f"p{k[1:]}={v:.1f}" for k, v in self.particle_diameter_px.items())
+        by_area = ", ".join(
+            f"p{k[1:]}={v:.1f}" for k, v in (self.particle_diameter_by_area_px or {}).items()
+        )
         rows = [
             ("images", f"{self.n_images}  ({', '.join(self.dtypes)})"),
             ("height px (min/median/mean/max)", s(self.height)),
@@ -90,6 +97,7 @@ class Fingerprint(BaseModel):
             ("particles/image (min/median/mean/max)", s(self.particles_per_image, "{:.1f}")),
             ("particle area px", pct),
             ("particle equiv. diameter px", dia),
+            ("... by area (of a foreground px)", by_area or "not recorded"),
         ]
         width = max(len(k) for k, _ in rows)
         return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
@@ -103,6 +111,17 @@ def _percentiles(values: np.ndarray) -> dict[str, float]:
         f"p{q}": float(v)
         for q, v in zip(AREA_PERCENTILES, np.percentile(values, AREA_PERCENTILES), strict=True)
     }
+
+
+def _by_area_percentiles(areas: np.ndarray) -> dict[str, float]:
+    """Area-weighted percentiles ``p10``... of equivalent diameters (zeros when empty)."""
+    if areas.size == 0 or areas.sum() == 0:
+        return {f"p{q}": 0.0 for q in BY_AREA_PERCENTILES}
+    order = np.sort(areas)
+    cum = np.cumsum(order) / order.sum()
+    idx = np.searchsorted(cum, np.asarray(BY_AREA_PERCENTILES) / 100.0)
+    d = np.sqrt(4.0 * order[np.minimum(idx, order.size - 1)] / np.pi)
+    return {f"p{q}": float(v) for q, v in zip(BY_AREA_PERCENTILES, d, strict=True)}
 
 
 def compute_fingerprint(items: Sequence[Micrograph]) -> Fingerprint:
@@ -148,4 +167,5 @@ def compute_fingerprint(items: Sequence[Micrograph]) -> Fingerprint:
         images_without_particles=sum(c == 0 for c in counts),
         particle_area_px=_percentiles(all_areas),
         particle_diameter_px=_percentiles(np.sqrt(4.0 * all_areas / np.pi)),
+        particle_diameter_by_area_px=_by_area_percentiles(all_areas),
     )

@@ -120,6 +120,16 @@ def image_to_float01(image: np.ndarray) -> np.ndarray:
     return np.clip((img - np.float32(lo)) / np.float32(hi - lo), 0.0, 1.0).astype(np.float32)
 
 
+def to_grey_uint8(image: np.ndarray) -> np.ndarray:
+    """Any grey micrograph (H, W) -> uint8 (H, W), stretched like the data layer does."""
+    image = np.asarray(image)
+    if image.ndim != 2:
+        raise ValueError(f"`image` must be grey (H, W), got shape {image.shape}")
+    if image.dtype == np.uint8:
+        return image
+    return np.round(image_to_float01(image) * 255).astype(np.uint8)
+
+
 def read_mask(path: str | Path) -> tuple[np.ndarray, bool]:
     """Read a mask as instance labels (H, W) uint16/int32, 0 = background.
 

@@ -107,6 +107,7 @@ def score_image(
         "size_wasserstein_px": size_px,
         "size_wasserstein_nm": size_px * pixel_size if pixel_size else None,
         "seconds": seconds,
+        "working_scale": getattr(predictor, "last_scale", None),
     }
     return row, seg, true_particles
 

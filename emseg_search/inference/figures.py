@@ -12,20 +12,10 @@ import numpy as np
 import pandas as pd
 
 from emseg_search.atomic import atomic_path
-from emseg_search.data.readers import image_to_float01
+from emseg_search.data.readers import to_grey_uint8
 
 PRED_COLOR = (255, 0, 255)  # magenta: predicted outlines
 TRUE_COLOR = (0, 255, 0)  # green: ground-truth outlines
-
-
-def to_grey_uint8(image: np.ndarray) -> np.ndarray:
-    """Any grey micrograph (H, W) -> uint8 (H, W), stretched like the data layer does."""
-    image = np.asarray(image)
-    if image.ndim != 2:
-        raise ValueError(f"`image` must be grey (H, W), got shape {image.shape}")
-    if image.dtype == np.uint8:
-        return image
-    return np.round(image_to_float01(image) * 255).astype(np.uint8)
 
 
 def overlay(

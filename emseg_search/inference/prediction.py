@@ -7,7 +7,7 @@ DIR/
   overlays/NAME.png    particle outlines over the micrograph
   particles.parquet    one row per particle (results.schemas.PARTICLE_SCHEMA), px and nm
   sizes.png            histogram of equivalent diameters
-  summary.json         model, options, images, particles, failures
+  summary.json         model, options, images, particles, failures, each image's working scale
 """
 
 from __future__ import annotations
@@ -89,6 +89,7 @@ class PredictRun:
     images: int = 0
     particles: Any = None
     failures: list[tuple[str, str]] = field(default_factory=list)
+    working_scales: dict[str, float] = field(default_factory=dict)  # image -> scale it ran at
 
 
 def _write_outputs(out: Path, name: str, image: np.ndarray, seg: Segmented) -> None:
@@ -135,6 +136,8 @@ def predict_files(
             continue
         tables.append(seg.particles)
         run.images += 1
+        if hasattr(predictor, "last_scale"):
+            run.working_scales[path.stem] = float(predictor.last_scale)
     run.particles = concat_particles(tables)
     write_particles(run.particles, out / "particles.parquet")
     inner = run.particles[~run.particles["touches_border"]]

@@ -13,12 +13,20 @@ start on multiples of the stride (so each tile sees the pixel grid the whole ima
 sigma = tile / 8, floored so no pixel gets zero weight) into one float32 logit map the size
 of the image: memory is the image plus one batch of tiles, whatever the image size. Logits
 come back at the image's original resolution (bilinear, as in training's evaluation).
+
+The working scale is the artifact's by default. ``scale="auto"`` chooses it per image from the
+size of the particles a first pass finds (``particle_size``, ``working_scale``): an image whose
+particles are smaller or larger, at the model's scale, than most of the training particles'
+area (``SizeBand``) runs again at the scale that brings them into that band; other images keep
+the first pass, at no extra cost. ``scale_tta`` averages the logits of several scales around
+the working one.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,13 +42,21 @@ from emseg_search.data.datasets import (
     to_canonical,
     to_float01,
 )
-from emseg_search.inference.artifact import ModelArtifact, load_artifact
+from emseg_search.inference.artifact import ArtifactError, ModelArtifact, load_artifact
 from emseg_search.models.precision import autocast_dtype
 from emseg_search.models.registry import check_input_size, min_input_size, required_stride
 
 FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))  # none, left-right, up-down, both
 _SIGMA = 1 / 8  # Gaussian window sigma as a fraction of the tile (nnU-Net's choice)
 _FLOOR = 1e-3  # smallest window weight per axis: image corners covered by one tile edge still count
+AUTO = "auto"
+MIN_PARTICLES = 3  # fewer predicted particles than this: no size estimate, keep the scale
+MIN_AREA_PX = 4  # predicted specks smaller than this (px at the working scale) are not particles
+SCALE_RANGE = (1 / 8, 4.0)  # the most auto-scale moves away from the model's scale, either way
+MAX_WORKING_MEGAPIXELS = 64.0  # auto-scale never enlarges an image beyond this
+# For artifacts whose fingerprint predates area-weighted particle sizes: EMPS's (p25 and p90 of
+# its 366 images, rounded), in px of the training images (docs/robustness.md).
+FALLBACK_BAND = (90.0, 440.0)
 
 
 @dataclass(frozen=True)
@@ -61,6 +77,65 @@ class Throughput:
     def s_per_megapixel(self) -> float:
         """Seconds per megapixel of input image."""
         return self.seconds / self.megapixels if self.megapixels else 0.0
+
+
+@dataclass(frozen=True)
+class SizeBand:
+    """Particle sizes a model segments best, as area-weighted median equivalent diameters in
+    px of its input: an image whose particles measure less than ``low`` (or more than
+    ``high``) at the model's scale runs again at the scale that makes them ``low`` (``high``)."""
+
+    low: float
+    high: float
+
+    @classmethod
+    def of(cls, artifact: ModelArtifact) -> SizeBand:
+        """The band of an artifact: the 25th and 90th area-weighted percentiles of its training
+        particles' diameters (fingerprint) at its training scale; EMPS's FALLBACK_BAND for
+        artifacts written before the fingerprint had them."""
+        by_area = artifact.fingerprint.particle_diameter_by_area_px
+        s = float(artifact.config.scale)
+        if by_area is None:
+            return cls(FALLBACK_BAND[0] * s, FALLBACK_BAND[1] * s)
+        if not 0 < by_area["p25"] <= by_area["p90"]:
+            raise ArtifactError(
+                f"{artifact.path}: fingerprint.json has no particle sizes (p25 "
+                f"{by_area['p25']}, p90 {by_area['p90']}): it cannot choose a scale per image"
+            )
+        return cls(by_area["p25"] * s, by_area["p90"] * s)
+
+
+def particle_size(mask: np.ndarray, min_area: float = 1.0) -> tuple[float | None, int]:
+    """(area-weighted median equivalent diameter in px, particle count) of the 4-connected
+    components of a mask (H, W) of at least ``min_area`` px: the diameter of the particle
+    that holds the median foreground pixel, which specks cannot drag down. (None, n) with
+    fewer than MIN_PARTICLES."""
+    from skimage.measure import label
+
+    areas = np.bincount(label(np.asarray(mask, bool), connectivity=1).ravel())[1:]
+    areas = np.sort(areas[areas >= max(min_area, 1.0)])
+    if areas.size < MIN_PARTICLES:
+        return None, int(areas.size)
+    median = areas[np.searchsorted(np.cumsum(areas), areas.sum() / 2)]
+    return float(np.sqrt(4.0 * median / np.pi)), int(areas.size)
+
+
+def working_scale(
+    diameter: float | None, scale: float, band: SizeBand, shape: tuple[int, ...] | None = None
+) -> float:
+    """The scale to run an image at whose particles measure ``diameter`` px (``particle_size``
+    at the image's own resolution) when run at ``scale``: ``scale`` without an estimate or
+    inside the band, else the scale that brings them to the band's nearer edge, at most
+    SCALE_RANGE away and (given the image's ``shape``) MAX_WORKING_MEGAPIXELS large."""
+    if diameter is None or band.low <= diameter * scale <= band.high:
+        return scale
+    lo, hi = SCALE_RANGE
+    edge = band.low if diameter * scale < band.low else band.high
+    out = float(np.clip(edge / diameter, scale * lo, scale * hi))
+    if shape is not None:
+        cap = math.sqrt(MAX_WORKING_MEGAPIXELS * 1e6 / (shape[0] * shape[1]))
+        out = min(out, max(cap, scale))
+    return out
 
 
 def tile_origins(length: int, tile: int, overlap: float, stride: int = 1) -> list[int]:
@@ -98,6 +173,12 @@ class Predictor:
     flips the output, and predict_logits stays a logit map. ``amp`` None follows the
     artifact's training config (mixed precision on GPU only). ``threads`` sets torch's
     process-wide CPU thread count. The model is moved to ``device`` in place.
+
+    ``scale`` is the working scale (the factor images are resized by before the model): None
+    is the artifact's; a number fixes another (e.g. the artifact's times your pixel size over
+    the training data's); ``"auto"`` chooses one per image (``working_scale``; the last one is
+    ``last_scale``). ``scale_tta`` averages the logits of the working scale times each factor,
+    e.g. (0.71, 1.0, 1.41).
     """
 
     def __init__(
@@ -110,6 +191,8 @@ class Predictor:
         device: str | torch.device = "cpu",
         threads: int | None = None,
         amp: bool | None = None,
+        scale: float | str | None = None,
+        scale_tta: Sequence[float] = (1.0,),
     ) -> None:
         cfg = artifact.config
         if isinstance(tile_size, bool) or not isinstance(tile_size, int):
@@ -127,7 +210,22 @@ class Predictor:
         self.device = torch.device(device)
         self.model = artifact.model.to(self.device).eval()
         self.mean, self.std = artifact.mean, artifact.std
-        self.scale, self.threshold = float(cfg.scale), artifact.threshold
+        self.model_scale, self.threshold = float(cfg.scale), artifact.threshold
+        self.auto = scale == AUTO
+        if isinstance(scale, str) and not self.auto:
+            raise ValueError(f"scale must be a number > 0, None or {AUTO!r}, got {scale!r}")
+        if scale is None or self.auto:
+            self.scale = self.model_scale
+        elif isinstance(scale, bool) or not 0 < float(scale) <= 16:
+            raise ValueError(f"scale must be in (0, 16], got {scale!r}")
+        else:
+            self.scale = float(scale)
+        self.band = SizeBand.of(artifact) if self.auto else None
+        factors = tuple(float(f) for f in scale_tta)
+        if not factors or any(not 0.1 <= f <= 10 for f in factors):
+            raise ValueError(f"scale_tta factors must be in [0.1, 10], got {list(scale_tta)}")
+        self.scale_tta = factors
+        self.last_scale = self.scale
         self.stride, self.min_size = required_stride(cfg), min_input_size(cfg)
         self.tile_size, self.overlap, self.batch_size = tile_size, overlap, batch_size
         self.tta = tta
@@ -148,30 +246,59 @@ class Predictor:
         """Start counting ``throughput`` from zero."""
         self._images, self._megapixels, self._windows, self._seconds = 0, 0.0, 0, 0.0
 
-    def scaled_shape(self, shape: tuple[int, ...]) -> tuple[int, int]:
-        """(H, W) of an image of ``shape`` at the model's scale, before padding."""
-        return scaled_size(shape, self.scale)
+    def scaled_shape(self, shape: tuple[int, ...], scale: float | None = None) -> tuple[int, int]:
+        """(H, W) of an image of ``shape`` at ``scale`` (default: the working scale), unpadded."""
+        return scaled_size(shape, self.scale if scale is None else scale)
 
-    def prepare(self, image: np.ndarray) -> torch.Tensor:
+    def prepare(self, image: np.ndarray, scale: float | None = None) -> torch.Tensor:
         """The model input for one grey image (H, W): (1, 1, Hp, Wp) float32 on the device.
 
-        Training's intensity path, at the model's scale, normalised, reflect-padded
-        bottom/right to a valid input size (a multiple of the stride, >= the minimum).
+        Training's intensity path, at ``scale`` (default: the working scale), normalised,
+        reflect-padded bottom/right to a valid input size (a multiple of the stride, >= the
+        minimum).
         """
         if image.ndim != 2 or image.size == 0:
             raise ValueError(f"expected one grey image (H, W), got shape {image.shape}")
-        image = to_canonical(image)
-        image = pad_to_input(
-            to_float01(rescale_image(image, self.scale)), self.stride, self.min_size
-        )
+        return self._input(to_canonical(image), self.scale if scale is None else scale)
+
+    def _input(self, image: np.ndarray, scale: float) -> torch.Tensor:
+        """``prepare`` of an image already ``to_canonical`` (stretched once, not twice)."""
+        image = pad_to_input(to_float01(rescale_image(image, scale)), self.stride, self.min_size)
         image = (np.asarray(image, dtype=np.float32) - self.mean) / self.std
         return torch.from_numpy(np.ascontiguousarray(image)).to(self.device)[None, None]
 
     def predict_logits(self, image: np.ndarray) -> np.ndarray:
         """Logits (H, W) float32 at the original resolution for one grey image (H, W)."""
         t0 = time.perf_counter()
-        x = self.prepare(image)
-        (h, w), (hs, ws) = image.shape, self.scaled_shape(image.shape)
+        if image.ndim != 2 or image.size == 0:
+            raise ValueError(f"expected one grey image (H, W), got shape {image.shape}")
+        image = to_canonical(image)
+        done: dict[float, np.ndarray] = {}
+        scale = self.scale
+        if self.auto:
+            assert self.band is not None
+            done[scale] = first = self._logits_at(image, scale)
+            min_area = MIN_AREA_PX / scale**2  # a speck at the working scale, in image px
+            diameter, _ = particle_size(first > self._logit_threshold(), min_area)
+            scale = working_scale(diameter, scale, self.band, image.shape)
+        total = None
+        for f in self.scale_tta:
+            s = scale * f
+            logits = done[s] if s in done else self._logits_at(image, s)
+            total = logits if total is None else total + logits
+        assert total is not None
+        out = total if len(self.scale_tta) == 1 else total / np.float32(len(self.scale_tta))
+        self.last_scale = scale
+        self._images += 1
+        self._megapixels += image.size / 1e6
+        self._seconds += time.perf_counter() - t0
+        return out
+
+    def _logits_at(self, image: np.ndarray, scale: float) -> np.ndarray:
+        """Logits (H, W) float32 at the original resolution of a canonical image run at
+        ``scale``."""
+        x = self._input(image, scale)
+        (h, w), (hs, ws) = image.shape, self.scaled_shape(image.shape, scale)
         with torch.inference_mode():
             if max(x.shape[-2:]) <= self.tile_size:  # as validation ran it during training
                 logits, windows = self._forward(x)[0, 0], 1
@@ -183,11 +310,15 @@ class Predictor:
                     logits[None, None], size=(h, w), mode="bilinear", align_corners=False
                 )[0, 0]
             out = logits.contiguous().cpu().numpy()  # not a view of the padded map
-        self._images += 1
-        self._megapixels += h * w / 1e6
         self._windows += windows
-        self._seconds += time.perf_counter() - t0
         return out
+
+    def _logit_threshold(self, threshold: float | None = None) -> np.float32:
+        """logit(t) for the probability threshold t (default: the artifact's)."""
+        t = self.threshold if threshold is None else threshold
+        if not 0.0 < t < 1.0:
+            raise ValueError(f"threshold must be in (0, 1), got {t}")
+        return np.float32(math.log(t / (1.0 - t)))
 
     def predict_proba(self, image: np.ndarray) -> np.ndarray:
         """Particle probabilities (H, W) float32 in [0, 1] (sigmoid of predict_logits)."""
@@ -195,11 +326,9 @@ class Predictor:
 
     def predict_mask(self, image: np.ndarray, threshold: float | None = None) -> np.ndarray:
         """Particle mask (H, W) bool: probability > ``threshold`` (default: the artifact's)."""
-        t = self.threshold if threshold is None else threshold
-        if not 0.0 < t < 1.0:
-            raise ValueError(f"threshold must be in (0, 1), got {t}")
         # sigmoid(x) > t  <=>  x > logit(t): the comparison training's evaluate makes
-        return self.predict_logits(image) > np.float32(math.log(t / (1.0 - t)))
+        limit = self._logit_threshold(threshold)
+        return self.predict_logits(image) > limit
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
         """Model logits (N, 1, h, w) float32 for a normalised batch (N, 1, h, w); TTA-averaged."""

@@ -72,3 +72,12 @@ def load_experiment(path: str | Path) -> dict[str, Any]:
         "epochs": epochs,
         "experiment": experiment,
     }
+
+
+def selection_score(trials: pd.DataFrame) -> pd.Series:
+    """What ranks the trials of trials.parquet: best_val_score (the epoch-selection metric,
+    val_iou unless the space set val_shifts), best_val_iou where a table predates it."""
+    iou = trials["best_val_iou"].astype(float)
+    if "best_val_score" not in trials:
+        return iou
+    return trials["best_val_score"].astype(float).fillna(iou)

@@ -10,6 +10,7 @@ results/<experiment>/final/particles.parquet  true and predicted particles of th
                                            FINAL_PARTICLE_SCHEMA
 results/<experiment>/final.parquet   intervals and paired tests   FINAL_SCHEMA (analysis)
 <evaluate --shifts out>.parquet       one row per image x shift   ROBUSTNESS_SCHEMA
+results/<experiment>/final/robustness.parquet  final runs x shift x image   FINAL_ROBUSTNESS_SCHEMA
 """
 
 from __future__ import annotations
@@ -33,7 +34,12 @@ EPOCH_METRICS: dict[str, pa.DataType] = {
     "val_recall": pa.float64(),
     "val_mean_image_iou": pa.float64(),
     "val_mean_image_dice": pa.float64(),
-    "best_val_iou": pa.float64(),
+    # with TrialConfig.val_shifts: mean IoU of the validation images under those shifts
+    "val_robust_iou": pa.float64(),
+    # what picks the best epoch: val_iou, or with val_shifts the robust_weight mix
+    "val_score": pa.float64(),
+    "best_val_iou": pa.float64(),  # val_iou of the best epoch (by val_score)
+    "best_val_score": pa.float64(),
     "best_epoch": pa.int64(),
 }
 EPOCH_SCHEMA = pa.schema([("trial_id", pa.string()), *EPOCH_METRICS.items()])
@@ -45,6 +51,9 @@ TRIAL_COLUMNS: dict[str, pa.DataType] = {
     "best_val_iou": pa.float64(),
     "last_val_iou": pa.float64(),
     "best_val_dice": pa.float64(),
+    # the best epoch is the one of highest val_score (= val_iou unless val_shifts are set)
+    "best_val_score": pa.float64(),
+    "best_val_robust_iou": pa.float64(),
     "best_epoch": pa.int64(),
     "epochs_run": pa.int64(),
     "train_seconds": pa.float64(),
@@ -89,6 +98,8 @@ IMAGE_SCHEMA = pa.schema(
         ("size_wasserstein_px", F64),
         ("size_wasserstein_nm", F64),
         ("seconds", F64),
+        # the scale the image ran at (the model's, unless --scale chose another or auto)
+        ("working_scale", F64),
     ]
 )
 
@@ -172,4 +183,9 @@ FINAL_SCHEMA = pa.schema(
 # columns scored on the shifted image; synthetic domains are shifts of kind "domain".
 ROBUSTNESS_SCHEMA = pa.schema(
     [("shift", pa.string()), ("shift_kind", pa.string()), *((f.name, f.type) for f in IMAGE_SCHEMA)]
+)
+# `final --shifts`: each final run on a sample of the test images under the benchmark's shifts
+# (and on the synthetic domains); ROBUSTNESS_SCHEMA's columns plus which run it is.
+FINAL_ROBUSTNESS_SCHEMA = pa.schema(
+    [*list(FINAL_RUN_COLUMNS.items())[:3], *((f.name, f.type) for f in ROBUSTNESS_SCHEMA)]
 )

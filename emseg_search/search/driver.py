@@ -45,10 +45,13 @@ class ResumeError(ValueError):
 
 def copy_best(exp_dir: Path, trials: Any) -> Path | None:
     """Copy the best trial's model artifact to ``best/`` (atomically); None if no model yet."""
-    done = trials[trials["model_dir"].notna() & trials["best_val_iou"].notna()]
+    from emseg_search.results.io import selection_score
+
+    done = trials.assign(_score=selection_score(trials))
+    done = done[done["model_dir"].notna() & done["_score"].notna()]
     if done.empty:
         return None
-    row = done.sort_values("best_val_iou", ascending=False).iloc[0]
+    row = done.sort_values("_score", ascending=False).iloc[0]
     with atomic_dir(exp_dir / "best") as tmp:
         shutil.copytree(row["model_dir"], tmp, dirs_exist_ok=True)
         (tmp / "TRIAL").write_text(f"{row['trial_id']}\n", encoding="utf-8")

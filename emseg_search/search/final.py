@@ -11,6 +11,8 @@ results/<experiment>/final/
                               test_images.parquet + test_particles.parquet
   images.parquet              FINAL_IMAGE_SCHEMA: every run's per-image scores
   particles.parquet           FINAL_PARTICLE_SCHEMA: true and predicted particles
+  robustness.parquet          FINAL_ROBUSTNESS_SCHEMA (with ``shifts``): every run on the
+                              robustness benchmark (runs/.../test_robustness.parquet each)
 """
 
 from __future__ import annotations
@@ -31,7 +33,17 @@ from emseg_search.config import TrialConfig
 
 FINAL_DIR = "final"
 # What a resumed `final` must keep (the seeds may grow).
-SETTINGS = ("test_data", "split", "split_names", "group_by", "architectures", "tta", "epochs")
+SETTINGS = (
+    "test_data",
+    "split",
+    "split_names",
+    "group_by",
+    "architectures",
+    "tta",
+    "epochs",
+    "shifts",
+    "shift_images",
+)
 
 
 class FinalError(ValueError):
@@ -49,7 +61,8 @@ class Candidate:
 
 
 def best_per_architecture(exp_dir: Path, archs: Sequence[str] | None = None) -> list[Candidate]:
-    """The best trial (by best_val_iou) of each architecture the search tried, best first.
+    """The best trial (by best_val_score: val_iou, or the robust mix with val_shifts) of each
+    architecture the search tried, best first.
 
     The configuration is the one the trial trained with (its model artifact's config.yaml, read
     as written: ``load_artifact`` drops ``encoder_weights``, which a retraining needs), so
@@ -57,15 +70,16 @@ def best_per_architecture(exp_dir: Path, archs: Sequence[str] | None = None) -> 
     ones).
     """
     from emseg_search.config import ConfigError
-    from emseg_search.results.io import load_experiment
+    from emseg_search.results.io import load_experiment, selection_score
 
     try:
         trials = load_experiment(exp_dir)["trials"]
     except FileNotFoundError as exc:
         raise FinalError(str(exc)) from None
-    scored = trials[trials["best_val_iou"].notna() & trials["model_dir"].notna()]
+    scored = trials.assign(_score=selection_score(trials))
+    scored = scored[scored["_score"].notna() & scored["model_dir"].notna()]
     best: dict[str, Candidate] = {}
-    for row in scored.sort_values("best_val_iou", ascending=False).itertuples():
+    for row in scored.sort_values("_score", ascending=False).itertuples():
         try:
             cfg = TrialConfig.from_yaml(Path(row.model_dir) / "config.yaml")
         except (ConfigError, OSError):
@@ -176,12 +190,17 @@ def run_final(
     epochs: int | None = None,
     overwrite: bool = False,
     log: Callable[[str], None] = print,
+    shifts: str | Sequence[str] | None = None,
+    shift_images: int = 24,
 ) -> Path:
     """Retrain each architecture's best configuration ``seeds`` times and score every run on
     the test images; returns final/images.parquet.
 
     Each finished run is kept (its model and scores); a rerun skips those and resumes an
     unfinished one from its last checkpoint. Everything is checked before any training.
+    With ``shifts`` ('all' or data/shifts.py names), each run is also scored on the robustness
+    benchmark: a seeded sample of ``shift_images`` test images under each shift, and each
+    synthetic domain's images; final/robustness.parquet.
     """
     import shutil
 
@@ -189,7 +208,11 @@ def run_final(
     from emseg_search.inference.predictor import Predictor
     from emseg_search.particles.measurement import concat_particles
     from emseg_search.results.io import read_table, write_table
-    from emseg_search.results.schemas import FINAL_IMAGE_SCHEMA, FINAL_PARTICLE_SCHEMA
+    from emseg_search.results.schemas import (
+        FINAL_IMAGE_SCHEMA,
+        FINAL_PARTICLE_SCHEMA,
+        FINAL_ROBUSTNESS_SCHEMA,
+    )
     from emseg_search.train.driver import run_training
 
     exp_dir = Path(exp_dir).absolute()
@@ -197,6 +220,15 @@ def run_final(
         raise FinalError(f"--seeds must be >= 1, got {seeds}")
     if epochs is not None and epochs < 1:
         raise FinalError(f"--epochs must be >= 1, got {epochs}")
+    if shifts is not None:
+        from emseg_search.data.shifts import resolve
+
+        try:
+            shifts = resolve(shifts)
+        except ValueError as exc:
+            raise FinalError(f"--shifts: {exc}") from None
+        if shift_images < 1:
+            raise FinalError(f"--shift-images must be >= 1, got {shift_images}")
     candidates = best_per_architecture(exp_dir, archs)
     first = candidates[0].config
     data, names, described, held = select_test_images(Path(test_data), split, first)
@@ -215,6 +247,8 @@ def run_final(
         "group_by": group_by,
         "tta": tta,
         "epochs": epochs,
+        "shifts": list(shifts) if shifts else None,
+        "shift_images": shift_images if shifts else None,
         "architectures": {
             c.arch: {
                 "trial_id": c.trial_id,
@@ -254,6 +288,9 @@ def run_final(
         scored = run_dir / "test_images.parquet"
         if key in info["runs"] and scored.is_file():
             log(f"[{k}/{len(plan)}] {key}: done before, kept")
+            if shifts and not (run_dir / "test_robustness.parquet").is_file():
+                model = Predictor.from_dir(info["runs"][key]["model_dir"], tta=tta)
+                _score_shifts(model, items, shifts, shift_images, cand, seed, run_dir, log)
             continue
         cfg = retrain_config(cand, seed, held, epochs)
         log(
@@ -282,6 +319,8 @@ def run_final(
         write_table(
             particles.to_dict("records"), FINAL_PARTICLE_SCHEMA, run_dir / "test_particles.parquet"
         )
+        if shifts:
+            _score_shifts(predictor, items, shifts, shift_images, cand, seed, run_dir, log)
         seconds = time.perf_counter() - t0
         iou = _pixel_iou(rows)
         info["runs"][key] = {
@@ -312,9 +351,54 @@ def run_final(
     write_table(
         particles.to_dict("records"), FINAL_PARTICLE_SCHEMA, final_dir / "particles.parquet"
     )
+    if shifts:
+        shifted = [
+            read_table(final_dir / "runs" / c.arch / f"seed{s}" / "test_robustness.parquet")
+            for c, s in plan
+        ]
+        rows = pd.concat([t.to_pandas() for t in shifted], ignore_index=True)
+        write_table(
+            rows.to_dict("records"), FINAL_ROBUSTNESS_SCHEMA, final_dir / "robustness.parquet"
+        )
     info["finished_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     write_text(info_path, json.dumps(info, indent=2, default=str) + "\n")
     return final_dir / "images.parquet"
+
+
+def _score_shifts(
+    predictor: Any,
+    items: Sequence[Any],
+    shifts: Sequence[str],
+    n_images: int,
+    cand: Candidate,
+    seed: int,
+    run_dir: Path,
+    log: Callable[[str], None],
+) -> None:
+    """One final run on the robustness benchmark -> run_dir/test_robustness.parquet."""
+    import random
+
+    from emseg_search.inference.robustness import (
+        evaluate_shifts,
+        robustness_score,
+        summarize_shifts,
+    )
+    from emseg_search.results.io import write_table
+    from emseg_search.results.schemas import FINAL_ROBUSTNESS_SCHEMA
+
+    sample = list(items)
+    if n_images < len(sample):  # the same seeded sample for every run
+        keep = set(random.Random(0).sample(sorted(m.name for m in sample), n_images))
+        sample = [m for m in sample if m.name in keep]
+    done = evaluate_shifts(predictor, sample, shifts, progress=False)
+    run_cols = {"arch": cand.arch, "seed": seed, "trial_id": cand.trial_id}
+    rows = [{**run_cols, **r} for r in done.rows]
+    write_table(rows, FINAL_ROBUSTNESS_SCHEMA, run_dir / "test_robustness.parquet")
+    score = robustness_score(summarize_shifts(done.rows))
+    log(
+        f"    robustness: IoU {score['robustness_iou']:.4f} over {score['shifts']} shifts "
+        f"(unshifted {score['reference_iou']:.4f}, {len(sample)} images)"
+    )
 
 
 def _pixel_iou(rows: list[dict[str, Any]]) -> float:

@@ -16,7 +16,12 @@ from emseg_search.search.algorithms import recorded_budget
 from emseg_search.search.recorder import end_status, trial_error_text
 from emseg_search.space.spec import SearchSpace
 
-LABELS = {"val_iou": "val IoU", "val_dice": "val Dice"}
+LABELS = {
+    "val_iou": "val IoU",
+    "val_dice": "val Dice",
+    "val_score": "val score",
+    "val_robust_iou": "val robust IoU",
+}
 
 
 def format_seconds(seconds: float) -> str:

@@ -30,6 +30,12 @@ def _finite(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def _score(epoch: dict[str, Any]) -> float | None:
+    """What ranks an epoch: its val_score (val_iou in results from before val_score)."""
+    score = _finite(epoch.get("val_score"))
+    return score if score is not None else _finite(epoch.get("val_iou"))
+
+
 class TableRecorder(Callback):
     """Writes one row per trial and one per trial x epoch, atomically, after every result.
 
@@ -91,12 +97,14 @@ class TableRecorder(Callback):
             **{k: result.get(k) for k in EPOCH_METRICS},
         }
         mine = [r for (t, _), r in self.epochs.items() if t == trial.trial_id]
-        ious = [(r["val_iou"], r) for r in mine if _finite(r.get("val_iou")) is not None]
-        if ious:
-            best_iou, best = max(ious, key=lambda p: p[0])
+        scored = [(_score(r), r) for r in mine if _score(r) is not None]
+        if scored:
+            best_score, best = max(scored, key=lambda p: p[0])
             row.update(
-                best_val_iou=best_iou,
+                best_val_iou=_finite(best.get("val_iou")),
                 best_val_dice=_finite(best.get("val_dice")),
+                best_val_score=best_score,
+                best_val_robust_iou=_finite(best.get("val_robust_iou")),
                 best_epoch=best["epoch"],
                 last_val_iou=_finite(result.get("val_iou")),
             )

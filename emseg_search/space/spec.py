@@ -91,6 +91,26 @@ class SearchSpace(Frozen):
                 "fixed.val_fraction: 0 leaves no validation images, and a search ranks its "
                 "trials by validation scores; use 0 < val_fraction < 1 or a val_file"
             ]
+        return self._metric_problems()
+
+    def _metric_problems(self) -> list[str]:
+        from emseg_search.results.schemas import EPOCH_METRICS
+
+        valid = [
+            m
+            for m in EPOCH_METRICS
+            if m.startswith("val_") and m not in ("val_epoch", "val_seconds")
+        ]
+        if self.metric not in valid:
+            return [
+                f"metric: {self.metric!r} is not reported by training; valid: {', '.join(valid)}"
+            ]
+        shifts = self.fixed.get("val_shifts") or "val_shifts" in self.parameters
+        if self.metric == "val_robust_iou" and not shifts:
+            return [
+                "metric: val_robust_iou is only reported with `fixed.val_shifts` (the shifts "
+                "to score the validation images under, e.g. [scale_x0.5, scale_x2, dose_20])"
+            ]
         return []
 
     def fixed_config(self) -> dict[str, Any]:
@@ -378,6 +398,13 @@ def _value_problem(base: dict[str, Any], field: str, value: Any, is_choice: bool
             _check_name(field, value)
         except ValueError as exc:
             return str(exc)
+    if field == "val_shifts":
+        from emseg_search.data.shifts import check_val_shifts
+
+        try:
+            check_val_shifts(coerced)
+        except ValueError as exc:
+            return str(exc).removeprefix("val_shifts: ")
     return None
 
 

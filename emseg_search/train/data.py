@@ -7,7 +7,14 @@ from pathlib import Path
 from typing import Any
 
 from emseg_search.config import TrialConfig
-from emseg_search.data import EMData, Fingerprint, compute_fingerprint, load_data, resolve_split
+from emseg_search.data import (
+    EMData,
+    Fingerprint,
+    Micrograph,
+    compute_fingerprint,
+    load_data,
+    resolve_split,
+)
 from emseg_search.data.datasets import TileDataset, WholeImageDataset
 from emseg_search.data.synth.default_set import ensure_synthetic_data
 
@@ -76,15 +83,27 @@ def normalization(cfg: TrialConfig, fingerprint: Fingerprint) -> tuple[float, fl
     return mean, std, "training-data fingerprint"
 
 
+def mixed_synthetic(cfg: TrialConfig, n_real: int) -> tuple[Micrograph, ...]:
+    """The synthetic images ``cfg.synthetic_mix`` adds to ``n_real`` real training images,
+    each drawn at the size that fills one training tile at the model's scale."""
+    from emseg_search.data.synth.mix import mix_count, synthetic_items
+
+    size = max(64, round(cfg.tile_size / cfg.scale))
+    return synthetic_items(mix_count(cfg.synthetic_mix, n_real), size)
+
+
 def build_datasets(
     cfg: TrialConfig, prepared: PreparedData, data: EMData, rank: int = 0, world: int = 1
 ) -> tuple[TileDataset, WholeImageDataset]:
-    """Training tiles (all training images; a DistributedSampler shards them) and this rank's
-    disjoint share of the validation images (so no image is scored twice)."""
+    """Training tiles (all training images, plus ``synthetic_mix`` synthetic ones per real one;
+    a DistributedSampler shards them) and this rank's disjoint share of the validation images
+    (so no image is scored twice)."""
     from emseg_search.augment import build_augment
     from emseg_search.models.registry import min_input_size, required_stride
 
     train_items = data.subset(prepared.train)
+    if cfg.synthetic_mix > 0 and not cfg.is_synthetic:
+        train_items = (*train_items, *mixed_synthetic(cfg, len(train_items)))
     train = TileDataset(
         train_items,
         tile_size=cfg.tile_size,
@@ -105,3 +124,26 @@ def build_datasets(
         min_size=min_input_size(cfg),
     )
     return train, val
+
+
+def build_shifted_val(
+    cfg: TrialConfig, prepared: PreparedData, data: EMData, rank: int = 0, world: int = 1
+) -> dict[str, WholeImageDataset]:
+    """Per name in ``cfg.val_shifts``: this rank's share of the validation images under that
+    shift (data/shifts.py; fixed seed, so every epoch and trial scores the same images)."""
+    from emseg_search.data.shifts import check_val_shifts, shifted_items
+    from emseg_search.models.registry import min_input_size, required_stride
+
+    check_val_shifts(cfg.val_shifts)
+    mine = data.subset(prepared.val)[rank::world]
+    return {
+        name: WholeImageDataset(
+            list(shifted_items(name, mine)),
+            mean=prepared.mean,
+            std=prepared.std,
+            stride=required_stride(cfg),
+            scale=cfg.scale,
+            min_size=min_input_size(cfg),
+        )
+        for name in cfg.val_shifts
+    }

@@ -35,11 +35,13 @@ def run_training(
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    from emseg_search.data.shifts import check_val_shifts
     from emseg_search.models.registry import check_input_size, min_batch_size, required_stride
     from emseg_search.train.cluster import ClusterError, init_ray
 
     run_dir = Path(run_dir).absolute()
     check_input_size(cfg)
+    check_val_shifts(cfg.val_shifts)
     if cfg.batch_size < min_batch_size(cfg):
         raise ValueError(
             f"batch_size={cfg.batch_size}: {cfg.arch} needs at least "

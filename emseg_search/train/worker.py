@@ -28,7 +28,7 @@ from emseg_search.data import load_data
 from emseg_search.data.datasets import TileDataset, seed_worker
 from emseg_search.models.precision import autocast_dtype
 from emseg_search.train.checkpoint import load_checkpoint, save_checkpoint
-from emseg_search.train.data import PreparedData, build_datasets
+from emseg_search.train.data import PreparedData, build_datasets, build_shifted_val
 from emseg_search.train.loops import (
     DivergedError,
     EpochStats,
@@ -99,6 +99,7 @@ class TrainingRun:
     train_data: TileDataset  # this rank's tiles (the loader's sampler shards them)
     loader: DataLoader
     val_loader: DataLoader  # this rank's disjoint share of the validation images
+    shift_loaders: dict[str, DataLoader]  # the same images under each of cfg.val_shifts
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
@@ -117,7 +118,8 @@ class Progress:
     """Where a run stands; what a checkpoint saves and ``restore`` brings back."""
 
     start: int = 0  # the next epoch to train
-    best_iou: float = -1.0
+    best_score: float = -1.0  # val_score of the best epoch (val_iou without val_shifts)
+    best_iou: float = -1.0  # val_iou of the best epoch
     best_epoch: int = -1
     history: list[dict[str, Any]] = field(default_factory=list)
     best_state: dict[str, torch.Tensor] = field(default_factory=dict)  # kept by rank 0
@@ -145,6 +147,8 @@ def build_run(cfg: TrialConfig, prepared: PreparedData, session: Session) -> Tra
     )
     loader = session.prepare_loader(loader)
     val_loader = DataLoader(val_ds, batch_size=1, shuffle=False)
+    shifted = build_shifted_val(cfg, prepared, data, rank, world) if prepared.val else {}
+    shift_loaders = {n: DataLoader(d, batch_size=1, shuffle=False) for n, d in shifted.items()}
 
     model = build_model(cfg)
     # some encoders/depths leave parameters without gradients, which DDP must be told about
@@ -167,6 +171,7 @@ def build_run(cfg: TrialConfig, prepared: PreparedData, session: Session) -> Tra
         train_data=train_ds,
         loader=loader,
         val_loader=val_loader,
+        shift_loaders=shift_loaders,
         loss_fn=build_trial_loss(cfg),
         optimizer=optimizer,
         scheduler=build_scheduler(optimizer, cfg, steps),
@@ -217,6 +222,7 @@ def restore(run: TrainingRun, session: Session) -> Progress:
         run.scaler.load_state_dict(state["scaler"])
     return Progress(
         start=state["epoch"] + 1,
+        best_score=state.get("best_score", state["best_iou"]),  # older checkpoints: IoU only
         best_iou=state["best_iou"],
         best_epoch=state["best_epoch"],
         history=loaded.history,
@@ -275,28 +281,48 @@ def train_epochs(run: TrainingRun, progress: Progress, session: Session) -> None
                     "diverged": True,
                     "stop_reason": str(exc),
                     "val_iou": 0.0,
+                    "val_score": 0.0,
                     "best_val_iou": max(progress.best_iou, 0.0),
+                    "best_val_score": max(progress.best_score, 0.0),
                 }
             )
             return
         val_seconds = 0.0
         if run.validating and ((epoch + 1) % cfg.val_every == 0 or epoch == cfg.epochs - 1):
             t0 = time.perf_counter()
-            progress.val = evaluate(
-                _synced_model(run), run.val_loader, run.device, cfg.threshold, run.amp_dtype
-            )
+            progress.val = validate(run)
             val_seconds = time.perf_counter() - t0
             progress.val["epoch"] = epoch
         val = progress.val
-        if not run.validating or (val and val["epoch"] == epoch and val["iou"] > progress.best_iou):
+        if not run.validating or (
+            val and val["epoch"] == epoch and val["score"] > progress.best_score
+        ):
             # without validation every epoch is the best so far: the last one is the model
-            progress.best_iou = val["iou"] if run.validating else progress.best_iou
+            if run.validating:
+                progress.best_score, progress.best_iou = val["score"], val["iou"]
             progress.best_epoch = epoch
             if run.rank == 0:
                 progress.best_state = copy.deepcopy(
                     {k: v.detach().cpu() for k, v in run.bare_model.state_dict().items()}
                 )
         report_epoch(run, progress, epoch, stats, val_seconds, session)
+
+
+def validate(run: TrainingRun) -> dict[str, float]:
+    """Score the validation images (``loops.evaluate``), and under each of cfg.val_shifts:
+    ``robust_iou`` is the mean of their IoUs, ``score`` the selection metric
+    ((1 - w) iou + w robust_iou with w = cfg.robust_weight; iou without shifts)."""
+    model, cfg = _synced_model(run), run.cfg
+    val = evaluate(model, run.val_loader, run.device, cfg.threshold, run.amp_dtype)
+    val["score"] = val["iou"]
+    if run.shift_loaders:
+        ious = [
+            evaluate(model, loader, run.device, cfg.threshold, run.amp_dtype)["iou"]
+            for loader in run.shift_loaders.values()
+        ]
+        val["robust_iou"] = float(np.mean(ious))
+        val["score"] = (1 - cfg.robust_weight) * val["iou"] + cfg.robust_weight * val["robust_iou"]
+    return val
 
 
 def report_epoch(
@@ -320,6 +346,7 @@ def report_epoch(
         "val_epoch": val.get("epoch", -1),
         **{f"val_{k}": v for k, v in val.items() if k != "epoch"},
         "best_val_iou": progress.best_iou if run.validating else None,
+        "best_val_score": progress.best_score if run.validating else None,
         "best_epoch": progress.best_epoch,
         "diverged": False,
     }
@@ -328,8 +355,10 @@ def report_epoch(
     if run.rank != 0:
         session.report(metrics)
         return metrics
+    robust = f" robust IoU {val['robust_iou']:.4f}" if "robust_iou" in val else ""
+    best = f"best score {progress.best_score:.4f}" if robust else f"best {progress.best_iou:.4f}"
     shown = (
-        f"val IoU {val['iou']:.4f} Dice {val['dice']:.4f} (best {progress.best_iou:.4f})"
+        f"val IoU {val['iou']:.4f} Dice {val['dice']:.4f}{robust} ({best})"
         if val
         else ("not validated yet" if run.validating else "no validation")
     )
@@ -344,6 +373,7 @@ def report_epoch(
         "scaler": run.scaler.state_dict() if run.scaler is not None else None,
         "epoch": epoch,
         "best_iou": progress.best_iou,
+        "best_score": progress.best_score,
         "best_epoch": progress.best_epoch,
         "val": val,
         "config": cfg.to_dict(),

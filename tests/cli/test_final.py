@@ -67,7 +67,8 @@ def test_final_retrains_scores_resumes_and_reports(tmp_path: Path) -> None:
 
     final_cmd = ["emseg_search.final", str(exp), "--test-data", str(data)]
     final_cmd += ["--group-by", r"regex:^synth_(\d{4})"]
-    settings = ["--seeds", "2", "--epochs", "2"]
+    settings = ["--seeds", "2", "--epochs", "2", "--shifts", "scale_x0.5,invert,synth:sem"]
+    settings += ["--shift-images", "3"]
     out = cli(*final_cmd, *settings)
     assert out.returncode == 0, out.stderr[-3000:]
     assert f"{len(archs)} architecture(s) x 2 seed(s)" in out.stdout
@@ -86,8 +87,20 @@ def test_final_retrains_scores_resumes_and_reports(tmp_path: Path) -> None:
     assert ((rows["ci_low"] <= rows["estimate"]) & (rows["estimate"] <= rows["ci_high"])).all()
     for arch in archs:
         assert (exp / "final" / "runs" / arch / "seed1" / "model" / "weights.pt").is_file()
+    # --shifts: every run on 3 test images per shift and on 16 synthetic SEM images
+    shifted = read_table(exp / "final" / "robustness.parquet").to_pandas()
+    per_run = 3 * 3 + 16  # none, scale_x0.5 and invert x 3 images, + the domain's
+    assert len(shifted) == len(archs) * 2 * per_run
+    assert set(shifted["shift"]) == {"none", "scale_x0.5", "invert", "synth:sem"}
+    assert set(shifted.loc[shifted["shift"] == "none", "name"]) <= set(test_names)
+    assert "robustness: IoU" in out.stdout
     index = exp / "report" / "index.html"
-    assert index.is_file() and "Held-out test comparison" in index.read_text()
+    page = index.read_text()
+    assert index.is_file() and "Held-out test comparison" in page
+    assert "Robustness (held-out test images under controlled shifts)" in page
+    assert "robustness score" in page
+    for arch in archs:
+        assert (exp / "report" / f"robustness_{arch}.png").stat().st_size > 0
     assert (exp / "report" / "comparison_grid.png").is_file()
 
     # run again: every finished run is kept, nothing retrains

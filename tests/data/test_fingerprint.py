@@ -49,3 +49,21 @@ def test_json_round_trip_and_table(tmp_path: Path) -> None:
 def test_empty_is_an_error() -> None:
     with pytest.raises(ValueError, match="empty data set"):
         compute_fingerprint([])
+
+
+def test_area_weighted_diameters_follow_the_foreground_pixels() -> None:
+    """9 specks of 4 px and one 20x20 square: by count the median particle is a speck, by area
+    (the particle a random foreground pixel belongs to) it is the square."""
+    from emseg_search.data import Micrograph
+
+    inst = np.zeros((64, 64), np.uint16)
+    for k in range(9):
+        inst[2 + 6 * k : 4 + 6 * k, 2:4] = k + 1
+    inst[30:50, 30:50] = 10
+    fp = compute_fingerprint([Micrograph("a", np.full((64, 64), 128, np.uint8), inst)])
+    square = np.sqrt(4 * 400 / np.pi)
+    assert fp.particle_diameter_px["p50"] == pytest.approx(np.sqrt(16 / np.pi))
+    assert fp.particle_diameter_by_area_px == pytest.approx(
+        {"p10": square, "p25": square, "p50": square, "p75": square, "p90": square}
+    )
+    assert "by area" in fp.to_table()

@@ -107,3 +107,37 @@ def test_bad_inputs_exit_2_with_one_message(
     assert "names.txt" in err and "nope" in err
     assert main([str(model), "--data", str(tmp_path / "absent"), "--quiet"]) == 2
     assert "absent" in capsys.readouterr().err
+
+
+def test_scale_options_run_and_are_recorded(setup: tuple[Path, Path], tmp_path: Path) -> None:
+    """--scale auto / a number and --scale-tta: every image scored, the scale it ran at in the
+    table, the options in the summary."""
+    model, data = setup
+    out = tmp_path / "auto.parquet"
+    argv = [str(model), "--data", str(data), "--out", str(out), "--quiet"]
+    assert main([*argv, "--scale", "auto", "--scale-tta", "0.75,1"]) == 0
+    table = pd.read_parquet(out)
+    assert len(table) == 5 and table["working_scale"].notna().all()
+    options = json.loads(out.with_suffix(".json").read_text())["options"]
+    assert options["scale"] == "auto" and options["scale_tta"] == [0.75, 1.0]
+    assert main([*argv, "--scale", "2"]) == 0
+    assert (pd.read_parquet(out)["working_scale"] == 2.0).all()
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--scale", "huge"], "--scale must be 'auto' or a number in (0, 16], got 'huge'"),
+        (["--scale", "-1"], "--scale must be 'auto' or a number"),
+        (["--scale-tta", "1,x"], "--scale-tta must be a comma list of factors"),
+        (["--scale-tta", "0,1"], "--scale-tta must be a comma list of factors"),
+    ],
+)
+def test_bad_scale_options_exit_2_before_reading_data(
+    setup: tuple[Path, Path], tmp_path: Path, capsys, option: list[str], message: str
+) -> None:
+    model, _ = setup
+    # the data folder does not exist: the option is refused before anything reads it
+    assert main([str(model), "--data", str(tmp_path / "absent"), "--quiet", *option]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "absent" not in err

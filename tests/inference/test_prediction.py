@@ -53,7 +53,18 @@ def test_outputs_for_every_image_and_failures_listed(model: Path, tmp_path: Path
     summary = json.loads((out / "summary.json").read_text())
     assert summary["images"] == 4 and summary["particles"] == len(particles)
     assert [f["file"] for f in summary["failures"]] == [str(broken)]
+    assert summary["working_scale"] == {n: 1.0 for n in names}  # the model's own scale
     assert (out / "sizes.png").stat().st_size > 0
+
+
+def test_scale_options_reach_the_summary(model: Path, tmp_path: Path) -> None:
+    folder = make_folder(tmp_path / "in", n=2, size=(48, 64))
+    out = tmp_path / "out"
+    argv = [str(model), str(folder), "--out", str(out), "--quiet"]
+    assert main([*argv, "--scale", "2", "--scale-tta", "1,1.5"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["working_scale"] == {"img00": 2.0, "img01": 2.0}
+    assert summary["options"]["scale"] == "2" and summary["options"]["scale_tta"] == [1.0, 1.5]
 
 
 def test_inputs_are_checked_before_the_model_loads(model: Path, tmp_path: Path, capsys) -> None:

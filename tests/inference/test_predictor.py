@@ -225,3 +225,126 @@ def test_from_dir_counts_throughput(model_dir: Path) -> None:
     assert t.images_per_s == pytest.approx(2 / t.seconds)
     pred.reset_throughput()
     assert pred.throughput.images == 0
+
+
+class DarkIsParticle(nn.Module):
+    """A per-pixel 'model': dark pixels are particles (logit = -10 x), at any scale."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes: list[tuple[int, int]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.sizes.append(tuple(x.shape[-2:]))
+        return -10 * x
+
+
+def _disks(size: int, radius: int, n: int = 4) -> np.ndarray:
+    """n x n dark disks of ``radius`` px on a bright ground, (size, size) uint8."""
+    step = size // n
+    centres = [
+        (step // 2 + i * step, step // 2 + j * step, radius) for i in range(n) for j in range(n)
+    ]
+    return np.where(disk(size, size, centres) > 0, 40, 215).astype(np.uint8)
+
+
+def _sized(artifact: ModelArtifact, p25: float | None, p90: float | None) -> ModelArtifact:
+    """The artifact with a pointwise model and area-weighted training particle diameters
+    p25 / p90 px (None: a fingerprint from before they were recorded)."""
+    by_area = None if p25 is None else {"p10": p25, "p25": p25, "p50": p25, "p75": p90, "p90": p90}
+    fingerprint = artifact.fingerprint.model_copy(update={"particle_diameter_by_area_px": by_area})
+    art = _with(artifact, DarkIsParticle(), scale=1.0)
+    return dataclasses.replace(art, fingerprint=fingerprint)
+
+
+def test_particle_size_is_the_area_weighted_median_diameter() -> None:
+    from emseg_search.inference.predictor import particle_size
+
+    big = [(20, 20, 12), (20, 60, 12), (60, 20, 12)]  # 3 disks of r=12 (~ 24 px)
+    specks = [(56 + 6 * k, 50 + 6 * j, 1) for k in range(3) for j in range(4)]  # 12 specks
+    mask = disk(80, 80, big + specks) > 0
+    d, n = particle_size(mask)
+    assert n == 15  # specks count as particles...
+    r12 = int((disk(80, 80, [(40, 40, 12)]) > 0).sum())
+    assert d == pytest.approx(np.sqrt(4 * r12 / np.pi))  # ...but not in the estimate
+    assert particle_size(mask[:40, :40]) == (None, 1)  # too few to estimate
+    assert particle_size(mask, min_area=100)[1] == 3  # the specks filter
+
+
+def test_working_scale_keeps_the_band_and_moves_to_its_nearer_edge() -> None:
+    from emseg_search.inference.predictor import SizeBand, working_scale
+
+    band = SizeBand(low=40, high=200)
+    assert working_scale(None, 0.5, band) == 0.5  # nothing found: keep
+    assert working_scale(300, 0.5, band) == 0.5  # 150 px at the model's input: inside
+    assert working_scale(40, 0.5, band) == pytest.approx(1.0)  # 20 px -> 40 px
+    assert working_scale(800, 0.5, band) == pytest.approx(0.25)  # 400 px -> 200 px
+    assert working_scale(2, 0.5, band) == pytest.approx(2.0)  # at most 4x up
+    assert working_scale(1e6, 0.5, band) == pytest.approx(0.0625)  # at most 8x down
+    # never beyond 64 megapixels: an 8000 x 8000 image stays at 1.0, not 2.0
+    assert working_scale(10, 0.5, band, (8000, 8000)) == pytest.approx(1.0)
+
+
+def test_size_band_from_the_fingerprint_or_the_fallback(artifact: ModelArtifact) -> None:
+    from emseg_search.inference.predictor import FALLBACK_BAND, SizeBand
+
+    art = _sized(artifact, 30, 90)
+    half = dataclasses.replace(art, config=art.config.model_copy(update={"scale": 0.5}))
+    assert SizeBand.of(half) == SizeBand(15, 45)  # at the model's input
+    assert SizeBand.of(_sized(artifact, None, None)) == SizeBand(*FALLBACK_BAND)  # scale 1
+    old = _sized(artifact, None, None)
+    old = dataclasses.replace(old, config=old.config.model_copy(update={"scale": 0.5}))
+    assert SizeBand.of(old) == SizeBand(FALLBACK_BAND[0] / 2, FALLBACK_BAND[1] / 2)
+
+
+def test_auto_scale_rescales_small_particles_and_leaves_trained_sizes_alone(
+    artifact: ModelArtifact,
+) -> None:
+    art = _sized(artifact, 16, 40)
+    fixed, auto = Predictor(art, tile_size=512), Predictor(art, tile_size=512, scale="auto")
+    trained = _disks(160, 10)  # ~20 px particles: inside the band the model trained on
+    np.testing.assert_array_equal(auto.predict_logits(trained), fixed.predict_logits(trained))
+    assert auto.last_scale == 1.0 and art.model.sizes[-1] == (160, 160)  # one pass only
+    small = _disks(96, 3)  # ~6.5 px particles: below the band, run again 16 / 6.5 ~ 2.5x larger
+    mask = auto.predict_mask(small)
+    assert mask.shape == small.shape
+    assert auto.last_scale == pytest.approx(2.5, rel=0.15)
+    assert art.model.sizes[-1][0] == pytest.approx(96 * auto.last_scale, abs=8)
+    assert np.mean(mask == (small < 128)) > 0.97  # still the particles, at the original size
+
+
+def test_scale_tta_averages_logits_at_each_factor(artifact: ModelArtifact) -> None:
+    art = _sized(artifact, 16, 40)
+    img = _disks(64, 8)
+    pred = Predictor(art, scale_tta=(0.5, 1.0, 2.0))
+    out = pred.predict_logits(img)
+    assert art.model.sizes[-3:] == [(32, 32), (64, 64), (128, 128)]  # one input per factor
+    singles = [Predictor(art, scale=s).predict_logits(img) for s in (0.5, 1.0, 2.0)]
+    np.testing.assert_allclose(out, np.mean(singles, axis=0), atol=1e-5)
+    fixed = Predictor(art, scale=2.0)
+    assert fixed.scale == 2.0 and fixed.scaled_shape((64, 64)) == (128, 128)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"scale": "big"}, "scale must be a number > 0, None or 'auto'"),
+        ({"scale": 0.0}, r"scale must be in \(0, 16\]"),
+        ({"scale_tta": ()}, "scale_tta factors"),
+        ({"scale_tta": (1.0, 0.0)}, "scale_tta factors"),
+    ],
+)
+def test_invalid_scales_name_the_argument(
+    artifact: ModelArtifact, options: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        Predictor(artifact, **options)
+
+
+def test_auto_scale_needs_particle_sizes_in_the_fingerprint(artifact: ModelArtifact) -> None:
+    from emseg_search.inference.artifact import ArtifactError
+
+    art = _sized(artifact, 0, 0)
+    with pytest.raises(ArtifactError, match="fingerprint.json has no particle sizes"):
+        Predictor(art, scale="auto")
+    assert Predictor(art).scale == 1.0  # only auto needs them

@@ -11,15 +11,9 @@ import pytest
 from helpers import disk, make_folder, write_tiny_artifact
 
 from emseg_search.cli.evaluate import main
+from emseg_search.data.shifts import DOMAINS, SHIFTS, apply_shift, domain_items, resolve
 from emseg_search.data.synth.generator import generate_sample
-from emseg_search.inference.robustness import (
-    DOMAINS,
-    SHIFTS,
-    apply_shift,
-    domain_items,
-    resolve,
-    robustness_score,
-)
+from emseg_search.inference.robustness import robustness_score
 from emseg_search.results.schemas import ROBUSTNESS_SCHEMA
 
 

@@ -158,6 +158,18 @@ ERRORS = {
         with_changes(parameters__tiles_per_image={"type": "int", "low": 1, "high": 6, "step": 2}),
         r"`high - low` must be a multiple of `step`, got low=1, high=6, step=2",
     ),
+    "unreported metric": (
+        with_changes(metric="val_ioo"),
+        r"metric: 'val_ioo' is not reported by training; valid: val_iou, val_dice",
+    ),
+    "robust metric without shifts": (
+        with_changes(metric="val_robust_iou"),
+        r"metric: val_robust_iou is only reported with `fixed.val_shifts`",
+    ),
+    "unknown validation shift": (
+        with_changes(fixed__val_shifts=["scale_x0.5", "blur"]),
+        r"fixed\.val_shifts: unknown shift\(s\) blur; valid: scale_x0\.25, scale_x0\.5",
+    ),
     "grace period": (
         with_changes(scheduler={"max_epochs": 2, "grace_period": 5}),
         r"scheduler: `grace_period <= max_epochs` must hold, got grace_period=5, max_epochs=2",
@@ -332,6 +344,15 @@ def test_errors_name_the_key_and_the_rule(values: dict[str, Any], pattern: str) 
     with pytest.raises(SpaceError, match=pattern) as info:
         space_from_dict(values, source="base.yaml")
     assert all(line.startswith("base.yaml: ") for line in str(info.value).splitlines())
+
+
+def test_a_space_may_select_on_the_robust_score() -> None:
+    space = space_from_dict(
+        with_changes(metric="val_score", fixed__val_shifts=["scale_x0.5", "dose_20"]),
+        source="robust.yaml",
+    )
+    assert space.metric == "val_score"
+    assert space.base_values()["val_shifts"] == ["scale_x0.5", "dose_20"]
 
 
 def test_file_errors_start_with_the_path(tmp_path: Path) -> None:

@@ -157,7 +157,9 @@ def test_a_nan_loss_reports_divergence_and_stops(synth: Path, tmp_path: Path) ->
         "diverged": True,
         "stop_reason": diverged["stop_reason"],
         "val_iou": 0.0,
+        "val_score": 0.0,
         "best_val_iou": first["best_val_iou"],
+        "best_val_score": first["best_val_score"],
     }
     assert diverged["stop_reason"].startswith("loss became nan at step 1 of the epoch (lr ")
     assert "on rank" not in diverged["stop_reason"]  # one process: no rank to name
@@ -208,6 +210,56 @@ def test_best_epoch_follows_the_best_validation_iou(
     last = load_checkpoint(session.folder / "all" / "2").state["model"]
     differs = any(not torch.equal(best[k], last[k]) for k in last)
     assert differs == (best_epochs[-1] != 2)
+
+
+def test_val_shifts_score_shifted_images_and_pick_the_best_epoch_by_val_score(
+    synth: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With val_shifts, each validation also scores the images under each shift; the epoch of
+    highest (1 - w) val_iou + w val_robust_iou is the best, not the one of highest val_iou."""
+    # per epoch: plain IoU, then one IoU per shift (2 shifts)
+    scripted = iter([0.8, 0.2, 0.4, 0.7, 0.7, 0.7, 0.9, 0.1, 0.1])
+    seen: list[int] = []
+
+    def evaluate(model: Any, loader: Any, *args: Any, **kwargs: Any) -> dict[str, float]:
+        seen.append(len(loader.dataset))
+        iou = next(scripted)
+        return {"iou": iou, "dice": 2 * iou / (1 + iou), "precision": 0.5, "recall": 0.5}
+
+    monkeypatch.setattr(worker, "evaluate", evaluate)
+    cfg = _cfg(synth, val_shifts=["scale_x0.5", "invert"], robust_weight=0.5)
+    session = LocalSession(tmp_path / "run")
+    run_worker(_loop_config(cfg), session)
+    assert next(scripted, None) is None and seen == [2] * 9  # the same 2 images, 3 x per epoch
+    robust = [r["val_robust_iou"] for r in session.reports]
+    assert robust == pytest.approx([0.3, 0.7, 0.1])
+    assert [r["val_score"] for r in session.reports] == pytest.approx([0.55, 0.7, 0.5])
+    assert [r["best_epoch"] for r in session.reports] == [0, 1, 1]  # not epoch 2 (IoU 0.9)
+    assert session.reports[-1]["best_val_iou"] == pytest.approx(0.7)  # the best epoch's IoU
+    assert session.reports[-1]["best_val_score"] == pytest.approx(0.7)
+
+
+def test_shifted_validation_images_are_the_shifted_originals(synth: Path) -> None:
+    from emseg_search.data import load_data
+    from emseg_search.data.shifts import apply_shift
+    from emseg_search.train.data import build_shifted_val
+
+    cfg = _cfg(synth, val_shifts=["scale_x2"])
+    prepared, data, _ = prepare_data(cfg)
+    shifted = build_shifted_val(cfg, prepared, data)["scale_x2"]
+    first = load_data(prepared.data_dir).subset(prepared.val)[0]
+    image, inst = apply_shift("scale_x2", first.image, first.instances)
+    assert shifted.items[0].image.shape == (2 * first.image.shape[0], 2 * first.image.shape[1])
+    assert (shifted.items[0].image == image).all() and (shifted.items[0].instances == inst).all()
+
+
+def test_unknown_val_shifts_are_refused_before_training(synth: Path, tmp_path: Path) -> None:
+    from emseg_search.train.driver import run_training
+
+    cfg = _cfg(synth, val_shifts=["scale_x3", "none"])
+    with pytest.raises(ValueError, match="val_shifts: unknown shift.*scale_x3, none; valid: "):
+        run_training(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
 
 
 def test_progress_lines_are_logged_and_printed_only_when_asked(

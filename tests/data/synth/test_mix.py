@@ -1,0 +1,55 @@
+"""Synthetic images mixed into real training data (TrialConfig.synthetic_mix)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers import make_folder
+
+from emseg_search.config import TrialConfig
+from emseg_search.data.synth.mix import KINDS, mix_count, synthetic_items
+from emseg_search.train.data import build_datasets, prepare_data
+
+
+def test_mix_count_rounds_ratio_times_real_images() -> None:
+    assert mix_count(0.0, 284) == 0
+    assert mix_count(0.5, 284) == 142
+    assert mix_count(1.0, 3) == 3
+    with pytest.raises(ValueError, match="synthetic_mix must be >= 0"):
+        mix_count(-0.1, 10)
+
+
+def test_synthetic_items_cycle_kinds_are_labelled_and_repeatable() -> None:
+    items = synthetic_items(len(KINDS) * 2, 96)
+    assert len(items) == 8
+    assert len({m.name for m in items}) == 8
+    for m in items:
+        assert m.image.shape == m.instances.shape == (96, 96)
+        assert m.instances.max() > 0  # every image has particles to learn
+    synthetic_items.cache_clear()
+    again = synthetic_items(len(KINDS) * 2, 96)
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(items, again, strict=True))
+
+
+def test_build_datasets_adds_mixed_images_to_training_only(tmp_path) -> None:
+    root = make_folder(tmp_path / "d", n=6, size=(64, 64))
+    base = dict(data=str(root), val_fraction=0.33, tile_size=64, tiles_per_image=2, scale=1.0)
+    cfg = TrialConfig(**base)
+    prepared, data, _ = prepare_data(cfg)
+    train, val = build_datasets(cfg, prepared, data)
+    mixed_cfg = TrialConfig(**base, synthetic_mix=1.5)
+    mixed_train, mixed_val = build_datasets(mixed_cfg, prepared, data)
+    n_real = len(prepared.train)
+    assert len(train.images) == n_real
+    assert len(mixed_train.images) == n_real + round(1.5 * n_real)
+    assert len(mixed_train) == 2 * len(mixed_train.images)  # tiles_per_image per image
+    assert len(mixed_val) == len(val)  # validation stays real
+    # a synthetic image is drawn at one tile at the model's scale: 64 / 1.0
+    assert mixed_train.images[-1].shape == (64, 64)
+
+
+def test_synthetic_mix_is_validated() -> None:
+    from emseg_search.config import ConfigError
+
+    with pytest.raises(ConfigError, match="synthetic_mix"):
+        TrialConfig.from_dict({"synthetic_mix": -1})
