@@ -67,6 +67,7 @@ FLAGS: dict[str, tuple[list[str], object]] = {
     "scale": (["--scale", "0.5"], 0.5),
     "tile_size": (["--tile-size", "128"], 128),
     "tiles_per_image": (["--tiles-per-image", "2"], 2),
+    "synthetic_mix": (["--synthetic-mix", "0.25"], 0.25),
     "arch": (["--arch", "deeplabv3plus"], "deeplabv3plus"),
     "encoder": (["--encoder", "mobilenet_v2"], "mobilenet_v2"),
     "encoder_weights": (["--encoder-weights", "imagenet"], "imagenet"),
@@ -91,6 +92,8 @@ FLAGS: dict[str, tuple[list[str], object]] = {
     "amp": (["--no-amp"], False),
     "val_every": (["--val-every", "2"], 2),
     "threshold": (["--threshold", "0.4"], 0.4),
+    "val_shifts": (["--val-shifts", "scale_x0.5,invert"], ["scale_x0.5", "invert"]),
+    "robust_weight": (["--robust-weight", "0.3"], 0.3),
     "seed": (["--seed", "7"], 7),
     "loader_workers": (["--loader-workers", "2"], 2),
 }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,16 @@ def build_parser() -> argparse.ArgumentParser:
         kind, choices, optional = field_type(name)
         flag = "--" + name.replace("_", "-")
         help_ = f"{info.description + '; ' if info.description else ''}default {info.default!r}"
-        if kind is bool:
+        if typing.get_origin(kind) is list:  # a comma list: --val-shifts scale_x0.5,invert
+            fields.add_argument(
+                flag,
+                dest=name,
+                default=argparse.SUPPRESS,
+                help=help_ + " (a comma list; 'none' for an empty one)",
+                type=_comma_list,
+                metavar=name.upper(),
+            )
+        elif kind is bool:
             fields.add_argument(
                 flag,
                 dest=name,
@@ -62,6 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
                 metavar=name.upper(),
             )
     return p
+
+
+def _comma_list(value: str) -> list[str]:
+    """A comma-separated flag value as a list ('none' or '': empty)."""
+    if value.strip().lower() in ("", "none"):
+        return []
+    return [v.strip() for v in value.split(",") if v.strip()]
 
 
 def changed_fields(saved: Path, cfg: TrialConfig) -> str | None:
