@@ -96,8 +96,8 @@ class TrialConfig(BaseModel):
     # evaluation
     val_every: int = Field(1, ge=1)
     threshold: float = Field(0.5, gt=0.0, lt=1.0)
-    val_shifts: list[str] = Field(
-        default_factory=list,
+    val_shifts: tuple[str, ...] = Field(
+        (),
         description="also score the validation images under these robustness shifts "
         "(scale_x0.5, dose_20, invert, ...; `evaluate --shifts` lists them) at every "
         "validation: val_robust_iou is their mean IoU",
@@ -174,8 +174,8 @@ class TrialConfig(BaseModel):
         return cls.from_dict({**values, **overrides}, source=str(path))
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain dict (what Ray moves and what is saved beside outputs)."""
-        return self.model_dump()
+        """Plain dict of JSON types (what Ray moves and what is saved beside outputs)."""
+        return self.model_dump(mode="json")
 
     def write_yaml(self, path: str | Path) -> Path:
         """Save the resolved config (every field) as YAML, atomically."""

@@ -5,6 +5,7 @@ Used by `predict` and `evaluate`; the comparative report builds on the same piec
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -192,8 +193,9 @@ def robustness_chart(table: pd.DataFrame, out_png: str | Path, title: str) -> Pa
         ax.set_xlabel(label)
         ax.grid(axis="x", alpha=0.3)
     axes[0].set_yticks(y, table["shift"])
-    fig.suptitle(title, fontsize=10)
-    return save_figure(fig, out_png, rect=(0, 0, 1, 0.97))
+    lines = textwrap.wrap(title, 95)  # a long data description would run off the figure
+    fig.suptitle("\n".join(lines), fontsize=10)
+    return save_figure(fig, out_png, rect=(0, 0, 1, 1 - 0.035 * len(lines)))
 
 
 def example_grid(

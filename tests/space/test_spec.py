@@ -352,7 +352,7 @@ def test_a_space_may_select_on_the_robust_score() -> None:
         source="robust.yaml",
     )
     assert space.metric == "val_score"
-    assert space.base_values()["val_shifts"] == ["scale_x0.5", "dose_20"]
+    assert list(space.base_values()["val_shifts"]) == ["scale_x0.5", "dose_20"]
 
 
 def test_file_errors_start_with_the_path(tmp_path: Path) -> None:
