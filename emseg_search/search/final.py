@@ -41,9 +41,7 @@ SETTINGS = (
     "architectures",
     "tta",
     "epochs",
-    "shifts",
-    "shift_images",
-)
+)  # not `shifts` / `shift_images`: they only rescore the kept models
 
 
 class FinalError(ValueError):
@@ -166,6 +164,12 @@ def _load_json(path: Path) -> dict[str, Any]:
         raise FinalError(f"{path}: cannot read it ({exc}); pass --overwrite") from None
 
 
+def _recorded_shifts(info_path: Path) -> tuple[list[str] | None, int | None]:
+    """(shifts, shift_images) a previous `final` scored its runs under (Nones: none)."""
+    recorded = _load_json(info_path)
+    return recorded.get("shifts"), recorded.get("shift_images")
+
+
 def check_settings(recorded: dict[str, Any], settings: dict[str, Any], where: Path) -> None:
     """FinalError naming each setting that differs from the ones ``where`` recorded."""
     changed = [k for k in SETTINGS if k in recorded and recorded[k] != settings[k]]
@@ -240,6 +244,7 @@ def run_final(
     if overwrite:
         shutil.rmtree(final_dir, ignore_errors=True)
         (exp_dir / "final.parquet").unlink(missing_ok=True)
+    recorded_shifts = _recorded_shifts(final_dir / "final.json")
     settings = {
         "test_data": str(data.root),
         "split": described,
@@ -247,8 +252,8 @@ def run_final(
         "group_by": group_by,
         "tta": tta,
         "epochs": epochs,
-        "shifts": list(shifts) if shifts else None,
-        "shift_images": shift_images if shifts else None,
+        "shifts": list(shifts) if shifts else recorded_shifts[0],
+        "shift_images": shift_images if shifts else recorded_shifts[1],
         "architectures": {
             c.arch: {
                 "trial_id": c.trial_id,
@@ -261,6 +266,10 @@ def run_final(
     info_path = final_dir / "final.json"
     recorded = _load_json(info_path)
     check_settings(recorded, settings, info_path)
+    if shifts and recorded_shifts != (list(shifts), shift_images):
+        # other shifts than the kept runs were scored under: score them again, models kept
+        for old in final_dir.glob("runs/*/seed*/test_robustness.parquet"):
+            old.unlink()
     now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     info = {
         **recorded,

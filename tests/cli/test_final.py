@@ -67,8 +67,7 @@ def test_final_retrains_scores_resumes_and_reports(tmp_path: Path) -> None:
 
     final_cmd = ["emseg_search.final", str(exp), "--test-data", str(data)]
     final_cmd += ["--group-by", r"regex:^synth_(\d{4})"]
-    settings = ["--seeds", "2", "--epochs", "2", "--shifts", "scale_x0.5,invert,synth:sem"]
-    settings += ["--shift-images", "3"]
+    settings = ["--seeds", "2", "--epochs", "2"]
     out = cli(*final_cmd, *settings)
     assert out.returncode == 0, out.stderr[-3000:]
     assert f"{len(archs)} architecture(s) x 2 seed(s)" in out.stdout
@@ -87,26 +86,32 @@ def test_final_retrains_scores_resumes_and_reports(tmp_path: Path) -> None:
     assert ((rows["ci_low"] <= rows["estimate"]) & (rows["estimate"] <= rows["ci_high"])).all()
     for arch in archs:
         assert (exp / "final" / "runs" / arch / "seed1" / "model" / "weights.pt").is_file()
-    # --shifts: every run on 3 test images per shift and on 16 synthetic SEM images
+    index = exp / "report" / "index.html"
+    assert index.is_file() and "Held-out test comparison" in index.read_text()
+    assert "Robustness (held-out" not in index.read_text()  # not asked for
+    assert (exp / "report" / "comparison_grid.png").is_file()
+
+    # run again with --shifts: every finished run is kept, nothing retrains, and each run is
+    # scored on 3 test images per shift and on 16 synthetic SEM images
+    shifts = ["--shifts", "scale_x0.5,invert,synth:sem", "--shift-images", "3"]
+    again = cli(*final_cmd, *settings, *shifts)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("done before, kept") == len(archs) * 2
+    assert again.stdout.count("robustness: IoU") == len(archs) * 2
     shifted = read_table(exp / "final" / "robustness.parquet").to_pandas()
     per_run = 3 * 3 + 16  # none, scale_x0.5 and invert x 3 images, + the domain's
     assert len(shifted) == len(archs) * 2 * per_run
     assert set(shifted["shift"]) == {"none", "scale_x0.5", "invert", "synth:sem"}
     assert set(shifted.loc[shifted["shift"] == "none", "name"]) <= set(test_names)
-    assert "robustness: IoU" in out.stdout
-    index = exp / "report" / "index.html"
     page = index.read_text()
-    assert index.is_file() and "Held-out test comparison" in page
     assert "Robustness (held-out test images under controlled shifts)" in page
     assert "robustness score" in page
     for arch in archs:
         assert (exp / "report" / f"robustness_{arch}.png").stat().st_size > 0
-    assert (exp / "report" / "comparison_grid.png").is_file()
-
-    # run again: every finished run is kept, nothing retrains
-    again = cli(*final_cmd, *settings, "--no-report")
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stdout.count("done before, kept") == len(archs) * 2
+    # and again: the runs and their robustness scores are kept
+    third = cli(*final_cmd, *settings, *shifts, "--no-report")
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert "robustness: IoU" not in third.stdout
     # other settings on a resumed final are refused, naming them
     other = cli(*final_cmd, "--tta")
     assert other.returncode == 2 and "other settings" in other.stderr

@@ -102,6 +102,9 @@ def test_test_images_must_be_held_out_of_the_search(experiment, tmp_path: Path) 
 
 def test_a_resumed_final_keeps_its_settings() -> None:
     recorded = {"test_data": "/d", "split": "test.csv", "tta": False, "epochs": None}
+    recorded |= {"shifts": None, "shift_images": None}
     check_settings(recorded, {**recorded, "seeds": 5}, Path("final.json"))  # seeds may grow
+    # robustness shifts only rescore the kept models: they may be added or changed
+    check_settings(recorded, {**recorded, "shifts": ["invert"], "shift_images": 8}, Path("f"))
     with pytest.raises(FinalError, match=r"other settings \(tta, epochs\)"):
         check_settings(recorded, {**recorded, "tta": True, "epochs": 3}, Path("final.json"))
