@@ -117,30 +117,37 @@ def add_inference_options(p: argparse.ArgumentParser) -> None:
 
 
 def parse_scale(value: str | None) -> float | str | None:
-    """--scale: None, 'auto' or a number > 0 (UsageError otherwise)."""
-    if value is None or value == "auto":
+    """--scale: None, 'auto' or a number in (0, MAX_SCALE] (UsageError otherwise)."""
+    from emseg_search.inference.predictor import AUTO, MAX_SCALE
+
+    if value is None or value == AUTO:
         return value
     try:
         scale = float(value)
     except ValueError:
         scale = float("nan")
-    if not 0 < scale <= 16:
-        raise UsageError(f"--scale must be 'auto' or a number in (0, 16], got {value!r}")
+    if not 0 < scale <= MAX_SCALE:
+        raise UsageError(
+            f"--scale must be '{AUTO}' or a number in (0, {MAX_SCALE:g}], got {value!r}"
+        )
     return scale
 
 
 def parse_factors(value: str | None) -> tuple[float, ...]:
-    """--scale-tta: a comma list of factors in [0.1, 10] (UsageError otherwise)."""
+    """--scale-tta: a comma list of factors in SCALE_TTA_RANGE (UsageError otherwise)."""
+    from emseg_search.inference.predictor import SCALE_TTA_RANGE
+
     if value is None:
         return (1.0,)
     try:
         factors = tuple(float(v) for v in value.split(","))
     except ValueError:
         factors = ()
-    if not factors or any(not 0.1 <= f <= 10 for f in factors):
+    lo, hi = SCALE_TTA_RANGE
+    if not factors or any(not lo <= f <= hi for f in factors):
         raise UsageError(
-            f"--scale-tta must be a comma list of factors in [0.1, 10], e.g. 0.71,1,1.41; "
-            f"got {value!r}"
+            f"--scale-tta must be a comma list of factors in [{lo:g}, {hi:g}], e.g. "
+            f"0.71,1,1.41; got {value!r}"
         )
     return factors
 

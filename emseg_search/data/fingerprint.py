@@ -113,14 +113,21 @@ def _percentiles(values: np.ndarray) -> dict[str, float]:
     }
 
 
+def area_weighted_diameters(areas: np.ndarray, percentiles: Sequence[float]) -> np.ndarray:
+    """Equivalent diameters of the particles (areas in px, at least one > 0) that hold the
+    given percentiles of the foreground pixels: the q-th is the diameter of the particle a
+    random particle pixel belongs to with probability q %, which specks cannot drag down."""
+    order = np.sort(np.asarray(areas))
+    cum = np.cumsum(order) / order.sum()
+    idx = np.searchsorted(cum, np.asarray(percentiles, dtype=np.float64) / 100.0)
+    return np.sqrt(4.0 * order[np.minimum(idx, order.size - 1)] / np.pi)
+
+
 def _by_area_percentiles(areas: np.ndarray) -> dict[str, float]:
     """Area-weighted percentiles ``p10``... of equivalent diameters (zeros when empty)."""
     if areas.size == 0 or areas.sum() == 0:
         return {f"p{q}": 0.0 for q in BY_AREA_PERCENTILES}
-    order = np.sort(areas)
-    cum = np.cumsum(order) / order.sum()
-    idx = np.searchsorted(cum, np.asarray(BY_AREA_PERCENTILES) / 100.0)
-    d = np.sqrt(4.0 * order[np.minimum(idx, order.size - 1)] / np.pi)
+    d = area_weighted_diameters(areas, BY_AREA_PERCENTILES)
     return {f"p{q}": float(v) for q, v in zip(BY_AREA_PERCENTILES, d, strict=True)}
 
 

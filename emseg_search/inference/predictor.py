@@ -54,6 +54,8 @@ MIN_PARTICLES = 3  # fewer predicted particles than this: no size estimate, keep
 MIN_AREA_PX = 4  # predicted specks smaller than this (px at the working scale) are not particles
 SCALE_RANGE = (1 / 8, 4.0)  # the most auto-scale moves away from the model's scale, either way
 MAX_WORKING_MEGAPIXELS = 64.0  # auto-scale never enlarges an image beyond this
+MAX_SCALE = 16.0  # a fixed working scale is in (0, MAX_SCALE]
+SCALE_TTA_RANGE = (0.1, 10.0)  # multi-scale TTA factors lie in this range
 # For artifacts whose fingerprint predates area-weighted particle sizes: EMPS's (p25 and p90 of
 # its 366 images, rounded), in px of the training images (docs/robustness.md).
 FALLBACK_BAND = (90.0, 440.0)
@@ -112,12 +114,13 @@ def particle_size(mask: np.ndarray, min_area: float = 1.0) -> tuple[float | None
     fewer than MIN_PARTICLES."""
     from skimage.measure import label
 
+    from emseg_search.data.fingerprint import area_weighted_diameters
+
     areas = np.bincount(label(np.asarray(mask, bool), connectivity=1).ravel())[1:]
-    areas = np.sort(areas[areas >= max(min_area, 1.0)])
+    areas = areas[areas >= max(min_area, 1.0)]
     if areas.size < MIN_PARTICLES:
         return None, int(areas.size)
-    median = areas[np.searchsorted(np.cumsum(areas), areas.sum() / 2)]
-    return float(np.sqrt(4.0 * median / np.pi)), int(areas.size)
+    return float(area_weighted_diameters(areas, [50])[0]), int(areas.size)
 
 
 def working_scale(
@@ -136,6 +139,14 @@ def working_scale(
         cap = math.sqrt(MAX_WORKING_MEGAPIXELS * 1e6 / (shape[0] * shape[1]))
         out = min(out, max(cap, scale))
     return out
+
+
+def _canonical(image: np.ndarray) -> np.ndarray:
+    """One grey image (H, W) on training's intensity path (``to_canonical``); ValueError for
+    anything else."""
+    if image.ndim != 2 or image.size == 0:
+        raise ValueError(f"expected one grey image (H, W), got shape {image.shape}")
+    return to_canonical(image)
 
 
 def tile_origins(length: int, tile: int, overlap: float, stride: int = 1) -> list[int]:
@@ -216,14 +227,17 @@ class Predictor:
             raise ValueError(f"scale must be a number > 0, None or {AUTO!r}, got {scale!r}")
         if scale is None or self.auto:
             self.scale = self.model_scale
-        elif isinstance(scale, bool) or not 0 < float(scale) <= 16:
-            raise ValueError(f"scale must be in (0, 16], got {scale!r}")
+        elif isinstance(scale, bool) or not 0 < float(scale) <= MAX_SCALE:
+            raise ValueError(f"scale must be in (0, {MAX_SCALE:g}], got {scale!r}")
         else:
             self.scale = float(scale)
         self.band = SizeBand.of(artifact) if self.auto else None
         factors = tuple(float(f) for f in scale_tta)
-        if not factors or any(not 0.1 <= f <= 10 for f in factors):
-            raise ValueError(f"scale_tta factors must be in [0.1, 10], got {list(scale_tta)}")
+        lo, hi = SCALE_TTA_RANGE
+        if not factors or any(not lo <= f <= hi for f in factors):
+            raise ValueError(
+                f"scale_tta factors must be in [{lo:g}, {hi:g}], got {list(scale_tta)}"
+            )
         self.scale_tta = factors
         self.last_scale = self.scale
         self.stride, self.min_size = required_stride(cfg), min_input_size(cfg)
@@ -257,9 +271,7 @@ class Predictor:
         reflect-padded bottom/right to a valid input size (a multiple of the stride, >= the
         minimum).
         """
-        if image.ndim != 2 or image.size == 0:
-            raise ValueError(f"expected one grey image (H, W), got shape {image.shape}")
-        return self._input(to_canonical(image), self.scale if scale is None else scale)
+        return self._input(_canonical(image), self.scale if scale is None else scale)
 
     def _input(self, image: np.ndarray, scale: float) -> torch.Tensor:
         """``prepare`` of an image already ``to_canonical`` (stretched once, not twice)."""
@@ -270,9 +282,7 @@ class Predictor:
     def predict_logits(self, image: np.ndarray) -> np.ndarray:
         """Logits (H, W) float32 at the original resolution for one grey image (H, W)."""
         t0 = time.perf_counter()
-        if image.ndim != 2 or image.size == 0:
-            raise ValueError(f"expected one grey image (H, W), got shape {image.shape}")
-        image = to_canonical(image)
+        image = _canonical(image)
         done: dict[float, np.ndarray] = {}
         scale = self.scale
         if self.auto:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -99,7 +100,6 @@ def build_datasets(
     a DistributedSampler shards them) and this rank's disjoint share of the validation images
     (so no image is scored twice)."""
     from emseg_search.augment import build_augment
-    from emseg_search.models.registry import min_input_size, required_stride
 
     train_items = data.subset(prepared.train)
     if cfg.synthetic_mix > 0 and not cfg.is_synthetic:
@@ -114,16 +114,24 @@ def build_datasets(
         transform=build_augment(cfg.augment, cfg.augment_strength),
         seed=cfg.seed + 1000 * rank,
     )
-    val_items = data.subset(prepared.val)[rank::world]
-    val = WholeImageDataset(
-        val_items,
+    return train, whole_images(cfg, prepared, data.subset(prepared.val)[rank::world])
+
+
+def whole_images(
+    cfg: TrialConfig, prepared: PreparedData, items: Sequence[Micrograph]
+) -> WholeImageDataset:
+    """Micrographs as validation scores them: whole, at the model's scale, normalised, padded
+    to a valid input."""
+    from emseg_search.models.registry import min_input_size, required_stride
+
+    return WholeImageDataset(
+        items,
         mean=prepared.mean,
         std=prepared.std,
         stride=required_stride(cfg),
         scale=cfg.scale,
         min_size=min_input_size(cfg),
     )
-    return train, val
 
 
 def build_shifted_val(
@@ -132,18 +140,10 @@ def build_shifted_val(
     """Per name in ``cfg.val_shifts``: this rank's share of the validation images under that
     shift (data/shifts.py; fixed seed, so every epoch and trial scores the same images)."""
     from emseg_search.data.shifts import check_val_shifts, shifted_items
-    from emseg_search.models.registry import min_input_size, required_stride
 
     check_val_shifts(cfg.val_shifts)
     mine = data.subset(prepared.val)[rank::world]
     return {
-        name: WholeImageDataset(
-            list(shifted_items(name, mine)),
-            mean=prepared.mean,
-            std=prepared.std,
-            stride=required_stride(cfg),
-            scale=cfg.scale,
-            min_size=min_input_size(cfg),
-        )
+        name: whole_images(cfg, prepared, list(shifted_items(name, mine)))
         for name in cfg.val_shifts
     }

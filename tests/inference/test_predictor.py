@@ -192,6 +192,10 @@ def test_tta_is_flip_equivariant(artifact: ModelArtifact, tile: int) -> None:
         ({"overlap": 1.0}, r"overlap must be in \[0, 1\)"),
         ({"overlap": -0.1}, "overlap"),
         ({"batch_size": 0}, "batch_size must be >= 1"),
+        ({"scale": "big"}, "scale must be a number > 0, None or 'auto'"),
+        ({"scale": 0.0}, r"scale must be in \(0, 16\]"),
+        ({"scale_tta": ()}, "scale_tta factors"),
+        ({"scale_tta": (1.0, 0.0)}, "scale_tta factors"),
     ],
 )
 def test_invalid_options_name_the_argument(
@@ -323,22 +327,6 @@ def test_scale_tta_averages_logits_at_each_factor(artifact: ModelArtifact) -> No
     np.testing.assert_allclose(out, np.mean(singles, axis=0), atol=1e-5)
     fixed = Predictor(art, scale=2.0)
     assert fixed.scale == 2.0 and fixed.scaled_shape((64, 64)) == (128, 128)
-
-
-@pytest.mark.parametrize(
-    ("options", "message"),
-    [
-        ({"scale": "big"}, "scale must be a number > 0, None or 'auto'"),
-        ({"scale": 0.0}, r"scale must be in \(0, 16\]"),
-        ({"scale_tta": ()}, "scale_tta factors"),
-        ({"scale_tta": (1.0, 0.0)}, "scale_tta factors"),
-    ],
-)
-def test_invalid_scales_name_the_argument(
-    artifact: ModelArtifact, options: dict[str, object], message: str
-) -> None:
-    with pytest.raises(ValueError, match=message):
-        Predictor(artifact, **options)
 
 
 def test_auto_scale_needs_particle_sizes_in_the_fingerprint(artifact: ModelArtifact) -> None:
