@@ -62,12 +62,27 @@ def _flips(s: float) -> Transforms:
     return [A.HorizontalFlip(p=p), A.VerticalFlip(p=p), A.RandomRotate90(p=min(s, 1.0))]
 
 
+def _light_scale(s: float) -> tuple[float, float]:
+    """The light preset's zoom range."""
+    return 1 - 0.1 * s, 1 + 0.1 * s
+
+
+def _em_scale(s: float) -> tuple[float, float]:
+    """The EM stack's zoom range (em; heavy at 1.5x strength)."""
+    return 1 - min(0.3, 0.15 * s), 1 + min(0.3, 0.15 * s)
+
+
+def _robust_scale(s: float) -> tuple[float, float]:
+    """The robust preset's zoom range: 0.5-2x at strength 1, symmetric in log scale."""
+    return 1 / (1 + s), 1 + s
+
+
 def _light(s: float) -> Transforms:
     """Flips, mild scale/rotation, mild brightness/contrast."""
     return [
         *_flips(s),
         A.Affine(
-            scale=(1 - 0.1 * s, 1 + 0.1 * s),
+            scale=_light_scale(s),
             rotate=(-15 * s, 15 * s),
             border_mode=_REFLECT,
             p=_p(0.5, s),
@@ -81,7 +96,7 @@ def _em_stack(s: float, warp: Transforms) -> Transforms:
     return [
         *_flips(s),
         A.Affine(
-            scale=(1 - min(0.3, 0.15 * s), 1 + min(0.3, 0.15 * s)),
+            scale=_em_scale(s),
             rotate=(-min(180.0, 45 * s), min(180.0, 45 * s)),
             border_mode=_REFLECT,
             p=_p(0.5, s),
@@ -131,11 +146,10 @@ def _robust(s: float) -> Transforms:
     """For micrographs from other microscopes: the EM stack plus particle scale over 0.5-2x
     (users' particles span 12-150 px), dose noise down to ~5 counts, defocus up to radius 5,
     contrast halved, gamma 0.5-2 and inverted contrast (bright- and dark-field)."""
-    lo, hi = 1 / (1 + s), 1 + s  # 0.5-2x at strength 1
     return [
         *_flips(s),
         A.Affine(
-            scale=(lo, hi),
+            scale=_robust_scale(s),
             rotate=(-min(180.0, 45 * s), min(180.0, 45 * s)),
             border_mode=_REFLECT,
             p=_p(0.6, s),
@@ -172,6 +186,25 @@ AUGMENTATIONS: dict[str, Builder] = {
     "heavy": _heavy,
     "robust": _robust,
 }
+
+
+# How much each preset zooms (particles seen at lo-hi times their size), by strength.
+SCALE_RANGES: dict[str, Callable[[float], tuple[float, float]]] = {
+    "light": _light_scale,
+    "em": _em_scale,
+    "heavy": lambda s: _em_scale(1.5 * s),
+    "robust": _robust_scale,
+}
+
+
+def scale_range(name: str, strength: float = 1.0) -> tuple[float, float]:
+    """(lo, hi): the factors by which preset ``name`` at ``strength`` zooms training tiles,
+    so the particle sizes a model trained with it has seen; (1, 1) without zoom."""
+    if name not in AUGMENTATIONS:
+        raise ValueError(f"unknown augmentation {name!r}; valid names: {sorted(AUGMENTATIONS)}")
+    if name not in SCALE_RANGES or strength <= 0:
+        return 1.0, 1.0
+    return SCALE_RANGES[name](float(strength))
 
 
 def build_augment(name: str, strength: float = 1.0) -> A.Compose | None:

@@ -216,3 +216,22 @@ def test_tile_dataset_with_a_preset() -> None:
         s = em[i]
         assert s["image"].dtype == torch.float32 and s["mask"].shape == (1, 32, 32)
         assert set(s["mask"].unique().tolist()) <= {0.0, 1.0}
+
+
+@pytest.mark.parametrize("strength", [0.0, 0.5, 1.0, 2.0])
+@pytest.mark.parametrize("name", sorted(AUGMENTATIONS))
+def test_scale_range_is_the_zoom_each_preset_applies(name: str, strength: float) -> None:
+    """The auto working scale widens its size band by this: it must be the Affine's range."""
+    from emseg_search.augment import scale_range
+
+    pipe = build_augment(name, strength)
+    zooms = [t.scale for t in (pipe.transforms if pipe else []) if isinstance(t, A.Affine)]
+    lo, hi = scale_range(name, strength)
+    if zooms:
+        assert zooms[0]["x"] == zooms[0]["y"] == pytest.approx((lo, hi))
+    else:
+        assert (lo, hi) == (1.0, 1.0)
+    if name == "robust" and strength == 1.0:
+        assert (lo, hi) == pytest.approx((0.5, 2.0))  # the documented 0.5-2x
+    with pytest.raises(ValueError, match="unknown augmentation 'strong'"):
+        scale_range("strong")

@@ -17,9 +17,9 @@ come back at the image's original resolution (bilinear, as in training's evaluat
 The working scale is the artifact's by default. ``scale="auto"`` chooses it per image from the
 size of the particles a first pass finds (``particle_size``, ``working_scale``): an image whose
 particles are smaller or larger, at the model's scale, than most of the training particles'
-area (``SizeBand``) runs again at the scale that brings them into that band; other images keep
-the first pass, at no extra cost. ``scale_tta`` averages the logits of several scales around
-the working one.
+area, widened by the training augmentation's zoom range (``SizeBand``), runs again at the scale
+that brings them into that band; other images keep the first pass, at no extra cost.
+``scale_tta`` averages the logits of several scales around the working one.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from emseg_search.augment import scale_range
 from emseg_search.data.datasets import (
     pad_to_input,
     rescale_image,
@@ -93,18 +94,22 @@ class SizeBand:
     @classmethod
     def of(cls, artifact: ModelArtifact) -> SizeBand:
         """The band of an artifact: the 25th and 90th area-weighted percentiles of its training
-        particles' diameters (fingerprint) at its training scale; EMPS's FALLBACK_BAND for
-        artifacts written before the fingerprint had them."""
+        particles' diameters (fingerprint) at its training scale (EMPS's FALLBACK_BAND for
+        artifacts written before the fingerprint had them), widened by the zoom range of its
+        training augmentation: a model trained on particles zoomed 0.5-2x has seen them at
+        0.5x the 25th to 2x the 90th percentile, and running such images again only hurts."""
         by_area = artifact.fingerprint.particle_diameter_by_area_px
-        s = float(artifact.config.scale)
+        cfg = artifact.config
+        s = float(cfg.scale)
+        lo, hi = scale_range(cfg.augment, cfg.augment_strength)
         if by_area is None:
-            return cls(FALLBACK_BAND[0] * s, FALLBACK_BAND[1] * s)
+            return cls(FALLBACK_BAND[0] * s * lo, FALLBACK_BAND[1] * s * hi)
         if not 0 < by_area["p25"] <= by_area["p90"]:
             raise ArtifactError(
                 f"{artifact.path}: fingerprint.json has no particle sizes (p25 "
                 f"{by_area['p25']}, p90 {by_area['p90']}): it cannot choose a scale per image"
             )
-        return cls(by_area["p25"] * s, by_area["p90"] * s)
+        return cls(by_area["p25"] * s * lo, by_area["p90"] * s * hi)
 
 
 def particle_size(mask: np.ndarray, min_area: float = 1.0) -> tuple[float | None, int]:

@@ -292,13 +292,18 @@ def test_working_scale_keeps_the_band_and_moves_to_its_nearer_edge() -> None:
 def test_size_band_from_the_fingerprint_or_the_fallback(artifact: ModelArtifact) -> None:
     from emseg_search.inference.predictor import FALLBACK_BAND, SizeBand
 
-    art = _sized(artifact, 30, 90)
-    half = dataclasses.replace(art, config=art.config.model_copy(update={"scale": 0.5}))
-    assert SizeBand.of(half) == SizeBand(15, 45)  # at the model's input
-    assert SizeBand.of(_sized(artifact, None, None)) == SizeBand(*FALLBACK_BAND)  # scale 1
-    old = _sized(artifact, None, None)
-    old = dataclasses.replace(old, config=old.config.model_copy(update={"scale": 0.5}))
-    assert SizeBand.of(old) == SizeBand(FALLBACK_BAND[0] / 2, FALLBACK_BAND[1] / 2)
+    def trained(art: ModelArtifact, **fields: object) -> ModelArtifact:
+        return dataclasses.replace(art, config=art.config.model_copy(update=fields))
+
+    art = trained(_sized(artifact, 30, 90), augment="flips")  # no zoom
+    assert SizeBand.of(trained(art, scale=0.5)) == SizeBand(15, 45)  # at the model's input
+    old = trained(_sized(artifact, None, None), augment="flips")
+    assert SizeBand.of(old) == SizeBand(*FALLBACK_BAND)  # scale 1
+    assert SizeBand.of(trained(old, scale=0.5)) == SizeBand(*(e / 2 for e in FALLBACK_BAND))
+    # particles zoomed 0.5-2x in training: the model has seen 0.5x p25 to 2x p90
+    robust = trained(art, scale=0.5, augment="robust", augment_strength=1.0)
+    assert SizeBand.of(robust) == SizeBand(7.5, 90)
+    assert SizeBand.of(trained(robust, augment_strength=0.0)) == SizeBand(15, 45)
 
 
 def test_auto_scale_rescales_small_particles_and_leaves_trained_sizes_alone(
