@@ -31,6 +31,10 @@ COMMANDS = {
         "emseg_search.cli.export",
         "export a model artifact to TorchScript or ONNX, verified",
     ),
+    "dashboard": (
+        "emseg_search.cli.dashboard",
+        "serve a live web dashboard over the results folder (read-only, offline)",
+    ),
 }
 
 

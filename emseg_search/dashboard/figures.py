@@ -1,0 +1,446 @@
+"""Plotly figures of the dashboard, built as plain dicts (no per-trace validation: a 1,000-trial
+experiment draws in milliseconds). Every point carries its trial id in ``customdata`` so that a
+click selects the trial everywhere."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from emseg_search.dashboard.data import is_categorical, pareto_mask
+
+PALETTE = (
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+)
+FOCUS = "#000000"
+MARGIN = {"l": 55, "r": 15, "t": 40, "b": 50}
+
+Figure = dict[str, Any]
+
+
+def colors(values: list[str]) -> dict[str, str]:
+    """A fixed colour per value (sorted, so each architecture keeps its colour across charts)."""
+    return {v: PALETTE[i % len(PALETTE)] for i, v in enumerate(sorted(map(str, values)))}
+
+
+def empty(message: str, height: int = 320) -> Figure:
+    """A blank figure that says why it is blank."""
+    return {
+        "data": [],
+        "layout": {
+            "height": height,
+            "margin": MARGIN,
+            "xaxis": {"visible": False},
+            "yaxis": {"visible": False},
+            "annotations": [
+                {
+                    "text": message,
+                    "showarrow": False,
+                    "xref": "paper",
+                    "yref": "paper",
+                    "x": 0.5,
+                    "y": 0.5,
+                    "font": {"size": 13, "color": "#666"},
+                }  # fmt: skip
+            ],
+        },
+    }
+
+
+def _layout(title: str, xtitle: str, ytitle: str, height: int = 320, **extra: Any) -> Figure:
+    return {
+        "title": {"text": title, "font": {"size": 14}, "x": 0.01},
+        "height": height,
+        "margin": MARGIN,
+        "xaxis": {"title": {"text": xtitle}, "zeroline": False},
+        "yaxis": {"title": {"text": ytitle}, "zeroline": False},
+        "hovermode": "closest",
+        "legend": {"orientation": "h", "y": -0.32},
+        "uirevision": "keep",  # zoom and legend survive live updates
+        "clickmode": "event",
+        **extra,
+    }
+
+
+def _nan_to_none(values: Any) -> list[Any]:
+    return [None if isinstance(v, float) and math.isnan(v) else v for v in values]
+
+
+def _focus_trace(x: list[Any], y: list[Any], trial_id: str) -> dict[str, Any]:
+    return {
+        "type": "scatter",
+        "mode": "markers",
+        "x": x,
+        "y": y,
+        "name": f"selected {trial_id}",
+        "customdata": [trial_id] * len(x),
+        "marker": {"size": 15, "color": "rgba(0,0,0,0)", "line": {"color": FOCUS, "width": 2.5}},
+        "hoverinfo": "skip",
+    }
+
+
+def best_so_far(bsf: pd.DataFrame, trials: pd.DataFrame, x: str, focus: str | None) -> Figure:
+    """Each trial's score and the best so far, against trial number (``x="order"``) or
+    cumulative compute in hours (``x="compute_s"``)."""
+    if bsf["value"].notna().sum() == 0:
+        return empty("no scored trial yet")
+    xs = bsf[x].to_numpy(float) / (3600.0 if x == "compute_s" else 1.0)
+    archs = trials["arch"].astype(str).to_numpy()
+    cmap = colors(list(pd.unique(archs)))
+    data = []
+    for arch in pd.unique(archs):
+        m = archs == arch
+        data.append(
+            {
+                "type": "scatter",
+                "mode": "markers",
+                "name": arch,
+                "x": xs[m].tolist(),
+                "y": _nan_to_none(bsf["value"].to_numpy(float)[m].tolist()),
+                "customdata": bsf["trial_id"].to_numpy()[m].tolist(),
+                "marker": {"size": 6, "color": cmap[arch], "opacity": 0.75},
+                "hovertemplate": "trial %{customdata}<br>score %{y:.4f}<extra>" + arch + "</extra>",
+            }
+        )
+    data.append(
+        {
+            "type": "scatter",
+            "mode": "lines",
+            "name": "best so far",
+            "x": xs.tolist(),
+            "y": _nan_to_none(bsf["best"].to_numpy(float).tolist()),
+            "line": {"shape": "hv", "color": "#333", "width": 2},
+            "hoverinfo": "skip",
+        }
+    )
+    if focus is not None and focus in set(bsf["trial_id"]):
+        i = int(np.flatnonzero(bsf["trial_id"].to_numpy() == focus)[0])
+        data.append(_focus_trace([float(xs[i])], _nan_to_none([bsf["value"].iloc[i]]), focus))
+    xtitle = "trial (start order)" if x == "order" else "compute (hours of training + validation)"
+    return {"data": data, "layout": _layout("Best so far", xtitle, "validation IoU (best epoch)")}
+
+
+def distribution(trials: pd.DataFrame, focus: str | None) -> Figure:
+    """Best validation IoU per architecture: a box and every trial as a jittered point."""
+    t = trials.dropna(subset=["best_val_iou"])
+    if not len(t):
+        return empty("no scored trial yet")
+    archs = sorted(t["arch"].astype(str).unique())
+    cmap = colors(archs)
+    rng = np.random.default_rng(0)
+    data = []
+    for i, arch in enumerate(archs):
+        g = t[t["arch"].astype(str) == arch]
+        y = g["best_val_iou"].astype(float).tolist()
+        data.append(
+            {
+                "type": "box",
+                "x": [i] * len(y),
+                "y": y,
+                "name": arch,
+                "boxpoints": False,
+                "marker": {"color": cmap[arch]},
+                "hoverinfo": "skip",
+                "showlegend": False,
+            }
+        )
+        data.append(
+            {
+                "type": "scatter",
+                "mode": "markers",
+                "x": (i + rng.uniform(-0.18, 0.18, len(y))).tolist(),
+                "y": y,
+                "name": arch,
+                "customdata": g["trial_id"].tolist(),
+                "text": g["status"].astype(str).tolist(),
+                "marker": {"size": 6, "color": cmap[arch], "opacity": 0.7},
+                "hovertemplate": "trial %{customdata} (%{text})<br>IoU %{y:.4f}<extra></extra>",
+                "showlegend": False,
+            }
+        )
+    if focus is not None and focus in set(t["trial_id"]):
+        row = t[t["trial_id"] == focus].iloc[0]
+        data.append(_focus_trace([archs.index(str(row["arch"]))], [row["best_val_iou"]], focus))
+    layout = _layout("Validation IoU by architecture", "", "validation IoU (best epoch)")
+    layout["xaxis"].update(tickvals=list(range(len(archs))), ticktext=archs)
+    return {"data": data, "layout": layout}
+
+
+def parallel(
+    trials: pd.DataFrame,
+    params: list[str],
+    arch: str | None,
+    log: set[str],
+    focus: str | None,
+    limit: int | None = None,
+) -> Figure:
+    """Parallel coordinates of the sampled parameters against IoU. With ``arch`` set, only its
+    trials and the parameters that apply to it; with None, the parameters every trial has
+    (architecture-aware: a DeepLab-only parameter is not drawn for UNet trials). With
+    ``limit``, the best ``limit`` trials only (and the selected one)."""
+    t = trials.dropna(subset=["best_val_iou"])
+    if arch:
+        t = t[t["arch"].astype(str) == arch]
+    if len(t) < 2:
+        return empty("fewer than 2 scored trials here")
+    total = len(t)
+    if limit is not None and total > limit:
+        keep = t["score"].rank(ascending=False, method="first") <= limit
+        t = t[keep.to_numpy() | (t["trial_id"] == focus).to_numpy()]
+    dims = []
+    for name in params:
+        col = t[f"params_{name}"]
+        if col.isna().any() or col.nunique(dropna=True) < 2 and name != "arch":
+            continue  # not sampled for every trial shown, or constant
+        if is_categorical(col):
+            cats = sorted(col.astype(str).unique())
+            codes = col.astype(str).map({c: i for i, c in enumerate(cats)}).tolist()
+            dims.append(
+                {
+                    "label": name,
+                    "values": codes,
+                    "tickvals": list(range(len(cats))),
+                    "ticktext": cats,
+                    "range": [-0.3, len(cats) - 0.7],
+                }  # fmt: skip
+            )
+        elif name in log and (col > 0).all():
+            v = np.log10(col.astype(float))
+            ticks = np.arange(math.floor(v.min()), math.ceil(v.max()) + 1)
+            dims.append(
+                {
+                    "label": f"{name} (log)",
+                    "values": v.tolist(),
+                    "tickvals": ticks.tolist(),
+                    "ticktext": [f"1e{int(k)}" for k in ticks],
+                }  # fmt: skip
+            )
+        else:
+            dims.append({"label": name, "values": col.astype(float).tolist()})
+    iou = t["best_val_iou"].astype(float)
+    dims.append({"label": "val IoU (best)", "values": iou.tolist()})
+    line: dict[str, Any] = {
+        "color": iou.tolist(),
+        "colorscale": "Viridis",
+        "showscale": True,
+        "colorbar": {"title": {"text": "IoU"}, "thickness": 12},
+    }
+    if focus is not None and focus in set(t["trial_id"]):
+        # the selected trial stands out: everything else is greyed by the constraint range
+        pos = int(np.flatnonzero(t["trial_id"].to_numpy() == focus)[0])
+        dims[-1]["constraintrange"] = [iou.iloc[pos] - 1e-9, iou.iloc[pos] + 1e-9]
+    title = f"Parameters against IoU: {arch or 'all architectures (shared parameters)'}"
+    if len(t) < total:
+        title += f"<br><sup>the best {len(t)} of {total} trials</sup>"
+    return {
+        "data": [{"type": "parcoords", "dimensions": dims, "line": line}],
+        "layout": {
+            "title": {"text": title, "font": {"size": 14}, "x": 0.01},
+            "height": 360,
+            "margin": {"l": 110, "r": 60, "t": 90, "b": 30},
+            "uirevision": f"parcoords-{arch}",
+        },
+    }
+
+
+def pareto(
+    trials: pd.DataFrame, objectives: list[tuple[str, str, bool]], focus: str | None
+) -> Figure:
+    """The first two objectives against each other, the non-dominated trials joined by a line."""
+    (xc, xl, xmax), (yc, yl, ymax) = objectives[0], objectives[1]
+    t = trials.dropna(subset=[xc, yc])
+    if len(t) < 2:
+        return empty("fewer than 2 trials with both objectives")
+    vals = np.column_stack(
+        [t[xc].astype(float) * (1 if xmax else -1), t[yc].astype(float) * (1 if ymax else -1)]
+    )
+    front = pareto_mask(vals)
+    archs = t["arch"].astype(str).to_numpy()
+    cmap = colors(list(pd.unique(archs)))
+    data = []
+    for arch in pd.unique(archs):
+        m = archs == arch
+        data.append(
+            {
+                "type": "scatter",
+                "mode": "markers",
+                "name": arch,
+                "x": t[xc].astype(float).to_numpy()[m].tolist(),
+                "y": t[yc].astype(float).to_numpy()[m].tolist(),
+                "customdata": t["trial_id"].to_numpy()[m].tolist(),
+                "marker": {"size": 7, "color": cmap[arch], "opacity": 0.7},
+                "hovertemplate": "trial %{customdata}<br>%{x:.4g}, %{y:.4g}<extra></extra>",
+            }
+        )
+    f = t[front].sort_values(xc)
+    data.append(
+        {
+            "type": "scatter",
+            "mode": "lines+markers",
+            "name": "Pareto front",
+            "x": f[xc].astype(float).tolist(),
+            "y": f[yc].astype(float).tolist(),
+            "customdata": f["trial_id"].tolist(),
+            "line": {"shape": "hv" if not ymax else "linear", "color": "#333", "dash": "dot"},
+            "marker": {"size": 10, "symbol": "diamond-open", "color": "#333"},
+            "hovertemplate": "front: trial %{customdata}<extra></extra>",
+        }
+    )
+    if focus is not None and focus in set(t["trial_id"]):
+        row = t[t["trial_id"] == focus].iloc[0]
+        data.append(_focus_trace([row[xc]], [row[yc]], focus))
+    title = f"Pareto front ({len(f)} of {len(t)} trials non-dominated)"
+    return {"data": data, "layout": _layout(title, xl, yl)}
+
+
+def curves(
+    epochs: pd.DataFrame, trial_ids: list[str], metric: str, labels: dict[str, str]
+) -> Figure:
+    """``metric`` per epoch of each trial in ``trial_ids`` (in that order)."""
+    if metric not in epochs:
+        return empty(f"no {metric} in epochs.parquet")
+    e = epochs[epochs["trial_id"].isin(trial_ids)]
+    if not len(e):
+        return empty("select trials (leaderboard checkboxes or a click on a point)")
+    data = []
+    for i, tid in enumerate(trial_ids):
+        g = e[e["trial_id"] == tid].sort_values("epoch")
+        if not len(g):
+            continue
+        data.append(
+            {
+                "type": "scatter",
+                "mode": "lines+markers",
+                "name": labels.get(tid, tid),
+                "x": g["epoch"].astype(int).tolist(),
+                "y": _nan_to_none(g[metric].astype(float).tolist()),
+                "customdata": [tid] * len(g),
+                "line": {"color": PALETTE[i % len(PALETTE)], "width": 3 if i == 0 else 1.8},
+                "marker": {"size": 5},
+                "hovertemplate": f"trial {tid}<br>epoch %{{x}}: %{{y:.4f}}<extra></extra>",
+            }
+        )
+    layout = _layout(f"Learning curves: {metric}", "epoch", metric, showlegend=True)
+    if metric == "lr":
+        layout["yaxis"]["type"] = "log"
+    return {"data": data, "layout": layout}
+
+
+def trial_curves(epochs: pd.DataFrame, trial_id: str) -> Figure:
+    """One trial: validation metrics (left axis) and training loss (right axis) per epoch."""
+    g = epochs[epochs["trial_id"] == trial_id].sort_values("epoch")
+    if not len(g):
+        return empty("no epoch reported yet")
+    data = []
+    for col, color in (("val_iou", "#1f77b4"), ("val_dice", "#2ca02c"),
+                       ("val_robust_iou", "#9467bd"), ("val_score", "#8c564b")):  # fmt: skip
+        if col in g and g[col].notna().any():
+            data.append(
+                {
+                    "type": "scatter",
+                    "mode": "lines+markers",
+                    "name": col,
+                    "x": g["epoch"].tolist(),
+                    "y": _nan_to_none(g[col].astype(float).tolist()),
+                    "customdata": [trial_id] * len(g),
+                    "line": {"color": color},
+                }  # fmt: skip
+            )
+    if "train_loss" in g:
+        data.append(
+            {
+                "type": "scatter",
+                "mode": "lines",
+                "name": "train_loss (right axis)",
+                "x": g["epoch"].tolist(),
+                "y": _nan_to_none(g["train_loss"].astype(float).tolist()),
+                "yaxis": "y2",
+                "line": {"color": "#d62728", "dash": "dash"},
+            }  # fmt: skip
+        )
+    layout = _layout(f"Trial {trial_id}: learning curves", "epoch", "validation", showlegend=True)
+    layout["yaxis2"] = {"title": {"text": "training loss"}, "overlaying": "y", "side": "right"}
+    layout["margin"] = {**MARGIN, "r": 55}
+    return {"data": data, "layout": layout}
+
+
+def importance(frame: pd.DataFrame, note: str) -> Figure:
+    """Horizontal bars: each parameter's importance for the score."""
+    if not len(frame):
+        return empty(note)
+    f = frame.sort_values("importance")
+    layout = _layout("Parameter importance", "importance (share of variance)", "", height=320)
+    layout["margin"] = {**MARGIN, "l": 110}
+    return {
+        "data": [
+            {
+                "type": "bar",
+                "orientation": "h",
+                "x": f["importance"].tolist(),
+                "y": f["param"].tolist(),
+                "marker": {"color": "#4c78a8"},
+                "hovertemplate": "%{y}: %{x:.3f}<extra></extra>",
+            }  # fmt: skip
+        ],
+        "layout": layout,
+    }
+
+
+def compare_distribution(trials: pd.DataFrame) -> Figure:
+    """Several experiments side by side: best validation IoU per experiment and architecture."""
+    t = trials.dropna(subset=["best_val_iou"])
+    if not len(t):
+        return empty("no scored trial in these experiments")
+    data = []
+    cmap = colors(list(t["arch"].astype(str).unique()))
+    for arch in sorted(t["arch"].astype(str).unique()):
+        g = t[t["arch"].astype(str) == arch]
+        data.append(
+            {
+                "type": "box",
+                "name": arch,
+                "x": g["experiment"].tolist(),
+                "y": g["best_val_iou"].astype(float).tolist(),
+                "boxpoints": "all",
+                "jitter": 0.3,
+                "pointpos": 0,
+                "marker": {"color": cmap[arch], "size": 5},
+            }  # fmt: skip
+        )
+    layout = _layout("Validation IoU per experiment and architecture", "", "validation IoU")
+    layout["boxmode"] = "group"
+    return {"data": data, "layout": layout}
+
+
+def compare_best_so_far(frames: dict[str, pd.DataFrame]) -> Figure:
+    """Best so far against cumulative compute, one line per experiment."""
+    data = []
+    for i, (name, bsf) in enumerate(frames.items()):
+        data.append(
+            {
+                "type": "scatter",
+                "mode": "lines",
+                "name": name,
+                "x": (bsf["compute_s"] / 3600).tolist(),
+                "y": _nan_to_none(bsf["best"].tolist()),
+                "line": {"shape": "hv", "color": PALETTE[i % len(PALETTE)]},
+            }  # fmt: skip
+        )
+    if not data:
+        return empty("no experiment selected")
+    return {
+        "data": data,
+        "layout": _layout("Best so far against compute", "compute (hours)", "best validation IoU"),
+    }

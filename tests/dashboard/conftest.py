@@ -1,0 +1,198 @@
+"""Fake experiments written with the project's own writers and schemas, and a dashboard served
+on a free loopback port (a werkzeug server in a thread)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import sys
+import threading
+import types
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from emseg_search.results.io import write_table
+from emseg_search.results.schemas import EPOCH_SCHEMA, trial_schema
+
+PARAMS = ["arch", "encoder", "loss", "augment", "lr", "weight_decay", "scale"]
+ARCHS = ("unet", "deeplabv3plus")
+ENCODERS = ("mobilenet_v2", "timm-tf_efficientnet_lite0")
+LOSSES = ("dice+bce", "focal+dice", "lovasz+bce")
+AUGMENTS = ("flips", "light", "em")
+
+
+def fake_rows(
+    n_trials: int, n_epochs: int, seed: int = 0, start: int = 0, robust: bool = False
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(trial rows, epoch rows) of a plausible search: UNet/DeepLabV3+ trials whose IoU rises
+    with the epochs; a DeepLab-only ``scale``; some pruned, one error."""
+    rng = np.random.default_rng(seed)
+    trials, epochs = [], []
+    for k in range(start, start + n_trials):
+        tid = f"t{k:05d}"
+        arch = ARCHS[k % 2]
+        lr = float(10 ** rng.uniform(-3.5, -2.5))
+        ceiling = 0.6 + 0.25 * rng.random() + (0.05 if arch == "unet" else 0.0)
+        status = "completed" if k % 5 else "pruned"
+        run = n_epochs if status == "completed" else max(1, n_epochs // 4)
+        if k == 3:
+            status, run = "error", 1
+        ious = [ceiling * (1 - np.exp(-(e + 1) / 3)) + rng.normal(0, 0.005) for e in range(run)]
+        robust_ious = [v - 0.1 * rng.random() for v in ious]
+        best = int(np.argmax(ious))
+        for e in range(run):
+            epochs.append(
+                {
+                    "trial_id": tid,
+                    "epoch": e,
+                    "train_loss": 1.0 / (e + 1.5),
+                    "lr": lr * (0.9**e),
+                    "epoch_seconds": 4.0 + rng.random(),
+                    "val_seconds": 1.0,
+                    "train_images_per_s": 26.0,
+                    "val_epoch": e,
+                    "val_iou": ious[e],
+                    "val_dice": 2 * ious[e] / (1 + ious[e]),
+                    "val_robust_iou": robust_ious[e] if robust else None,
+                    "val_score": ious[e],
+                    "best_val_iou": max(ious[: e + 1]),
+                    "best_val_score": max(ious[: e + 1]),
+                    "best_epoch": int(np.argmax(ious[: e + 1])),
+                }
+            )
+        trials.append(
+            {
+                "trial_id": tid,
+                "status": status,
+                "best_val_iou": ious[best],
+                "last_val_iou": ious[-1],
+                "best_val_dice": 2 * ious[best] / (1 + ious[best]),
+                "best_val_score": ious[best],
+                "best_val_robust_iou": robust_ious[best] if robust else None,
+                "best_epoch": best,
+                "epochs_run": run,
+                "train_seconds": 4.5 * run,
+                "error": "RuntimeError: CUDA out of memory (fake)" if status == "error" else None,
+                "model_dir": None,
+                "params_arch": arch,
+                "params_encoder": ENCODERS[(k // 2) % 2],
+                "params_loss": LOSSES[k % 3],
+                "params_augment": AUGMENTS[(k // 3) % 3],
+                "params_lr": lr,
+                "params_weight_decay": float(10 ** rng.uniform(-6, -3)),
+                "params_scale": (0.5, 1.0)[k % 4 // 2] if arch == "deeplabv3plus" else None,
+            }
+        )
+    return trials, epochs
+
+
+def write_experiment(
+    root: Path,
+    name: str,
+    n_trials: int = 12,
+    n_epochs: int = 6,
+    seed: int = 0,
+    robust: bool = False,
+    finished: bool = True,
+) -> Path:
+    """results/<name>/ with trials.parquet, epochs.parquet and experiment.json."""
+    path = root / name
+    path.mkdir(parents=True, exist_ok=True)
+    trials, epochs = fake_rows(n_trials, n_epochs, seed, robust=robust)
+    write_table(trials, trial_schema(PARAMS), path / "trials.parquet")
+    write_table(epochs, EPOCH_SCHEMA, path / "epochs.parquet")
+    info = {
+        "name": name,
+        "space": {
+            "name": name,
+            "description": f"fake search {name}",
+            "budget": {"num_samples": n_trials},
+            "fixed": {"tile_size": 128},
+            "parameters": {
+                "lr": {"type": "float", "low": 3e-4, "high": 3e-3, "log": True},
+                "weight_decay": {"type": "float", "low": 1e-6, "high": 1e-3, "log": True},
+            },
+        },
+        "data": "synthetic",
+        "started_at": "2026-12-01T10:00:00+00:00",
+        **({"finished_at": "2026-12-01T11:30:00+00:00"} if finished else {}),
+    }
+    (path / "experiment.json").write_text(json.dumps(info), encoding="utf-8")
+    return path
+
+
+def append_trial(path: Path, trial_id_number: int, n_epochs: int = 6) -> str:
+    """Add one trial (and its epochs) to an experiment's tables, as the search does: the
+    whole table rewritten atomically. Returns the new trial id."""
+    from emseg_search.results.io import read_table
+
+    trials = read_table(path / "trials.parquet").to_pylist()
+    epochs = read_table(path / "epochs.parquet").to_pylist()
+    new_t, new_e = fake_rows(1, n_epochs, seed=99, start=trial_id_number)
+    write_table(epochs + new_e, EPOCH_SCHEMA, path / "epochs.parquet")
+    write_table(trials + new_t, trial_schema(PARAMS), path / "trials.parquet")
+    return new_t[0]["trial_id"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Served:
+    """A dashboard served in a thread on 127.0.0.1; ``url`` is its address."""
+
+    def __init__(self, root: Path, poll_ms: int = 400) -> None:
+        from werkzeug.serving import make_server
+
+        from emseg_search.dashboard.app import build_app
+
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # not a line per request
+        self.app = build_app(root, poll_ms=poll_ms)
+        self.port = free_port()
+        self.server = make_server("127.0.0.1", self.port, self.app.server, threaded=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.thread.join(5)
+
+
+@pytest.fixture(scope="session")
+def fake() -> types.ModuleType:
+    """This module: write_experiment, append_trial, fake_rows, Served (conftest files cannot be
+    imported by name: tests/conftest.py shadows them)."""
+    return sys.modules[__name__]
+
+
+@pytest.fixture(scope="module")
+def results_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A results folder with two small experiments (one with robustness scores), a big one
+    (1,000 trials x 20 epochs), a half-written one and one with a corrupt table."""
+    root = tmp_path_factory.mktemp("results")
+    write_experiment(root, "small", n_trials=12, n_epochs=6)
+    write_experiment(root, "robust", n_trials=10, n_epochs=5, seed=1, robust=True)
+    write_experiment(root, "big", n_trials=1000, n_epochs=20, seed=2)
+    half = root / "half"
+    half.mkdir()
+    (half / "experiment.json").write_text(json.dumps({"name": "half"}), encoding="utf-8")
+    write_experiment(root, "corrupt", n_trials=3, n_epochs=2)
+    data = (root / "corrupt" / "trials.parquet").read_bytes()
+    (root / "corrupt" / "trials.parquet").write_bytes(data[: len(data) // 2])
+    (root / "secret.txt").write_text("not for the browser", encoding="utf-8")
+    return root
+
+
+@pytest.fixture(scope="module")
+def served(results_root: Path) -> Iterator[Served]:
+    s = Served(results_root)
+    yield s
+    s.close()
