@@ -40,6 +40,9 @@ CURVE_METRICS = (
     "val_dice",
     "val_robust_iou",
     "val_score",
+    "val_particle_f1",
+    "val_panoptic_quality",
+    "val_count_error",
     "val_precision",
     "val_recall",
     "train_loss",
@@ -141,8 +144,11 @@ def _guard(app: Dash, root: Path) -> None:
             text = candidate
             for _ in range(3):  # %252e%252e decodes twice
                 text = unquote(text)
-            if ".." in text.replace("\\", "/").split("/"):
-                return Response("refused: '..' in the path\n", status=400, mimetype="text/plain")
+            parts = text.replace("\\", "/").split("/")
+            if ".." in parts or "" in parts[1:-1]:  # '..', or '//' (an absolute path after it)
+                return Response(
+                    "refused: '..' or '//' in the path\n", status=400, mimetype="text/plain"
+                )
         return None
 
     @server.route("/files/<path:relative>")
@@ -396,14 +402,14 @@ def experiment_layout(name: str, trial: str | None, view: str) -> html.Div:
             [html.Label(label), dcc.Dropdown(id=f"f-{column}", multi=True, placeholder="all")]
         )
 
+    filters = html.Div(
+        [dropdown(c, label) for c, label in DIMENSIONS.items()]
+        + [dropdown("status", "status")]
+        + [html.Div(id="lb-count", className="note")],
+        className="filters",
+    )
     overview = html.Div(
         [
-            html.Div(
-                [dropdown(c, label) for c, label in DIMENSIONS.items()]
-                + [dropdown("status", "status")]
-                + [html.Div(id="lb-count", className="note")],
-                className="filters",
-            ),
             dash_table.DataTable(
                 id="leaderboard",
                 data=[],
@@ -461,36 +467,44 @@ def experiment_layout(name: str, trial: str | None, view: str) -> html.Div:
                             style={"width": "220px"},
                         ),
                     ),
-                    _card(
-                        "g-parallel",
-                        html.Div(
-                            [
-                                dcc.Dropdown(
-                                    id="pc-arch",
-                                    placeholder="all architectures (shared parameters)",
-                                    style={"width": "320px"},
-                                ),
-                                dcc.RadioItems(
-                                    id="pc-lines",
-                                    options=[
-                                        {"label": f"best {PARALLEL_LINES}", "value": "best"},
-                                        {"label": "all trials", "value": "all"},
-                                    ],
-                                    value="best",
-                                    inline=True,
-                                ),
-                            ],
-                            style={"display": "flex", "gap": "1em", "alignItems": "center"},
-                        ),
-                    ),
                     _card("g-dist"),
-                    _card("g-importance", html.Div(id="importance-note", className="note")),
                     html.Div(_card("g-pareto"), id="pareto-box"),
                 ],
                 className="grid",
             ),
             html.Div(id="final-box"),
         ]
+    )
+    parameters = html.Div(
+        [
+            html.Div(
+                _card(
+                    "g-parallel",
+                    html.Div(
+                        [
+                            dcc.Dropdown(
+                                id="pc-arch",
+                                placeholder="all architectures (shared parameters)",
+                                style={"width": "320px"},
+                            ),
+                            dcc.RadioItems(
+                                id="pc-lines",
+                                options=[
+                                    {"label": f"best {PARALLEL_LINES}", "value": "best"},
+                                    {"label": "all trials", "value": "all"},
+                                ],
+                                value="best",
+                                inline=True,
+                            ),
+                        ],
+                        style={"display": "flex", "gap": "1em", "alignItems": "center"},
+                    ),
+                ),
+                style={"gridColumn": "1 / -1"},  # the full width: one axis per parameter
+            ),
+            _card("g-importance", html.Div(id="importance-note", className="note")),
+        ],
+        className="grid",
     )
     return html.Div(
         [
@@ -499,11 +513,13 @@ def experiment_layout(name: str, trial: str | None, view: str) -> html.Div:
             html.H2(name, id="exp-title"),
             html.Div(id="exp-summary", className="note"),
             html.Div(id="exp-msg"),
+            filters,
             dcc.Tabs(
                 id="tabs",
-                value="trial" if view == "trial" else "overview",
+                value=view if view in ("trial", "parameters") else "overview",
                 children=[
                     dcc.Tab(label="Overview", value="overview", children=overview),
+                    dcc.Tab(label="Parameters", value="parameters", children=parameters),
                     dcc.Tab(
                         label="Trial",
                         value="trial",
@@ -542,7 +558,10 @@ def _leaderboard(exp: data.Experiment, trials: pd.DataFrame) -> tuple[list, list
         ("best_val_iou", "val IoU · best epoch", "numeric"),
         ("last_val_iou", "val IoU · last epoch", "numeric"),
         ("best_val_dice", "val Dice · best epoch", "numeric"),
-        *((c, f"{label} · best epoch", "numeric") for c, label in extra.items()),
+        *(
+            (c, label if "·" in label else f"{label} · best epoch", "numeric")
+            for c, label in extra.items()
+        ),  # fmt: skip
         ("best_epoch", "best epoch", "numeric"),
         ("epochs_run", "epochs run", "numeric"),
         ("train_seconds", "train s", "numeric"),
@@ -876,7 +895,10 @@ def _trial_view(exp: data.Experiment, focus: str | None) -> Any:
         ("val IoU · best epoch", f"{_fmt(row['best_val_iou'])} (epoch {_fmt(row['best_epoch'])})"),
         ("val IoU · last epoch", _fmt(row["last_val_iou"])),
         ("val Dice · best epoch", _fmt(row["best_val_dice"])),
-        *((label, _fmt(row[c])) for c, label in data.extra_scores(t).items()),
+        *(
+            (label if "·" in label else f"{label} · best epoch", _fmt(row[c]))
+            for c, label in data.extra_scores(t).items()
+        ),  # fmt: skip
         ("epochs run", _fmt(row["epochs_run"])),
         (
             "training time",

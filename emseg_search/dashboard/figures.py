@@ -345,19 +345,23 @@ def trial_curves(epochs: pd.DataFrame, trial_id: str) -> Figure:
         return empty("no epoch reported yet")
     data = []
     for col, color in (("val_iou", "#1f77b4"), ("val_dice", "#2ca02c"),
-                       ("val_robust_iou", "#9467bd"), ("val_score", "#8c564b")):  # fmt: skip
-        if col in g and g[col].notna().any():
-            data.append(
-                {
-                    "type": "scatter",
-                    "mode": "lines+markers",
-                    "name": col,
-                    "x": g["epoch"].tolist(),
-                    "y": _nan_to_none(g[col].astype(float).tolist()),
-                    "customdata": [trial_id] * len(g),
-                    "line": {"color": color},
-                }  # fmt: skip
-            )
+                       ("val_robust_iou", "#9467bd"), ("val_score", "#8c564b"),
+                       ("val_particle_f1", "#e377c2")):  # fmt: skip
+        if col not in g or g[col].isna().all():
+            continue
+        if col == "val_score" and np.allclose(g[col], g["val_iou"], equal_nan=True):
+            continue  # selection by IoU: the same line
+        data.append(
+            {
+                "type": "scatter",
+                "mode": "lines+markers",
+                "name": col,
+                "x": g["epoch"].tolist(),
+                "y": _nan_to_none(g[col].astype(float).tolist()),
+                "customdata": [trial_id] * len(g),
+                "line": {"color": color},
+            }
+        )
     if "train_loss" in g:
         data.append(
             {
