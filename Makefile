@@ -40,6 +40,7 @@ run: venv
 	"$(PY)" -m emseg_search report "results/$(EXPERIMENT)"
 	@echo "open it in a browser: file://$(abspath results/$(EXPERIMENT))/report/index.html"
 	@echo "held-out comparison with intervals: $(PY) -m emseg_search final results/$(EXPERIMENT) --test-data $(SYNTH_DIR)"
+	@echo "live dashboard over every result (then open http://127.0.0.1:8050/e/$(EXPERIMENT)): $(PY) -m emseg_search.dashboard results"
 
 test: venv
 	"$(PY)" -m pytest $(PYTEST_ARGS)

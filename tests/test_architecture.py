@@ -160,6 +160,21 @@ def library_files() -> list[Path]:
     )
 
 
+# Third-party packages a part of the package must never import (STYLE.md: analysis and the
+# dashboard read results, never Ray).
+NEVER_THIRD_PARTY = {"analysis": ("ray",), "dashboard": ("ray",)}
+
+
+def test_readers_of_results_never_import_ray() -> None:
+    bad = []
+    for path in PACKAGE.rglob("*.py"):
+        banned = NEVER_THIRD_PARTY.get(top(module_name(path)), ())
+        for module in third_party_imports(path):
+            if module.split(".")[0] in banned:
+                bad.append(f"{path.relative_to(PACKAGE.parent)} imports {module}")
+    assert not bad, "\n".join(sorted(bad))
+
+
 SIDE_EFFECTS = (
     "os.environ[",
     "os.environ.setdefault",
