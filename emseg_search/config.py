@@ -11,6 +11,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 SYNTHETIC = "synthetic"
+# What the network learns (TrialConfig.target) -> its number of output channels: the particle
+# mask (one logit); background / interior / boundary (softmax over three); or the mask plus
+# each particle's distance to its boundary, normalised to 1 at its centre (two sigmoid logits).
+TARGET_CHANNELS: dict[str, int] = {"binary": 1, "boundary": 3, "distance": 2}
 
 
 class ConfigError(ValueError):
@@ -61,6 +65,32 @@ class TrialConfig(BaseModel):
     )
     encoder_depth: int = Field(5, ge=3, le=5)
     output_stride: Literal[8, 16] | None = Field(None, description="DeepLab only")
+
+    # target: what the network predicts, and how instances come out of it
+    target: Literal["binary", "boundary", "distance"] = Field(
+        "binary",
+        description="binary: the particle mask; boundary: background / interior / a rim of "
+        "boundary_width px; distance: the mask plus the distance to each particle's boundary "
+        "(normalised per particle); instances: watershed of the mask (binary) or seeded at "
+        "interior / distance cores (boundary, distance)",
+    )
+    boundary_width: int = Field(
+        2, ge=1, le=16, description="boundary target: rim width in px at the model's scale"
+    )
+    target_weight: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="boundary/distance targets: weight of the instance term (the 3-class loss, "
+        "or the distance loss) against the particle-mask loss (1 - weight)",
+    )
+    seed_threshold: float = Field(
+        0.5,
+        gt=0.0,
+        lt=1.0,
+        description="boundary/distance targets: interior probability / normalised distance "
+        "above which pixels seed a particle of the watershed",
+    )
 
     # loss and augmentation
     loss: str = "dice+bce"
@@ -135,7 +165,17 @@ class TrialConfig(BaseModel):
                 f"`tversky_alpha + tversky_beta > 0` must hold, got tversky_alpha="
                 f"{self.tversky_alpha}, tversky_beta={self.tversky_beta}"
             )
+        if self.target == "boundary" and "mcc" in [p.strip() for p in self.loss.split("+")]:
+            raise ValueError(
+                "target 'boundary' trains a 3-class softmax and smp's mcc loss is binary only; "
+                "use another loss (dice, jaccard, focal, lovasz, tversky, bce or a pair)"
+            )
         return self
+
+    @property
+    def classes(self) -> int:
+        """Output channels of the model: 1 (binary), 3 (boundary) or 2 (distance)."""
+        return TARGET_CHANNELS[self.target]
 
     @property
     def is_synthetic(self) -> bool:

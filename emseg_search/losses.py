@@ -1,7 +1,11 @@
-"""Loss registry for binary segmentation on logits: base smp losses and weighted pairs "a+b".
+"""Loss registry for segmentation on logits: base smp losses and weighted pairs "a+b".
 
-Every loss takes logits (N, 1, H, W) and float targets (N, 1, H, W) in {0, 1} and returns a
-scalar. The base losses are smp's, unchanged; ``build_loss("a+b", w)`` is ``w*a + (1-w)*b``.
+Every binary loss takes logits (N, 1, H, W) and float targets (N, 1, H, W) in {0, 1} and
+returns a scalar. The base losses are smp's, unchanged; ``build_loss("a+b", w)`` is
+``w*a + (1-w)*b``. ``build_loss(..., mode="multiclass")`` builds the same names in smp's
+multiclass mode (logits (N, K, H, W) against class ids (N, H, W); ``bce`` is cross-entropy
+there; mcc has no multiclass mode). ``build_trial_loss`` gives each target of
+TrialConfig.target its loss (``TargetLoss`` for boundary and distance).
 
 Conventions inherited from smp (binary mode, statistics pooled over the whole batch): dice,
 jaccard and tversky are 0 for a batch with no foreground pixel at all, whatever the prediction
@@ -21,6 +25,7 @@ from torch import nn
 from emseg_search.config import TrialConfig
 
 BINARY = smp_losses.BINARY_MODE
+MULTICLASS = smp_losses.MULTICLASS_MODE
 
 
 class SigmoidInput(nn.Module):
@@ -63,6 +68,17 @@ LOSSES: dict[str, Callable[..., nn.Module]] = {
     "lovasz": partial(smp_losses.LovaszLoss, mode=BINARY, per_image=False, from_logits=True),
     "mcc": _mcc,
     "tversky": _tversky,
+}
+# The same names in smp's multiclass mode (logits (N, K, H, W), class ids (N, H, W)).
+MULTICLASS_LOSSES: dict[str, Callable[..., nn.Module]] = {
+    "bce": partial(smp_losses.SoftCrossEntropyLoss, smooth_factor=0.0),
+    "dice": partial(smp_losses.DiceLoss, mode=MULTICLASS, from_logits=True),
+    "focal": lambda *, focal_gamma: smp_losses.FocalLoss(mode=MULTICLASS, gamma=focal_gamma),
+    "jaccard": partial(smp_losses.JaccardLoss, mode=MULTICLASS, from_logits=True),
+    "lovasz": partial(smp_losses.LovaszLoss, mode=MULTICLASS, per_image=False, from_logits=True),
+    "tversky": lambda *, tversky_alpha, tversky_beta: smp_losses.TverskyLoss(
+        mode=MULTICLASS, from_logits=True, alpha=tversky_alpha, beta=tversky_beta
+    ),
 }
 LOSS_OPTIONS: dict[str, tuple[str, ...]] = {
     "focal": ("focal_gamma",),
@@ -107,9 +123,14 @@ def _unknown(name: str) -> ValueError:
     )
 
 
-def _base(name: str, options: dict[str, float]) -> nn.Module:
-    """A fresh base loss ``name`` given the options its factory takes."""
-    return LOSSES[name](**{k: options[k] for k in LOSS_OPTIONS.get(name, ())})
+def _base(name: str, options: dict[str, float], mode: str = BINARY) -> nn.Module:
+    """A fresh base loss ``name`` (in smp's ``mode``) given the options its factory takes."""
+    if mode == MULTICLASS and name not in MULTICLASS_LOSSES:
+        raise ValueError(
+            f"loss {name!r} has no multiclass mode in smp; valid: {sorted(MULTICLASS_LOSSES)}"
+        )
+    factory = MULTICLASS_LOSSES[name] if mode == MULTICLASS else LOSSES[name]
+    return factory(**{k: options[k] for k in LOSS_OPTIONS.get(name, ())})
 
 
 def build_loss(
@@ -119,13 +140,17 @@ def build_loss(
     focal_gamma: float = 2.0,
     tversky_alpha: float = 0.3,
     tversky_beta: float = 0.7,
+    mode: str = BINARY,
 ) -> nn.Module:
     """Loss module for logits (N, 1, H, W) vs targets (N, 1, H, W); "a+b" -> w*a + (1-w)*b.
 
     ``weight`` only applies to pairs (it is TrialConfig.loss_weight) and must lie in [0, 1];
     the keyword options are the TrialConfig fields of the same name (defaults equal theirs)
-    and reach the losses that use them, alone or in a pair.
+    and reach the losses that use them, alone or in a pair. ``mode="multiclass"``: logits
+    (N, K, H, W) vs class ids (N, H, W) long.
     """
+    if mode not in (BINARY, MULTICLASS):
+        raise ValueError(f"mode must be {BINARY!r} or {MULTICLASS!r}, got {mode!r}")
     options = {
         "focal_gamma": focal_gamma,
         "tversky_alpha": tversky_alpha,
@@ -135,20 +160,61 @@ def build_loss(
     if len(parts) == 1:
         if parts[0] not in LOSSES:
             raise _unknown(name)
-        return _base(parts[0], options)
+        return _base(parts[0], options, mode)
     if len(parts) != 2 or any(p not in LOSSES for p in parts) or parts[0] == parts[1]:
         raise _unknown(name)
     if not 0.0 <= weight <= 1.0:
         raise ValueError(f"loss weight must lie in [0, 1], got {weight}")
-    return WeightedSum(_base(parts[0], options), _base(parts[1], options), weight)
+    return WeightedSum(_base(parts[0], options, mode), _base(parts[1], options, mode), weight)
+
+
+class TargetLoss(nn.Module):
+    """The loss of an instance-aware target: (1 - w) * particle-mask loss + w * instance loss.
+
+    boundary: logits (N, 3, H, W) vs class ids (N, 1, H, W) 0/1/2; the mask term is the binary
+    loss of the particle logit log(P(interior) + P(boundary)) - log P(background) (what
+    particles.postprocess thresholds) against ids > 0, the instance term the multiclass loss.
+    distance: logits (N, 2, H, W) vs (N, 2, H, W) [mask, normalised distance]; the mask term
+    is the binary loss of channel 0, the instance term smp's soft BCE of channel 1 against
+    the distance (a regression to values in [0, 1]).
+    """
+
+    def __init__(self, target: str, mask: nn.Module, instance: nn.Module, weight: float) -> None:
+        super().__init__()
+        if target not in ("boundary", "distance"):
+            raise ValueError(f"TargetLoss is for the boundary and distance targets, got {target!r}")
+        self.target, self.mask, self.instance, self.weight = target, mask, instance, float(weight)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Weighted sum of both terms for logits (N, C, H, W) and the target -> scalar."""
+        if self.target == "boundary":
+            particle = torch.logsumexp(logits[:, 1:], dim=1, keepdim=True) - logits[:, :1]
+            first = self.mask(particle, (target > 0).to(logits.dtype))
+            second = self.instance(logits, target[:, 0].long())
+        else:
+            first = self.mask(logits[:, :1], target[:, :1])
+            second = self.instance(logits[:, 1:], target[:, 1:])
+        return (1.0 - self.weight) * first + self.weight * second
+
+    def extra_repr(self) -> str:
+        """Show the target and the weight in the module's repr."""
+        return f"target={self.target}, weight={self.weight}"
 
 
 def build_trial_loss(cfg: TrialConfig) -> nn.Module:
-    """The loss a TrialConfig asks for: ``cfg.loss`` with its weight and every loss option."""
-    return build_loss(
-        cfg.loss,
-        cfg.loss_weight,
-        focal_gamma=cfg.focal_gamma,
-        tversky_alpha=cfg.tversky_alpha,
-        tversky_beta=cfg.tversky_beta,
-    )
+    """The loss a TrialConfig asks for: ``cfg.loss`` with its weight and every loss option,
+    for its target (binary: that loss; boundary and distance: a ``TargetLoss`` whose terms are
+    weighted by ``cfg.target_weight``)."""
+    options = {
+        "focal_gamma": cfg.focal_gamma,
+        "tversky_alpha": cfg.tversky_alpha,
+        "tversky_beta": cfg.tversky_beta,
+    }
+    mask = build_loss(cfg.loss, cfg.loss_weight, **options)
+    if cfg.target == "binary":
+        return mask
+    if cfg.target == "boundary":
+        instance = build_loss(cfg.loss, cfg.loss_weight, **options, mode=MULTICLASS)
+    else:
+        instance = smp_losses.SoftBCEWithLogitsLoss()
+    return TargetLoss(cfg.target, mask, instance, cfg.target_weight)

@@ -78,6 +78,10 @@ FLAGS: dict[str, tuple[list[str], object]] = {
     "focal_gamma": (["--focal-gamma", "1.5"], 1.5),
     "tversky_alpha": (["--tversky-alpha", "0.4"], 0.4),
     "tversky_beta": (["--tversky-beta", "0.6"], 0.6),
+    "target": (["--target", "boundary"], "boundary"),
+    "boundary_width": (["--boundary-width", "3"], 3),
+    "target_weight": (["--target-weight", "0.7"], 0.7),
+    "seed_threshold": (["--seed-threshold", "0.6"], 0.6),
     "augment": (["--augment", "em"], "em"),
     "augment_strength": (["--augment-strength", "1.5"], 1.5),
     "optimizer": (["--optimizer", "sgd"], "sgd"),
@@ -189,6 +193,20 @@ def test_config_saved_before_the_loss_and_schedule_fields_still_loads_and_resume
     assert changed_fields(old, cfg.model_copy(update={"epochs": 5})) is None
     changed = changed_fields(old, cfg.model_copy(update={"focal_gamma": 1.0}))
     assert changed is not None and "focal_gamma: 2.0 -> 1.0" in changed
+
+
+def test_config_saved_before_targets_loads_as_the_binary_target(tmp_path: Path) -> None:
+    """A config.yaml written before TrialConfig.target existed is the binary model it was."""
+    new = ("target", "boundary_width", "target_weight", "seed_threshold")
+    cfg = TrialConfig(epochs=3)
+    old = tmp_path / "config.yaml"
+    old.write_text(yaml.safe_dump({k: v for k, v in cfg.to_dict().items() if k not in new}))
+    loaded = TrialConfig.from_yaml(old)
+    assert loaded == cfg and loaded.target == "binary" and loaded.classes == 1
+    assert changed_fields(old, cfg) is None
+    assert [TrialConfig(target=t).classes for t in ("boundary", "distance")] == [3, 2]
+    with pytest.raises(ConfigError, match="target: Input should be 'binary', 'boundary'"):
+        TrialConfig.from_dict({"target": "flow"})
 
 
 @pytest.mark.parametrize(

@@ -183,3 +183,61 @@ def test_weight_outside_unit_interval(weight: float) -> None:
 
 def test_each_build_is_a_fresh_module() -> None:
     assert build_loss("dice") is not build_loss("dice")
+
+
+# --- instance-aware targets (TrialConfig.target) ----------------------------------------
+
+
+def _boundary_target() -> torch.Tensor:
+    """(1, 1, 6, 6) class ids: a 4x4 particle with a 2x2 interior (1) in its rim (2)."""
+    target = torch.zeros(1, 1, 6, 6)
+    target[..., 1:5, 1:5] = 2.0
+    target[..., 2:4, 2:4] = 1.0
+    return target
+
+
+@pytest.mark.parametrize("name", ["bce", "dice", "focal", "jaccard", "lovasz", "tversky"])
+def test_multiclass_losses_prefer_the_right_classes(name: str) -> None:
+    ids = _boundary_target()[:, 0].long()
+    right = torch.nn.functional.one_hot(ids, 3).permute(0, 3, 1, 2).float() * 20 - 10
+    loss = build_loss(name, mode="multiclass")
+    assert float(loss(right, ids)) < float(loss(right.flip(1), ids))
+
+
+def test_mcc_has_no_multiclass_mode() -> None:
+    with pytest.raises(ValueError, match="no multiclass mode"):
+        build_loss("mcc+bce", mode="multiclass")
+    with pytest.raises(ValueError, match="mcc loss is binary only"):
+        from emseg_search.config import TrialConfig
+
+        TrialConfig(target="boundary", loss="mcc")
+
+
+@pytest.mark.parametrize("target", ["boundary", "distance"])
+def test_target_loss_weights_its_two_terms(target: str) -> None:
+    from emseg_search.config import TrialConfig
+    from emseg_search.losses import TargetLoss, build_trial_loss
+
+    if target == "boundary":
+        goal = _boundary_target()
+        ids = goal[:, 0].long()
+        right = torch.nn.functional.one_hot(ids, 3).permute(0, 3, 1, 2).float() * 20 - 10
+    else:
+        goal = torch.stack([(_boundary_target()[0, 0] > 0).float(), _boundary_target()[0, 0] / 2])
+        goal = goal[None]  # (1, 2, 6, 6): mask and a distance in [0, 1]
+        p = goal[:, 1:].clamp(1e-4, 1 - 1e-4)
+        right = torch.cat([goal[:, :1] * 20 - 10, torch.log(p / (1 - p))], dim=1)
+    wrong = -right
+    losses = {
+        w: build_trial_loss(TrialConfig(target=target, loss="dice+bce", target_weight=w))
+        for w in (0.0, 0.5, 1.0)
+    }
+    assert isinstance(losses[0.5], TargetLoss)
+    for w, loss in losses.items():
+        assert float(loss(right, goal)) < float(loss(wrong, goal)), w
+    mixed = float(losses[0.5](wrong, goal))
+    ends = (float(losses[0.0](wrong, goal)), float(losses[1.0](wrong, goal)))
+    assert mixed == pytest.approx(sum(ends) / 2, rel=1e-5)
+    logits = right.clone().requires_grad_(True)
+    losses[0.5](logits, goal).backward()
+    assert torch.isfinite(logits.grad).all()

@@ -491,6 +491,7 @@ def build_report(
         "loss",
         "augment",
         "best_val_iou",
+        "best_val_particle_f1",
         "best_val_robust_iou",
         "best_val_score",
         "last_val_iou",

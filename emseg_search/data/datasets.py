@@ -12,6 +12,7 @@ from torch.utils.data import Dataset, get_worker_info
 
 from emseg_search.data.loading import Micrograph
 from emseg_search.data.readers import image_to_float01
+from emseg_search.data.targets import derive_target, target_to_tensor_layout
 
 
 def to_canonical(image: np.ndarray) -> np.ndarray:
@@ -77,11 +78,14 @@ def seed_worker(worker_id: int) -> None:
 
 
 class TileDataset(Dataset):
-    """Random ``tile_size`` crops for training: {"image": (1, T, T) float32, "mask": (1, T, T)}.
+    """Random ``tile_size`` crops for training: {"image": (1, T, T) float32, "mask": (C, T, T)}.
 
     Images are rescaled once by ``scale``; images smaller than a tile are padded with the mean
-    intensity (mask 0). ``transform`` (albumentations) moves image and mask together and sees
-    float32 images in [0, 1]; normalisation to ``(x - mean) / std`` comes last.
+    intensity (mask 0). "mask" is the ``target`` (data/targets.py), derived once per image
+    from its rescaled instance map: (1, T, T) 0/1 for binary, (1, T, T) class ids 0/1/2 for
+    boundary, (2, T, T) mask and normalised distance for distance. ``transform``
+    (albumentations) moves image and target together (the target nearest-neighbour, as any
+    mask) and sees float32 images in [0, 1]; normalisation to ``(x - mean) / std`` comes last.
     """
 
     def __init__(
@@ -94,6 +98,8 @@ class TileDataset(Dataset):
         scale: float = 1.0,
         transform: A.BasicTransform | A.BaseCompose | None = None,
         seed: int = 0,
+        target: str = "binary",
+        boundary_width: int = 2,
     ) -> None:
         if not items:
             raise ValueError("TileDataset needs at least one micrograph")
@@ -105,7 +111,7 @@ class TileDataset(Dataset):
         self.mean, self.std = float(mean), float(std)
         pairs = [rescale(to_canonical(m.image), m.instances, scale) for m in items]
         self.images = [p[0] for p in pairs]
-        self.masks = [(p[1] > 0).astype(np.uint8) for p in pairs]
+        self.masks = [derive_target(p[1], target, boundary_width) for p in pairs]
         self.samples_per_epoch = samples_per_epoch or len(items)
         crop = A.RandomCrop(
             tile_size,
@@ -132,7 +138,7 @@ class TileDataset(Dataset):
         image = (np.asarray(out["image"], dtype=np.float32) - self.mean) / self.std
         return {
             "image": torch.from_numpy(np.ascontiguousarray(image))[None],
-            "mask": torch.from_numpy(np.ascontiguousarray(out["mask"]).astype(np.float32))[None],
+            "mask": torch.from_numpy(np.ascontiguousarray(target_to_tensor_layout(out["mask"]))),
         }
 
 

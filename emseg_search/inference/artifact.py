@@ -1,8 +1,9 @@
 """The model artifact: a folder that describes itself and loads with no other input.
 
 model/
-  artifact.json     format, normalisation, threshold, scale, stride, metrics (validation; only
-                    best_epoch without a split), versions
+  artifact.json     format, normalisation, threshold, scale, stride, target and post-processing
+                    (particles.postprocess), metrics (validation; only best_epoch without a
+                    split), versions (artifacts from before targets: binary, the defaults)
   config.yaml       the resolved TrialConfig it was trained with
   weights.pt        model state dict (best validation epoch; the last without validation)
   fingerprint.json  fingerprint of the training images
@@ -21,6 +22,7 @@ from torch import nn
 from emseg_search.atomic import atomic_dir
 from emseg_search.config import TrialConfig
 from emseg_search.data import Fingerprint
+from emseg_search.particles.postprocess import PostProcess
 
 FORMAT = "emseg-search-model/1"
 FILES = ("artifact.json", "config.yaml", "weights.pt", "fingerprint.json")
@@ -54,6 +56,15 @@ class ModelArtifact:
     def threshold(self) -> float:
         """Probability threshold for the particle mask."""
         return float(self.meta["threshold"])
+
+    @property
+    def postprocess(self) -> PostProcess:
+        """How outputs become a mask and particles: as recorded, or (artifacts written before
+        targets) the config's, which is the binary target at the artifact's threshold."""
+        recorded = self.meta.get("postprocess")
+        if recorded:
+            return PostProcess(**recorded)
+        return PostProcess.of(self.config.model_copy(update={"threshold": self.threshold}))
 
 
 def versions() -> dict[str, str]:
@@ -107,7 +118,9 @@ def write_artifact(
         "arch": cfg.arch,
         "encoder": cfg.encoder,
         "in_channels": 1,
-        "classes": 1,
+        "classes": cfg.classes,
+        "target": cfg.target,
+        "postprocess": PostProcess.of(cfg).to_dict(),
         "normalization": {
             "mean": mean,
             "std": std,

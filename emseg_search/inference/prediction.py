@@ -41,12 +41,23 @@ def segment(
     pixel_size: float | None = None,
     min_area: int = 4,
 ) -> Segmented:
-    """Mask, instances and particle table of one grey image with an inference.Predictor."""
-    from emseg_search.particles.labelling import label_particles
-    from emseg_search.particles.measurement import measure_particles
+    """Mask, instances and particle table of one grey image with an inference.Predictor,
+    through its artifact's post-processing (``particles.postprocess``; ``split_touching`` and
+    ``min_area`` as given)."""
+    from dataclasses import replace
 
-    mask = predictor.predict_mask(image)
-    instances = label_particles(mask, split_touching=split_touching, min_area=min_area)
+    from emseg_search.particles.measurement import measure_particles
+    from emseg_search.particles.postprocess import PostProcess
+
+    post = getattr(predictor, "post", None) or PostProcess()
+    post = replace(post, split_touching=split_touching, min_area=min_area)
+    if post.target == "binary":
+        mask = predictor.predict_mask(image)
+        instances = post.label_mask(mask)
+    else:
+        outputs = predictor.predict_outputs(image)
+        mask = post.mask(outputs)[0].numpy()
+        instances = post.instances(outputs)
     particles = measure_particles(instances, image=image, pixel_size=pixel_size, name=name)
     return Segmented(mask, instances, particles)
 

@@ -69,7 +69,7 @@ class Throughput:
     images: int
     megapixels: float  # at the images' original resolution
     windows: int  # model inputs: whole images or tiles (each TTA flip not counted)
-    seconds: float  # wall time inside predict_logits, preprocessing and resizing included
+    seconds: float  # wall time inside predict_outputs, preprocessing and resizing included
 
     @property
     def images_per_s(self) -> float:
@@ -227,6 +227,7 @@ class Predictor:
         self.model = artifact.model.to(self.device).eval()
         self.mean, self.std = artifact.mean, artifact.std
         self.model_scale, self.threshold = float(cfg.scale), artifact.threshold
+        self.post = artifact.postprocess  # its target says which output channel is "particle"
         self.auto = scale == AUTO
         if isinstance(scale, str) and not self.auto:
             raise ValueError(f"scale must be a number > 0, None or {AUTO!r}, got {scale!r}")
@@ -285,7 +286,20 @@ class Predictor:
         return torch.from_numpy(np.ascontiguousarray(image)).to(self.device)[None, None]
 
     def predict_logits(self, image: np.ndarray) -> np.ndarray:
-        """Logits (H, W) float32 at the original resolution for one grey image (H, W)."""
+        """Particle logits (H, W) float32 at the original resolution for one grey image (H, W):
+        the model's logit for the binary target, the particle logit of its outputs for the
+        others (``PostProcess.foreground_logit``)."""
+        return self._particle_logit(self.predict_outputs(image))
+
+    def _particle_logit(self, outputs: np.ndarray) -> np.ndarray:
+        """Particle logits (H, W) of outputs (C, H, W)."""
+        if outputs.shape[0] == 1:
+            return outputs[0]
+        return self.post.foreground_logit(torch.from_numpy(outputs))[0].numpy()
+
+    def predict_outputs(self, image: np.ndarray) -> np.ndarray:
+        """The model's outputs, logits (C, H, W) float32 at the original resolution, for one
+        grey image (H, W); C is the artifact's target's channels (1 for binary)."""
         t0 = time.perf_counter()
         image = _canonical(image)
         done: dict[float, np.ndarray] = {}
@@ -294,7 +308,8 @@ class Predictor:
             assert self.band is not None
             done[scale] = first = self._logits_at(image, scale)
             min_area = MIN_AREA_PX / scale**2  # a speck at the working scale, in image px
-            diameter, _ = particle_size(first > self._logit_threshold(), min_area)
+            mask = self._particle_logit(first) > self._logit_threshold()
+            diameter, _ = particle_size(mask, min_area)
             scale = working_scale(diameter, scale, self.band, image.shape)
         total = None
         for f in self.scale_tta:
@@ -310,20 +325,20 @@ class Predictor:
         return out
 
     def _logits_at(self, image: np.ndarray, scale: float) -> np.ndarray:
-        """Logits (H, W) float32 at the original resolution of a canonical image run at
+        """Logits (C, H, W) float32 at the original resolution of a canonical image run at
         ``scale``."""
         x = self._input(image, scale)
         (h, w), (hs, ws) = image.shape, self.scaled_shape(image.shape, scale)
         with torch.inference_mode():
             if max(x.shape[-2:]) <= self.tile_size:  # as validation ran it during training
-                logits, windows = self._forward(x)[0, 0], 1
+                logits, windows = self._forward(x)[0], 1
             else:
                 logits, windows = self._tiled(x[0, 0])
-            logits = logits[:hs, :ws]
+            logits = logits[:, :hs, :ws]
             if (hs, ws) != (h, w):
                 logits = F.interpolate(
-                    logits[None, None], size=(h, w), mode="bilinear", align_corners=False
-                )[0, 0]
+                    logits[None], size=(h, w), mode="bilinear", align_corners=False
+                )[0]
             out = logits.contiguous().cpu().numpy()  # not a view of the padded map
         self._windows += windows
         return out
@@ -346,7 +361,7 @@ class Predictor:
         return self.predict_logits(image) > limit
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
-        """Model logits (N, 1, h, w) float32 for a normalised batch (N, 1, h, w); TTA-averaged."""
+        """Model logits (N, C, h, w) float32 for a normalised batch (N, 1, h, w); TTA-averaged."""
         flips = FLIPS if self.tta else FLIPS[:1]
         total = None
         for dims in flips:
@@ -360,7 +375,7 @@ class Predictor:
         return total if len(flips) == 1 else total / len(flips)
 
     def _tiled(self, padded: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """Gaussian-blended sliding-window logits (Hp, Wp) of a prepared image (Hp, Wp)."""
+        """Gaussian-blended sliding-window logits (C, Hp, Wp) of a prepared image (Hp, Wp)."""
         height, width = padded.shape
         th, tw = min(self.tile_size, height), min(self.tile_size, width)
         ys = tile_origins(height, th, self.overlap, self.stride)
@@ -368,13 +383,14 @@ class Predictor:
         wy = torch.from_numpy(blend_window(th)).to(self.device)
         wx = torch.from_numpy(blend_window(tw)).to(self.device)
         window = wy[:, None] * wx[None, :]
-        acc = torch.zeros((height, width), dtype=torch.float32, device=self.device)
+        channels = self.post.channels
+        acc = torch.zeros((channels, height, width), dtype=torch.float32, device=self.device)
         origins = [(y, x) for y in ys for x in xs]
         for start in range(0, len(origins), self.batch_size):
             chunk = origins[start : start + self.batch_size]
             batch = torch.stack([padded[y : y + th, x : x + tw] for y, x in chunk])[:, None]
-            for (y, x), tile in zip(chunk, self._forward(batch)[:, 0], strict=True):
-                acc[y : y + th, x : x + tw] += tile * window
+            for (y, x), tile in zip(chunk, self._forward(batch), strict=True):
+                acc[:, y : y + th, x : x + tw] += tile * window
         # the window is separable and the origins a grid, so the summed weights are too
         sy = torch.zeros(height, device=self.device)
         sx = torch.zeros(width, device=self.device)

@@ -1,7 +1,8 @@
-"""Architecture registry and ``build_model(cfg)``: smp and torchvision FCN, 1 channel -> 1 logit.
+"""Architecture registry and ``build_model(cfg)``: smp and torchvision FCN, 1 channel -> C logits.
 
-Every model maps (N, 1, H, W) -> raw logits (N, 1, H, W) when H and W are multiples of
-``required_stride(cfg)`` and at least ``min_input_size(cfg)``.
+Every model maps (N, 1, H, W) -> raw logits (N, C, H, W), C = ``cfg.classes`` (1 for the binary
+target, 3 boundary, 2 distance), when H and W are multiples of ``required_stride(cfg)`` and at
+least ``min_input_size(cfg)``.
 
 DDP: some parameters get no gradient, so DistributedDataParallel needs
 ``find_unused_parameters=True`` (the trainer handles it; ``unused_parameters`` measures it):
@@ -48,7 +49,8 @@ def _smp_weights(cfg: TrialConfig) -> str | bool | None:
 
 
 def _smp(cls_name: str, extra: Callable[[TrialConfig], dict[str, Any]] | None = None) -> Builder:
-    """A builder for smp's ``cls_name`` with in_channels=1, classes=1 and per-arch kwargs."""
+    """A builder for smp's ``cls_name`` with in_channels=1, classes=cfg.classes and per-arch
+    kwargs."""
 
     def build(cfg: TrialConfig) -> nn.Module:
         import segmentation_models_pytorch as smp  # ~1.3 s: only when a model is built
@@ -58,12 +60,12 @@ def _smp(cls_name: str, extra: Callable[[TrialConfig], dict[str, Any]] | None = 
             encoder_depth=cfg.encoder_depth,
             encoder_weights=_smp_weights(cfg),
             in_channels=1,
-            classes=1,
+            classes=cfg.classes,
             **(extra(cfg) if extra else {}),
         )
 
     build.__name__ = f"build_{cls_name.lower()}"
-    build.__doc__ = f"smp.{cls_name} for ``cfg``: (N, 1, H, W) -> logits (N, 1, H, W)."
+    build.__doc__ = f"smp.{cls_name} for ``cfg``: (N, 1, H, W) -> logits (N, C, H, W)."
     return build
 
 
@@ -96,7 +98,7 @@ class FCN(nn.Module):
         return self.fcn.backbone
 
     def forward(self, x: Tensor) -> Tensor:
-        """(N, 1, H, W) -> logits (N, 1, H, W) (bilinear upsampling inside torchvision's FCN)."""
+        """(N, 1, H, W) -> logits (N, C, H, W) (bilinear upsampling inside torchvision's FCN)."""
         return self.fcn(x)["out"]
 
 
@@ -126,7 +128,7 @@ def build_fcn(cfg: TrialConfig) -> nn.Module:
             f"smp hub weights of {cfg.encoder}",
             truncated=cfg.encoder_depth < 5,
         )
-    return FCN(TorchvisionFCN(backbone, FCNHead(channels, 1)))
+    return FCN(TorchvisionFCN(backbone, FCNHead(channels, cfg.classes)))
 
 
 ARCHITECTURES: dict[str, Builder] = {
@@ -279,7 +281,7 @@ def weights_normalization(cfg: TrialConfig) -> tuple[float, float] | None:
 
 
 def build_model(cfg: TrialConfig) -> nn.Module:
-    """The model for ``cfg``: (N, 1, H, W) -> raw logits (N, 1, H, W), weights loaded."""
+    """The model for ``cfg``: (N, 1, H, W) -> raw logits (N, cfg.classes, H, W), weights loaded."""
     builder = _builder(cfg.arch)
     if cfg.output_stride is not None and cfg.arch not in _DEFAULT_OUTPUT_STRIDE:
         raise ValueError(

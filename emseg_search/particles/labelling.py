@@ -1,7 +1,8 @@
 """Particles from masks: connected components, optionally split where particles touch.
 
 The one place where a mask becomes instances: training-time validation, `evaluate`, `predict`
-and the export recipe all call ``label_particles``.
+and the export recipe all call ``label_particles`` (through ``postprocess.to_instances`` for
+models of the binary target).
 """
 
 from __future__ import annotations
@@ -67,7 +68,6 @@ def label_particles(
     the specks a network leaves.
     """
     from skimage.measure import label
-    from skimage.segmentation import relabel_sequential
 
     mask = np.asarray(mask)
     if mask.ndim != 2:
@@ -82,6 +82,15 @@ def label_particles(
     labels = label(fg, connectivity=1).astype(np.int32)
     if split_touching and labels.max() > 0:
         labels = _split_touching(fg, labels).astype(np.int32)
+    return drop_small(labels, min_area)
+
+
+def drop_small(labels: np.ndarray, min_area: int) -> np.ndarray:
+    """Remove particles smaller than ``min_area`` px from an (H, W) instance map; ids become
+    1..N in the order they had (int32)."""
+    from skimage.segmentation import relabel_sequential
+
+    labels = np.asarray(labels).astype(np.int32)
     if min_area > 1:
         areas = np.bincount(labels.ravel())
         labels[(areas < min_area)[labels]] = 0

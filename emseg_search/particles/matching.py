@@ -1,6 +1,6 @@
 """Matching predicted particles to true ones: instance IoU, one-to-one matches at an IoU
-threshold (StarDist-style precision / recall / F1, panoptic quality), totals that add up over
-images and ranks, and distances between size distributions.
+threshold (StarDist-style precision / recall / F1, panoptic quality, count error), totals that
+add up over images and ranks, and distances between size distributions.
 
 Empty-set conventions as in ``metrics``: a score is 1.0 only for a perfect answer.
 """
@@ -55,8 +55,13 @@ def instance_iou(true_labels: np.ndarray, pred_labels: np.ndarray) -> np.ndarray
     return inter / np.maximum(union, 1.0)
 
 
-def _instance_scores(n_true: int, n_pred: int, tp: int, sum_iou: float) -> dict[str, float]:
+def _instance_scores(
+    n_true: int, n_pred: int, tp: int, sum_iou: float, miscount: int | None = None
+) -> dict[str, float]:
+    """Scores of particle counts; ``miscount`` is the summed per-image |n_pred - n_true|
+    (one image: that difference itself)."""
     fp, fn = n_pred - tp, n_true - tp
+    miscount = abs(n_pred - n_true) if miscount is None else miscount
     return {
         "n_true": n_true,
         "n_pred": n_pred,
@@ -69,6 +74,9 @@ def _instance_scores(n_true: int, n_pred: int, tp: int, sum_iou: float) -> dict[
         "mean_matched_iou": sum_iou / tp if tp else 0.0,
         "sum_matched_iou": sum_iou,
         "panoptic_quality": sum_iou / (tp + fp / 2 + fn / 2) if (tp + fp + fn) else 1.0,
+        # miscounted particles per true particle (per-image |n_pred - n_true| summed): 0.0 is
+        # perfect; no true particle -> the number predicted
+        "count_error": miscount / n_true if n_true else float(miscount),
     }
 
 
@@ -98,24 +106,28 @@ def match_instances(
 
 
 def instance_totals(matches: Iterable[Mapping[str, float]]) -> torch.Tensor:
-    """Sum per-image ``match_instances`` results -> (4,) float64 [n_true, n_pred, tp, sum IoU].
+    """Sum per-image ``match_instances`` results -> (5,) float64 [n_true, n_pred, tp, sum IoU,
+    sum |n_pred - n_true|].
 
     Fixed size, so ``all_reduce_counts`` makes it exact over ranks (integers stay exact in
     float64 below 2**53).
     """
-    totals = [0.0, 0.0, 0.0, 0.0]
+    totals = [0.0, 0.0, 0.0, 0.0, 0.0]
     for m in matches:
         totals[0] += int(m["n_true"])
         totals[1] += int(m["n_pred"])
         totals[2] += int(m["tp"])
         totals[3] += float(m["sum_matched_iou"])
+        totals[4] += abs(int(m["n_pred"]) - int(m["n_true"]))
     return torch.tensor(totals, dtype=torch.float64)
 
 
 def summarize_instance_totals(totals: torch.Tensor) -> dict[str, float]:
-    """Data-set particle scores from ``instance_totals`` (4,) (summed over images and ranks)."""
+    """Data-set particle scores from ``instance_totals`` (5,) (summed over images and ranks);
+    a (4,) tensor of older callers counts the miscount of the totals instead."""
     n_true, n_pred, tp = (int(round(float(v))) for v in totals[:3])
-    return _instance_scores(n_true, n_pred, tp, float(totals[3]))
+    miscount = int(round(float(totals[4]))) if len(totals) > 4 else None
+    return _instance_scores(n_true, n_pred, tp, float(totals[3]), miscount)
 
 
 def summarize_instances(matches: Iterable[Mapping[str, float]]) -> dict[str, float]:

@@ -34,6 +34,13 @@ EPOCH_METRICS: dict[str, pa.DataType] = {
     "val_recall": pa.float64(),
     "val_mean_image_iou": pa.float64(),
     "val_mean_image_dice": pa.float64(),
+    # particles (the target's post-processing, as `evaluate`) matched to the true ones at
+    # IoU >= 0.5; count error: summed per-image |predicted - true count| / true count
+    "val_particle_precision": pa.float64(),
+    "val_particle_recall": pa.float64(),
+    "val_particle_f1": pa.float64(),
+    "val_panoptic_quality": pa.float64(),
+    "val_count_error": pa.float64(),
     # with TrialConfig.val_shifts: mean IoU of the validation images under those shifts
     "val_robust_iou": pa.float64(),
     # what picks the best epoch: val_iou, or with val_shifts the robust_weight mix
@@ -54,6 +61,11 @@ TRIAL_COLUMNS: dict[str, pa.DataType] = {
     # the best epoch is the one of highest val_score (= val_iou unless val_shifts are set)
     "best_val_score": pa.float64(),
     "best_val_robust_iou": pa.float64(),
+    # particle scores of the best epoch and of the last one (absent in tables from before)
+    "best_val_particle_f1": pa.float64(),
+    "last_val_particle_f1": pa.float64(),
+    "best_val_panoptic_quality": pa.float64(),
+    "best_val_count_error": pa.float64(),
     "best_epoch": pa.int64(),
     "epochs_run": pa.int64(),
     "train_seconds": pa.float64(),

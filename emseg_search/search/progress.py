@@ -21,6 +21,9 @@ LABELS = {
     "val_dice": "val Dice",
     "val_score": "val score",
     "val_robust_iou": "val robust IoU",
+    "val_particle_f1": "val particle F1",
+    "val_panoptic_quality": "val PQ",
+    "val_count_error": "val count error",
 }
 
 

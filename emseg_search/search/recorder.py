@@ -105,8 +105,12 @@ class TableRecorder(Callback):
                 best_val_dice=_finite(best.get("val_dice")),
                 best_val_score=best_score,
                 best_val_robust_iou=_finite(best.get("val_robust_iou")),
+                best_val_particle_f1=_finite(best.get("val_particle_f1")),
+                best_val_panoptic_quality=_finite(best.get("val_panoptic_quality")),
+                best_val_count_error=_finite(best.get("val_count_error")),
                 best_epoch=best["epoch"],
                 last_val_iou=_finite(result.get("val_iou")),
+                last_val_particle_f1=_finite(result.get("val_particle_f1")),
             )
         row["epochs_run"] = len(mine)
         row["train_seconds"] = float(sum(r.get("epoch_seconds") or 0.0 for r in mine))

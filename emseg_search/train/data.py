@@ -113,6 +113,8 @@ def build_datasets(
         scale=cfg.scale,
         transform=build_augment(cfg.augment, cfg.augment_strength),
         seed=cfg.seed + 1000 * rank,
+        target=cfg.target,
+        boundary_width=cfg.boundary_width,
     )
     return train, whole_images(cfg, prepared, data.subset(prepared.val)[rank::world])
 

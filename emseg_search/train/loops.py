@@ -14,7 +14,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from emseg_search.config import TrialConfig
-from emseg_search.metrics import per_image_counts, summarize_distributed
+from emseg_search.metrics import all_reduce_counts, per_image_counts, summarize_distributed
+from emseg_search.particles.matching import (
+    instance_totals,
+    match_instances,
+    summarize_instance_totals,
+)
+from emseg_search.particles.postprocess import PostProcess
+
+# what validation reports of the particles (particles.matching's names; "val_" in epochs)
+PARTICLE_METRICS: dict[str, str] = {
+    "precision": "particle_precision",
+    "recall": "particle_recall",
+    "f1": "particle_f1",
+    "panoptic_quality": "panoptic_quality",
+    "count_error": "count_error",
+}
 
 
 class DivergedError(RuntimeError):
@@ -123,7 +138,7 @@ def train_one_epoch(
     scaler: torch.amp.GradScaler | None = None,
     grad_clip: float | None = None,
 ) -> EpochStats:
-    """One pass over ``loader`` ({"image": (N,1,T,T), "mask": (N,1,T,T)}); mean loss per image.
+    """One pass over ``loader`` ({"image": (N,1,T,T), "mask": (N,C,T,T)}); mean loss per image.
 
     Raises DivergedError on a NaN/inf loss, naming the step; under torch.distributed every
     rank raises it when any rank's loss is not finite (``agree_finite``).
@@ -170,7 +185,7 @@ def full_resolution_logits(
     out_size: tuple[int, int],
     amp_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """Logits (1, 1, H, W) at the original size for a padded image (1, 1, Hp, Wp).
+    """Logits (1, C, H, W) at the original size for a padded image (1, 1, Hp, Wp).
 
     Crops the padding (``size`` is the unpadded size at the model's scale) and, when the
     model ran at another scale, resizes bilinearly to ``out_size``.
@@ -190,23 +205,36 @@ def evaluate(
     device: torch.device,
     threshold: float = 0.5,
     amp_dtype: torch.dtype | None = None,
+    post: PostProcess | None = None,
+    particles: bool = False,
 ) -> dict[str, float]:
     """Score whole images (batch size 1, see WholeImageDataset) at their original resolution.
 
-    Returns data-set level ``iou``/``dice``/``precision``/``recall`` (from summed confusion
-    counts) and ``mean_image_iou``/``mean_image_dice``. Under torch.distributed each rank
-    passes its own disjoint shard and the counts are summed over ranks, so every rank gets
-    the scores of the whole validation set.
+    Returns data-set level ``iou``/``dice``/``precision``/``recall`` of the particle mask
+    (from summed confusion counts) and ``mean_image_iou``/``mean_image_dice``. ``post`` turns
+    the model's outputs into a mask and particles (default: the binary target at
+    ``threshold``); with ``particles`` its instances are matched to the true ones at IoU >=
+    0.5 and ``particle_precision``/``_recall``/``_f1``, ``panoptic_quality`` and
+    ``count_error`` come too (particles.matching, totals summed over images). Under
+    torch.distributed each rank passes its own disjoint shard and the counts are summed over
+    ranks, so every rank gets the scores of the whole validation set.
     """
     model.eval()
-    per_image = []
-    cut = math.log(threshold / (1.0 - threshold))  # sigmoid(x) > t  <=>  x > logit(t)
+    post = post or PostProcess(threshold=threshold)
+    per_image, matches = [], []
     for batch in loader:
         image = batch["image"].to(device)
         target = batch["mask"][0, 0].to(device) > 0.5
         size = tuple(int(v) for v in batch["size"][0])
         logits = full_resolution_logits(model, image, size, tuple(target.shape), amp_dtype)
-        per_image.append(per_image_counts(logits[0, 0] > cut, target))
+        per_image.append(per_image_counts(post.mask(logits[0])[0], target))
+        if particles:
+            true = batch["instances"][0].numpy()
+            matches.append(match_instances(true, post.instances(logits[0].cpu())))
     counts = torch.cat(per_image) if per_image else torch.zeros((0, 4), dtype=torch.int64)
     counts = counts.cpu()
-    return summarize_distributed(counts.sum(0), counts)
+    scores = summarize_distributed(counts.sum(0), counts)
+    if particles:
+        found = summarize_instance_totals(all_reduce_counts(instance_totals(matches)))
+        scores.update({name: found[key] for key, name in PARTICLE_METRICS.items()})
+    return scores

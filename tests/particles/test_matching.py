@@ -99,7 +99,8 @@ def test_summarize_instances_sums_counts() -> None:
     a = {"n_true": 2, "n_pred": 3, "tp": 1, "sum_matched_iou": 0.9}
     b = {"n_true": 4, "n_pred": 3, "tp": 3, "sum_matched_iou": 2.4}
     s = summarize_instances([a, b])
-    assert instance_totals([a, b]).tolist() == pytest.approx([6, 6, 4, 3.3])
+    assert instance_totals([a, b]).tolist() == pytest.approx([6, 6, 4, 3.3, 2])
+    assert s["count_error"] == pytest.approx(2 / 6)  # |3 - 2| + |3 - 4| over 6 true
     assert (s["tp"], s["fp"], s["fn"]) == (4, 2, 2)
     assert s["f1"] == pytest.approx(8 / 12)
     assert s["mean_matched_iou"] == pytest.approx(3.3 / 4)

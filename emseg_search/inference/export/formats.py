@@ -126,6 +126,31 @@ def to_onnx(model: Any, example: np.ndarray, path: Path) -> list[str]:
     return []
 
 
+# The recipe from logits at (H0, W0) to particles, per target (particles/postprocess.py).
+POSTPROCESSING: dict[str, tuple[str, ...]] = {
+    "binary": (
+        "particle mask = sigmoid(logits) > threshold, i.e. logits > logit_threshold",
+        "particles = 4-connected components of the mask; with postprocess.split_touching, "
+        "each cut by a watershed of its distance transform (Gaussian sigma 1 px) seeded at "
+        "h-maxima of depth max(1 px, 10 % of its largest inscribed radius)",
+    ),
+    "boundary": (
+        "channels: background, interior, boundary; p = softmax over the channels",
+        "particle mask = p[1] + p[2] > threshold",
+        "seeds = 4-connected regions of p[1] > postprocess.seed_threshold inside the mask",
+        "particles = watershed of p[2] - p[1] from the seeds over the mask (4-connected); a "
+        "mask component without a seed is one particle",
+    ),
+    "distance": (
+        "channels: particle logit, logit of the distance to the boundary (1 at a centre)",
+        "particle mask = logits[0] > logit_threshold; d = sigmoid(logits[1])",
+        "seeds = 4-connected regions of d > postprocess.seed_threshold inside the mask",
+        "particles = watershed of -d from the seeds over the mask (4-connected); a mask "
+        "component without a seed is one particle",
+    ),
+}
+
+
 def build_info(art: ModelArtifact, fmt: str, model_path: Path, notes: list[str]) -> dict[str, Any]:
     """What ``export.json`` says: input/output, preprocessing, threshold, source metrics."""
     import importlib.metadata as md
@@ -137,6 +162,7 @@ def build_info(art: ModelArtifact, fmt: str, model_path: Path, notes: list[str])
 
     t, stride = art.threshold, int(art.meta["stride"])
     cut = math.log(t / (1.0 - t))
+    post = art.postprocess
     return {
         "format": EXPORT_FORMAT,
         "model_format": fmt,
@@ -145,7 +171,9 @@ def build_info(art: ModelArtifact, fmt: str, model_path: Path, notes: list[str])
         if fmt == "torchscript"
         else f"torch.onnx.export(dynamo=True), opset {ONNX_OPSET}",
         "input": {"name": "image", "shape": ["N", 1, "H", "W"], "dtype": "float32"},
-        "output": {"name": "logits", "shape": ["N", 1, "H", "W"], "dtype": "float32"},
+        "output": {"name": "logits", "shape": ["N", post.channels, "H", "W"], "dtype": "float32"},
+        "target": post.target,
+        "postprocess": post.to_dict(),
         "mean": art.mean,
         "std": art.std,
         "normalization_source": art.meta["normalization"].get("source", ""),
@@ -166,9 +194,11 @@ def build_info(art: ModelArtifact, fmt: str, model_path: Path, notes: list[str])
             "x = (x - mean) / std as float32, shape (N, 1, Hp, Wp)",
         ],
         "postprocessing": [
-            "logits = model(x), shape (N, 1, Hp, Wp); crop to [:H, :W]",
+            f"logits = model(x), shape (N, {post.channels}, Hp, Wp); crop to [:H, :W]",
             "if scale != 1: resize the logits bilinearly (half-pixel centres) to (H0, W0)",
-            "particle mask = sigmoid(logits) > threshold, i.e. logits > logit_threshold",
+            *POSTPROCESSING[post.target],
+            "particles smaller than postprocess.min_area px are dropped "
+            "(emseg_search.particles.postprocess.PostProcess.instances does all of this)",
         ],
         "arch": art.meta["arch"],
         "encoder": art.meta["encoder"],

@@ -112,7 +112,8 @@ def load_runner(path: Path, fmt: str) -> Runner:
 
 
 def compare(eager: np.ndarray, exported: np.ndarray, threshold: float) -> SizeCheck:
-    """Compare exported logits with eager ones (N, 1, H, W) at the mask threshold."""
+    """Compare exported logits with eager ones (N, C, H, W), every channel at the mask
+    threshold's logit."""
     cut = math.log(threshold / (1.0 - threshold))  # sigmoid(x) > t  <=>  x > logit(t)
     if exported.shape != eager.shape:
         raise ExportError(f"exported model returned shape {exported.shape}, eager {eager.shape}")
@@ -127,7 +128,7 @@ def compare(eager: np.ndarray, exported: np.ndarray, threshold: float) -> SizeCh
 
 
 def eager_logits(art: ModelArtifact, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """The artifact's own model on each input (N, 1, H, W) -> logits (N, 1, H, W)."""
+    """The artifact's own model on each input (N, 1, H, W) -> logits (N, C, H, W)."""
     import torch
 
     with torch.inference_mode():

@@ -1,0 +1,140 @@
+"""From a model's outputs to particles, for every target (TrialConfig.target).
+
+The one place where outputs become a particle mask and instances: training-time validation,
+`evaluate`, `predict` and the export recipe all go through a ``PostProcess``, whose few
+parameters are recorded in the model artifact (``artifact.json``: ``postprocess``).
+
+Outputs are logits (C, H, W) (or batches (N, C, H, W)) at the image's resolution:
+
+- ``binary`` (C = 1): mask = sigmoid > threshold; particles are its 4-connected components,
+  cut where they touch by the distance-transform watershed of ``labelling.label_particles``
+  (``split_touching``);
+- ``boundary`` (C = 3, softmax: background, interior, boundary): mask = P(interior) +
+  P(boundary) > threshold; seeds are the 4-connected regions where P(interior) >
+  ``seed_threshold``; a watershed of P(boundary) - P(interior) grows them over the mask;
+- ``distance`` (C = 2, sigmoids: mask, normalised distance to the boundary): mask as binary;
+  seeds where the predicted distance > ``seed_threshold`` (particle cores); a watershed of
+  the negative distance grows them over the mask.
+
+A mask component without any seed (a particle too small for a core) is a particle of its own;
+particles smaller than ``min_area`` px are dropped (the specks a network leaves).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from emseg_search.config import TARGET_CHANNELS, TrialConfig
+from emseg_search.particles.labelling import drop_small, label_particles
+
+
+@dataclass(frozen=True)
+class PostProcess:
+    """How a model's outputs become a mask and particles (see the module docstring)."""
+
+    target: str = "binary"
+    threshold: float = 0.5  # probability of "particle" above which a pixel is foreground
+    seed_threshold: float = 0.5  # boundary / distance: what seeds the watershed
+    split_touching: bool = True  # binary: watershed-split touching particles
+    min_area: int = 4  # px; smaller particles are dropped
+
+    def __post_init__(self) -> None:
+        if self.target not in TARGET_CHANNELS:
+            raise ValueError(
+                f"unknown target {self.target!r}; valid targets: {sorted(TARGET_CHANNELS)}"
+            )
+        for name in ("threshold", "seed_threshold"):
+            value = getattr(self, name)
+            if not 0.0 < value < 1.0:
+                raise ValueError(f"`{name}` must lie in (0, 1), got {value}")
+        if self.min_area < 0:
+            raise ValueError(f"`min_area` must be >= 0, got {self.min_area}")
+
+    @classmethod
+    def of(cls, cfg: TrialConfig, split_touching: bool = True) -> PostProcess:
+        """The post-processing of a model trained with ``cfg``."""
+        return cls(cfg.target, cfg.threshold, cfg.seed_threshold, split_touching)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (what artifact.json records)."""
+        return asdict(self)
+
+    @property
+    def channels(self) -> int:
+        """Output channels of a model of this target."""
+        return TARGET_CHANNELS[self.target]
+
+    @property
+    def logit_threshold(self) -> float:
+        """logit(threshold): a foreground logit above it is a particle pixel."""
+        return math.log(self.threshold / (1.0 - self.threshold))
+
+    def foreground_logit(self, outputs: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """The logit of "particle" (..., 1, H, W) from outputs (..., C, H, W), float32.
+
+        Binary and distance: the first channel; boundary: log(P(interior) + P(boundary)) -
+        log P(background), so sigmoid of it is the softmax's particle probability.
+        """
+        x = torch.as_tensor(outputs).float()
+        if x.dim() < 3 or x.shape[-3] != self.channels:
+            raise ValueError(
+                f"target {self.target!r} needs outputs (..., {self.channels}, H, W), "
+                f"got {tuple(x.shape)}"
+            )
+        if self.target == "boundary":
+            return torch.logsumexp(x[..., 1:, :, :], dim=-3, keepdim=True) - x[..., :1, :, :]
+        return x[..., :1, :, :]
+
+    def mask(self, outputs: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Particle mask (..., 1, H, W) bool of outputs (..., C, H, W)."""
+        return self.foreground_logit(outputs) > self.logit_threshold
+
+    def label_mask(self, mask: np.ndarray) -> np.ndarray:
+        """Particles (H, W) int32 of a binary target's particle mask (H, W) bool: its
+        components, watershed-split with ``split_touching`` (``label_particles``)."""
+        return label_particles(mask, split_touching=self.split_touching, min_area=self.min_area)
+
+    def instances(self, outputs: torch.Tensor | np.ndarray) -> np.ndarray:
+        """Particles (H, W) int32, ids 1..N, 0 = background, of one image's outputs (C, H, W)."""
+        x = torch.as_tensor(outputs).float()
+        if x.dim() != 3:
+            raise ValueError(f"expected one image's outputs (C, H, W), got {tuple(x.shape)}")
+        fg = self.mask(x)[0].cpu().numpy()
+        if self.target == "binary":
+            return self.label_mask(fg)
+        if self.target == "boundary":
+            p = torch.softmax(x, dim=0).cpu().numpy()
+            seeds, surface = p[1] > self.seed_threshold, p[2] - p[1]
+        else:
+            d = torch.sigmoid(x[1]).cpu().numpy()
+            seeds, surface = d > self.seed_threshold, -d
+        return seeded_watershed(fg, seeds, surface, self.min_area)
+
+
+def seeded_watershed(
+    fg: np.ndarray, seeds: np.ndarray, surface: np.ndarray, min_area: int = 4
+) -> np.ndarray:
+    """Particles (H, W) int32 of a mask ``fg`` (H, W) bool: the 4-connected regions of
+    ``seeds & fg`` grown over ``fg`` by a watershed of ``surface`` (low first); a mask
+    component without a seed is one particle; particles under ``min_area`` px dropped."""
+    from skimage.measure import label
+    from skimage.segmentation import watershed
+
+    fg = np.asarray(fg, bool)
+    if not fg.any():
+        return np.zeros(fg.shape, np.int32)
+    markers = label(np.asarray(seeds, bool) & fg, connectivity=1).astype(np.int32)
+    components = label(fg, connectivity=1)
+    seeded = np.zeros(components.max() + 1, bool)
+    seeded[components[markers > 0]] = True
+    unseeded = fg & ~seeded[components]
+    if unseeded.any():
+        extra = label(unseeded, connectivity=1).astype(np.int32)
+        markers[extra > 0] = extra[extra > 0] + markers.max()
+    labels = watershed(np.asarray(surface, np.float64), markers, mask=fg)
+    return drop_small(labels, min_area)
