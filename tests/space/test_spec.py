@@ -581,3 +581,43 @@ def test_readme_example_loads() -> None:
     example = text.split("```yaml\n", 1)[1].split("```", 1)[0]
     space = space_from_dict(yaml.safe_load(example), source="README.md")
     assert space.param_names[:3] == ("arch", "encoder", "output_stride")
+
+
+def test_the_target_is_searchable_and_particle_f1_a_metric() -> None:
+    """target (binary / boundary / distance) as a parameter, boundary_width and target_weight
+    only where they mean something, and the search selecting on validation particle F1."""
+    from emseg_search.results.schemas import trial_schema
+
+    values = with_changes(
+        metric="val_particle_f1",
+        parameters__target={"type": "categorical", "choices": ["binary", "boundary", "distance"]},
+        parameters__boundary_width={
+            "type": "int",
+            "low": 1,
+            "high": 3,
+            "when": {"target": ["boundary"]},
+        },
+        parameters__target_weight={
+            "type": "float",
+            "low": 0.3,
+            "high": 0.7,
+            "when": {"target": ["boundary", "distance"]},
+        },
+    )
+    space = space_from_dict(values, source="targets.yaml")
+    assert space.metric == "val_particle_f1"
+    draws = [space.random_params(np.random.default_rng(seed)) for seed in range(30)]
+    assert {d["target"] for d in draws} == {"binary", "boundary", "distance"}
+    for params in draws:
+        cfg = space.trial_config(params)
+        assert cfg.target == params["target"]
+        assert ("boundary_width" in params) == (cfg.target == "boundary")
+        assert ("target_weight" in params) == (cfg.target != "binary")
+        if cfg.target == "binary":
+            assert (cfg.boundary_width, cfg.target_weight) == (2, 0.5)  # the defaults
+    assert trial_schema(space.param_names).field("params_target").type == "string"
+    with pytest.raises(SpaceError, match="flow"):
+        space_from_dict(
+            with_changes(parameters__target={"type": "categorical", "choices": ["flow"]}),
+            source="bad.yaml",
+        )
