@@ -3,9 +3,11 @@ pytest pythonpath): tiny hand-made data folders and model artifacts."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 
@@ -76,3 +78,19 @@ def write_tiny_artifact(
         stride=required_stride(cfg),
         metrics=metrics or {"val_iou": 0.5, "best_epoch": 0},
     )
+
+
+class RunsCode:
+    """Unpickling this runs a shell command (what a poisoned checkpoint in a bucket would do)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (os.system, (f"touch {self.marker}",))
+
+
+def write_poisoned(path: Path, marker: Path) -> Path:
+    """A torch file whose tensors come with a pickle that would create ``marker``."""
+    torch.save({"weight": torch.zeros(2), "payload": RunsCode(marker)}, path)
+    return path

@@ -25,6 +25,7 @@ BAD_INPUT = (
     ("emseg_search.inference.artifact", "ArtifactError"),
     ("emseg_search.inference.export.errors", "ExportSetupError"),
     ("emseg_search.models.pretrained", "WeightsUnavailableError"),
+    ("emseg_search.models.state_dict", "TensorFileError"),
     ("emseg_search.search.storage", "StorageError"),
     ("emseg_search.search.driver", "ResumeError"),
     ("emseg_search.train.cluster", "ClusterError"),

@@ -144,6 +144,7 @@ def write_artifact(
 def load_artifact(path: str | Path) -> ModelArtifact:
     """Load an artifact folder; ArtifactError says what is missing or broken."""
     from emseg_search.models.registry import build_model
+    from emseg_search.models.state_dict import TensorFileError, load_tensor_file
 
     path = Path(path)
     if not path.is_dir():
@@ -163,9 +164,12 @@ def load_artifact(path: str | Path) -> ModelArtifact:
     cfg = TrialConfig.from_yaml(path / "config.yaml", encoder_weights=None)
     model = build_model(cfg)
     try:
-        state = torch.load(path / "weights.pt", map_location="cpu", weights_only=True)
+        state = load_tensor_file(path / "weights.pt")
+    except TensorFileError as exc:
+        raise ArtifactError(str(exc)) from None
+    try:
         model.load_state_dict(state)
-    except (RuntimeError, OSError, EOFError) as exc:
+    except (RuntimeError, TypeError, AttributeError) as exc:
         raise ArtifactError(
             f"{path / 'weights.pt'}: does not fit {cfg.arch}/{cfg.encoder}: "
             f"{str(exc).splitlines()[0]}"

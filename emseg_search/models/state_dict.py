@@ -1,4 +1,5 @@
-"""Encoder state dicts: key renaming, RGB -> grey first conv, checked loading, input statistics.
+"""Encoder state dicts: key renaming, RGB -> grey first conv, checked loading, input statistics;
+``load_tensor_file``, the one way the project reads a .pt/.pth file.
 
 Pure functions over tensors and modules (no cache, no downloads): ``weights`` reads the files,
 ``models`` builds the networks.
@@ -6,8 +7,10 @@ Pure functions over tensors and modules (no cache, no downloads): ``weights`` re
 
 from __future__ import annotations
 
+import pickle
 import re
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -137,14 +140,45 @@ def load_state_into(
     return sorted(state.keys() - own.keys())
 
 
+class TensorFileError(ValueError):
+    """A .pt/.pth file refused (it holds pickled objects that could run code) or unreadable."""
+
+
+def load_tensor_file(path: str | Path, device: torch.device | str = "cpu") -> Any:
+    """The tensors and plain containers of a torch file, loaded with ``weights_only=True``:
+    weights, checkpoints and artifacts may come from a shared bucket, and a pickle can run
+    code. TensorFileError naming the file when it holds anything else, or is damaged."""
+    path = Path(path)
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch's refusal of a pickled reference to Python code ("unsupported GLOBAL x.y")
+        names = [line.strip() for line in str(exc).splitlines() if "GLOBAL" in line]
+        if names:
+            raise TensorFileError(
+                f"{path}: refused: it holds pickled Python objects, not only tensors, and "
+                f"loading it could run code ({names[0]}). Load only files you trust; re-save "
+                "trusted weights with torch.save(model.state_dict(), ...)"
+            ) from None
+        damage: BaseException = exc
+    except Exception as exc:  # torch raises many types for a damaged file
+        damage = exc
+    raise TensorFileError(
+        f"{path}: not a readable torch file (truncated or damaged?): {_first_line(damage)}"
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type's name."""
+    return (str(exc).splitlines() or [""])[0] or type(exc).__name__
+
+
 def read_state_file(path: Path) -> dict[str, Tensor]:
     """A state dict from a .pth (plain, or wrapped as {'state_dict': ...} / {'model': ...})."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a bad file
-        raise ValueError(
-            f"encoder_weights: cannot read {path} as a torch state dict: {exc}"
-        ) from exc
+        state = load_tensor_file(path)
+    except TensorFileError as exc:
+        raise ValueError(f"encoder_weights: {exc}") from None
     for wrapper in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]

@@ -3,9 +3,10 @@
 A checkpoint folder holds the training state (model, optimiser, schedule, scaler, epoch and
 best-so-far bookkeeping), the best weights so far and the epoch history. The history is written
 last: a folder without it is an interrupted save or upload, never taken for a checkpoint.
-Checkpoints may live in a shared bucket, so they are loaded with ``weights_only=True``: plain
-tensors and containers, no pickled code. ``save_checkpoint`` therefore turns whatever else the
-state holds (numpy scalars, paths) into plain Python values first.
+Checkpoints may live in a shared bucket, so they are loaded with ``weights_only=True``
+(``load_tensor_file``: a file holding pickled code is refused, naming it): plain tensors and
+containers. ``save_checkpoint`` therefore turns whatever else the state holds (numpy scalars,
+paths) into plain Python values first.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from emseg_search.models.state_dict import load_tensor_file
 
 CHECKPOINT_PREFIX = "checkpoint_"
 STATE_FILE = "state.pt"
@@ -111,11 +114,11 @@ def read_history(folder: str | Path) -> list[dict[str, Any]]:
 
 def read_best(folder: str | Path) -> dict[str, torch.Tensor]:
     """The best weights so far of a checkpoint folder, on the CPU."""
-    return torch.load(Path(folder) / BEST_FILE, map_location="cpu", weights_only=True)
+    return load_tensor_file(Path(folder) / BEST_FILE)
 
 
 def load_checkpoint(folder: str | Path, device: torch.device | str = "cpu") -> Checkpoint:
     """Everything a resumed run needs from a checkpoint folder."""
     folder = Path(folder)
-    state = torch.load(folder / STATE_FILE, map_location=device, weights_only=True)
+    state = load_tensor_file(folder / STATE_FILE, device)
     return Checkpoint(state, read_best(folder), read_history(folder))

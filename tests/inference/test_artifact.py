@@ -43,3 +43,29 @@ def test_failed_write_keeps_the_old_artifact_and_leaves_no_temp(tmp_path: Path) 
     again = load_artifact(out)
     for key, value in old.model.state_dict().items():
         assert torch.equal(value, again.model.state_dict()[key]), key
+
+
+def test_an_artifact_with_pickled_code_in_its_weights_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A model folder from elsewhere is untrusted: weights.pt that would run code on loading
+    is refused with one line naming it, by the API and by the CLI, and the code never runs."""
+    from helpers import write_poisoned
+
+    from emseg_search.cli.main import main
+    from emseg_search.inference.artifact import ArtifactError
+
+    out = write_tiny_artifact(tmp_path / "model", seed=0)
+    marker = tmp_path / "ran"
+    write_poisoned(out / "weights.pt", marker)
+    with pytest.raises(ArtifactError, match=r"weights\.pt: refused"):
+        load_artifact(out)
+    image = tmp_path / "in.png"
+    import imageio.v3 as iio
+    import numpy as np
+
+    iio.imwrite(image, np.zeros((32, 32), np.uint8))
+    assert main(["predict", str(out), str(image), "--out", str(tmp_path / "pred")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "weights.pt: refused" in err[0] and "Traceback" not in err[0]
+    assert not marker.exists()

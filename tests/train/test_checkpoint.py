@@ -73,3 +73,27 @@ def test_the_history_is_written_last_and_marks_a_complete_checkpoint(tmp_path: P
     assert latest_checkpoint(tmp_path) == partial
     assert latest_checkpoint(tmp_path / "missing") is None
     assert checkpoint_name(12) == "checkpoint_epoch_000012" < checkpoint_name(100)
+
+
+def test_a_checkpoint_with_pickled_code_is_refused_naming_the_file(tmp_path: Path) -> None:
+    """Checkpoints may come from a shared bucket: resuming from a poisoned one fails with the
+    file's name, and its code never runs."""
+    from helpers import write_poisoned
+
+    from emseg_search.models.state_dict import TensorFileError
+    from emseg_search.train.checkpoint import (
+        BEST_FILE,
+        STATE_FILE,
+        load_checkpoint,
+        save_checkpoint,
+    )
+
+    marker = tmp_path / "ran"
+    for poisoned in (STATE_FILE, BEST_FILE):
+        folder = tmp_path / poisoned
+        folder.mkdir()
+        save_checkpoint(folder, {"epoch": 1}, {"w": torch.zeros(1)}, [{"epoch": 1}])
+        write_poisoned(folder / poisoned, marker)
+        with pytest.raises(TensorFileError, match=rf"{poisoned}: refused"):
+            load_checkpoint(folder)
+    assert not marker.exists()
