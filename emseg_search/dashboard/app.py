@@ -53,7 +53,7 @@ CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:0;color:#222;background:#fafafa}
 header{background:#263238;color:#fff;padding:.4em 1.2em;display:flex;gap:1.5em;align-items:center}
 header>a{color:#fff;text-decoration:none;font-weight:600;font-size:1.1em}
-header span{color:#b0bec5;font-size:.85em}
+header>span{color:#b0bec5;font-size:.85em}
 main{padding:.6em 1.2em 2em}
 h2{margin:.3em 0 .1em} h3{margin:.8em 0 .3em}
 .msg{background:#fff4d6;border-left:4px solid #e0a800;padding:.5em .8em;margin:.5em 0}
@@ -69,6 +69,9 @@ h2{margin:.3em 0 .1em} h3{margin:.8em 0 .3em}
 pre{background:#f4f4f4;padding:.6em;font-size:.8em;overflow-x:auto;max-height:420px}
 .panels img{max-width:min(100%,1000px);border:1px solid #ddd;margin:.3em 0;display:block}
 .status-error{color:#c62828;font-weight:600}
+.dash-filter--case{display:none}
+pre.config{column-count:3;column-gap:2em;max-height:none}
+@media (max-width:900px){pre.config{column-count:1}}
 .dash-spreadsheet td,.dash-spreadsheet th{font-family:system-ui,-apple-system,Segoe UI,sans-serif}
 """
 
@@ -418,6 +421,7 @@ def experiment_layout(name: str, trial: str | None, view: str) -> html.Div:
                 selected_row_ids=[],
                 sort_action="native",
                 filter_action="native",
+                filter_options={"placeholder_text": "filter", "case": "insensitive"},
                 page_action="native",
                 page_size=PAGE_SIZE,
                 tooltip_delay=300,
@@ -521,7 +525,7 @@ def experiment_layout(name: str, trial: str | None, view: str) -> html.Div:
                     dcc.Tab(label="Overview", value="overview", children=overview),
                     dcc.Tab(label="Parameters", value="parameters", children=parameters),
                     dcc.Tab(
-                        label="Trial",
+                        label=f"Trial {trial}" if trial else "Trial (the best)",
                         value="trial",
                         id="trial-tab",
                         children=html.Div(id="trial-view", style={"padding": ".5em 0"}),
@@ -674,7 +678,6 @@ def _experiment_callbacks(app: Dash, root: Path, cache: TableCache, memo: _Memo)
     @app.callback(
         Output("leaderboard", "style_data_conditional"),
         Output("focus-text", "children"),
-        Output("trial-tab", "label"),
         Input("sel", "data"),
     )
     def highlight(sel: dict[str, Any] | None) -> tuple[Any, ...]:
@@ -692,11 +695,16 @@ def _experiment_callbacks(app: Dash, root: Path, cache: TableCache, memo: _Memo)
             },  # fmt: skip
         ]
         if not focus:
-            return styles, "Click a point or a row to select a trial.", "Trial"
+            return styles, "Click a point or a row to select a trial."
         styles.append(
             {"if": {"filter_query": f'{{trial_id}} = "{focus}"'}, "backgroundColor": "#fff3c4"}
         )
-        return styles, f"Selected trial {focus}.", f"Trial {focus}"
+        return styles, f"Selected trial {focus}."
+
+    @app.callback(Output("trial-tab", "label"), Input("sel", "data"))
+    def tab_label(sel: dict[str, Any] | None) -> str:
+        focus = (sel or {}).get("focus")
+        return f"Trial {focus}" if focus else "Trial (the best)"
 
     @app.callback(
         Output("tabs", "value"),
@@ -709,52 +717,69 @@ def _experiment_callbacks(app: Dash, root: Path, cache: TableCache, memo: _Memo)
     @app.callback(
         Output("g-bsf", "figure"),
         Output("g-dist", "figure"),
-        Output("g-parallel", "figure"),
         Output("g-pareto", "figure"),
         Output("pareto-box", "style"),
-        Output("pc-arch", "options"),
         Input("version", "data"),
         *FILTER_INPUTS,
         Input("sel", "data"),
         Input("bsf-x", "value"),
-        Input("pc-arch", "value"),
-        Input("pc-lines", "value"),
         State("exp", "data"),
     )
     def charts(_: Any, *args: Any) -> tuple[Any, ...]:
-        *values, sel, x, pc_arch, pc_lines, name = args
+        *values, sel, x, name = args
         focus = (sel or {}).get("focus")
         try:
             exp = _load(root, cache, name)
             shown = data.filter_trials(exp.trials, _filters(tuple(values)))
             bsf = data.best_so_far(shown, exp.epochs)
-            archs = sorted(exp.trials["arch"].dropna().astype(str).unique())
-            spec = (exp.info.get("space") or {}).get("parameters") or {}
-            log_params = {k for k, v in spec.items() if isinstance(v, dict) and v.get("log")}
-            if pc_arch not in archs:
-                pc_arch = None
             objectives = data.objectives(exp.trials)
             has_pareto = len(objectives) >= 2
             return (
                 figures.best_so_far(bsf, shown, x or "order", focus),
                 figures.distribution(shown, focus),
-                figures.parallel(
-                    shown,
-                    exp.params,
-                    pc_arch,
-                    log_params,
-                    focus,
-                    limit=None if pc_lines == "all" else PARALLEL_LINES,
-                ),
                 figures.pareto(shown, objectives, focus) if has_pareto else figures.empty(""),
                 None if has_pareto else {"display": "none"},
-                [{"label": a, "value": a} for a in archs] if len(archs) > 1 else [],
             )
         except Exception as exc:
             if not isinstance(exc, ResultsError):
                 log.exception("charts of %s", name)
             blank = figures.empty(_text(exc))
-            return blank, blank, blank, blank, {"display": "none"}, []
+            return blank, blank, blank, {"display": "none"}
+
+    @app.callback(
+        Output("g-parallel", "figure"),
+        Output("pc-arch", "options"),
+        Input("version", "data"),
+        *FILTER_INPUTS,
+        Input("sel", "data"),
+        Input("pc-arch", "value"),
+        Input("pc-lines", "value"),
+        Input("tabs", "value"),
+        State("exp", "data"),
+    )
+    def parallel(_: Any, *args: Any) -> tuple[Any, ...]:
+        *values, sel, pc_arch, pc_lines, tab, name = args
+        if tab != "parameters":  # drawn when its tab opens, not before
+            raise PreventUpdate
+        try:
+            exp = _load(root, cache, name)
+            shown = data.filter_trials(exp.trials, _filters(tuple(values)))
+            archs = sorted(exp.trials["arch"].dropna().astype(str).unique())
+            spec = (exp.info.get("space") or {}).get("parameters") or {}
+            log_params = {k for k, v in spec.items() if isinstance(v, dict) and v.get("log")}
+            figure = figures.parallel(
+                shown,
+                exp.params,
+                pc_arch if pc_arch in archs else None,
+                log_params,
+                (sel or {}).get("focus"),
+                limit=None if pc_lines == "all" else PARALLEL_LINES,
+            )
+            return figure, [{"label": a, "value": a} for a in archs] if len(archs) > 1 else []
+        except Exception as exc:
+            if not isinstance(exc, ResultsError):
+                log.exception("parallel coordinates of %s", name)
+            return figures.empty(_text(exc)), []
 
     @app.callback(
         Output("g-curves", "figure"),
@@ -786,11 +811,13 @@ def _experiment_callbacks(app: Dash, root: Path, cache: TableCache, memo: _Memo)
     @app.callback(
         Output("g-importance", "figure"),
         Output("importance-note", "children"),
-        Input("g-bsf", "figure"),  # after the other charts: it is the slowest to compute
-        State("version", "data"),
+        Input("version", "data"),
+        Input("tabs", "value"),
         State("exp", "data"),
     )
-    def importance(_: Any, version: str, name: str) -> tuple[Any, str]:
+    def importance(version: str, tab: str, name: str) -> tuple[Any, str]:
+        if tab != "parameters":  # computed when its tab opens (seconds on a large search)
+            raise PreventUpdate
         try:
             exp = _load(root, cache, name)
             frame, note = memo.get((name, version or ""), lambda: data.importances(exp))
@@ -960,7 +987,10 @@ def _trial_view(exp: data.Experiment, focus: str | None) -> Any:
     config = data.resolved_config(exp, focus)
     children += [
         html.H3("Resolved configuration"),
-        html.Pre(yaml.safe_dump(config, sort_keys=True, default_flow_style=False) or "—"),
+        html.Pre(
+            yaml.safe_dump(config, sort_keys=True, default_flow_style=False) or "—",
+            className="config",
+        ),
     ]
     if files["panels"]:
         children += [

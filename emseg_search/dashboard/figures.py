@@ -178,6 +178,21 @@ def distribution(trials: pd.DataFrame, focus: str | None) -> Figure:
     return {"data": data, "layout": layout}
 
 
+def log_ticks(low: float, high: float) -> list[float]:
+    """Ticks for a log axis from ``low`` to ``high``: both ends (plotly draws a parallel axis
+    only between its outer ticks), and between them the decades when there are 2 or more, else
+    1, 2 and 5 x 10^k; none closer than a tenth of the axis to an end."""
+    k0, k1 = math.floor(math.log10(low)), math.ceil(math.log10(high))
+    inner = [10.0**k for k in range(k0, k1 + 1) if low < 10.0**k < high]
+    if len(inner) < 2:
+        inner = [
+            m * 10.0**k for k in range(k0, k1 + 1) for m in (1, 2, 5) if low < m * 10.0**k < high
+        ]
+    span = math.log10(high / low) if high > low else 1.0
+    keep = [t for t in inner if min(math.log10(t / low), math.log10(high / t)) > 0.1 * span]
+    return [low, *keep, high] if high > low else [low]
+
+
 def parallel(
     trials: pd.DataFrame,
     params: list[str],
@@ -218,14 +233,15 @@ def parallel(
             )
         elif name in log and (col > 0).all():
             v = np.log10(col.astype(float))
-            ticks = np.arange(math.floor(v.min()), math.ceil(v.max()) + 1)
+            ticks = log_ticks(float(col.min()), float(col.max()))
             dims.append(
                 {
                     "label": f"{name} (log)",
                     "values": v.tolist(),
-                    "tickvals": ticks.tolist(),
-                    "ticktext": [f"1e{int(k)}" for k in ticks],
-                }  # fmt: skip
+                    "tickvals": np.log10(ticks).tolist(),
+                    "ticktext": [f"{t:.3g}" for t in ticks],
+                    "range": [float(v.min()), float(v.max())],
+                }
             )
         else:
             dims.append({"label": name, "values": col.astype(float).tolist()})
@@ -240,7 +256,8 @@ def parallel(
     if focus is not None and focus in set(t["trial_id"]):
         # the selected trial stands out: everything else is greyed by the constraint range
         pos = int(np.flatnonzero(t["trial_id"].to_numpy() == focus)[0])
-        dims[-1]["constraintrange"] = [iou.iloc[pos] - 1e-9, iou.iloc[pos] + 1e-9]
+        half = max(float(iou.max() - iou.min()), 1e-6) * 0.004
+        dims[-1]["constraintrange"] = [iou.iloc[pos] - half, iou.iloc[pos] + half]
     title = f"Parameters against IoU: {arch or 'all architectures (shared parameters)'}"
     if len(t) < total:
         title += f"<br><sup>the best {len(t)} of {total} trials</sup>"
@@ -375,7 +392,12 @@ def trial_curves(epochs: pd.DataFrame, trial_id: str) -> Figure:
             }  # fmt: skip
         )
     layout = _layout(f"Trial {trial_id}: learning curves", "epoch", "validation", showlegend=True)
-    layout["yaxis2"] = {"title": {"text": "training loss"}, "overlaying": "y", "side": "right"}
+    layout["yaxis2"] = {
+        "title": {"text": "training loss"},
+        "overlaying": "y",
+        "side": "right",
+        "tickformat": ".2f",
+    }
     layout["margin"] = {**MARGIN, "r": 55}
     return {"data": data, "layout": layout}
 
