@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, unquote
 
 import pandas as pd
 import yaml
-from dash import Dash, Input, Output, State, ctx, dash_table, dcc, html
+from dash import Dash, Input, Output, State, ctx, dash_table, dcc, html, set_props
 from dash.exceptions import PreventUpdate
 from flask import Response, abort, request, send_file
 
@@ -88,6 +88,7 @@ def build_app(results_dir: str | Path, poll_ms: int = POLL_MS) -> Dash:
         serve_locally=True,
         suppress_callback_exceptions=True,
         assets_folder=str(Path(__file__).parent / "assets"),
+        on_error=_on_error,
     )
     app.index_string = app.index_string.replace("{%css%}", "{%css%}<style>" + CSS + "</style>")
     _guard(app, root)
@@ -106,6 +107,7 @@ def build_app(results_dir: str | Path, poll_ms: int = POLL_MS) -> Dash:
                     ),
                 ]
             ),
+            html.Div(id="global-error"),
             html.Main(id="page"),
         ]
     )
@@ -113,6 +115,22 @@ def build_app(results_dir: str | Path, poll_ms: int = POLL_MS) -> Dash:
     _home_callbacks(app, root, cache)
     _experiment_callbacks(app, root, cache, memo)
     return app
+
+
+def _on_error(exc: Exception) -> None:
+    """Any exception a callback did not handle: logged with its traceback on the server, one
+    line on the page (the callback's outputs stay as they were)."""
+    log.error("a callback failed", exc_info=exc)
+    set_props(
+        "global-error",
+        {
+            "children": html.Div(
+                f"Part of this page could not be shown ({type(exc).__name__}: {exc}); the "
+                "server's log has the details.",
+                className="err",
+            )
+        },
+    )
 
 
 class _Memo:
@@ -178,9 +196,16 @@ def _page_callbacks(app: Dash, root: Path, poll_ms: int) -> None:
             dcc.Interval(id="poll", interval=poll_ms),
         ]
 
-    @app.callback(Output("page", "children"), Input("url", "pathname"), State("url", "search"))
-    def route(pathname: str | None, search: str | None) -> Any:
-        pathname = pathname or "/"
+    @app.callback(
+        Output("page", "children"),
+        Output("global-error", "children"),
+        Input("url", "pathname"),
+        State("url", "search"),
+    )
+    def route(pathname: str | None, search: str | None) -> tuple[Any, None]:
+        return _route(pathname or "/", search), None  # a new page clears an old error
+
+    def _route(pathname: str, search: str | None) -> Any:
         if pathname in ("/", ""):
             return [*live(""), home_layout()]
         if pathname.startswith("/e/"):

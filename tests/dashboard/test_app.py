@@ -20,7 +20,10 @@ import pytest
 
 from emseg_search.results.io import read_table
 
-pytestmark = pytest.mark.browser
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.filterwarnings("ignore:\\s*The dash_table.DataTable will be removed"),
+]
 
 CHROMIUM = os.environ.get("EMSEG_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -215,6 +218,21 @@ def test_broken_experiments_give_a_message_not_a_traceback(
     pg.locator("#exp-msg", has_text="no trials.parquet yet").wait_for()
     pg.goto(served.url + "/e/nosuch")
     pg.get_by_text("no experiment 'nosuch'").wait_for()
+    assert "Traceback" not in pg.content()
+
+
+def test_an_unexpected_error_is_a_line_on_the_page(
+    served: Any, page: tuple[Any, Recorder], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from emseg_search.dashboard import data
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("a bug in the dashboard")
+
+    monkeypatch.setattr(data, "summary", broken)  # the server runs in this process
+    pg, _ = page
+    pg.goto(served.url + "/")
+    pg.locator("#global-error", has_text="RuntimeError: a bug in the dashboard").wait_for()
     assert "Traceback" not in pg.content()
 
 
