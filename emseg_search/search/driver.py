@@ -201,8 +201,10 @@ def run_search(
     import numpy as np
     from ray import tune
 
+    from emseg_search.config import TrialConfig
     from emseg_search.data import compute_fingerprint
     from emseg_search.inference.artifact import versions
+    from emseg_search.models.registry import check_weights_available
     from emseg_search.results.io import load_experiment
     from emseg_search.train.cluster import init_ray
     from emseg_search.train.data import prepare_data, resolve_data_dir
@@ -226,6 +228,8 @@ def run_search(
     }
     if resume:
         check_resume_data(recorded, data_info, experiment_json)
+    for values in space.combinations(("encoder", "encoder_weights")):  # before Ray starts
+        check_weights_available(TrialConfig.model_validate(values))
     exp_dir.mkdir(parents=True, exist_ok=True)
     storage = Storage.open(exp_dir, storage_uri)
     if not storage.is_local:

@@ -36,7 +36,12 @@ def run_training(
     from ray.train.torch import TorchTrainer
 
     from emseg_search.data.shifts import check_val_shifts
-    from emseg_search.models.registry import check_input_size, min_batch_size, required_stride
+    from emseg_search.models.registry import (
+        check_input_size,
+        check_weights_available,
+        min_batch_size,
+        required_stride,
+    )
     from emseg_search.train.cluster import ClusterError, init_ray
 
     run_dir = Path(run_dir).absolute()
@@ -47,6 +52,7 @@ def run_training(
             f"batch_size={cfg.batch_size}: {cfg.arch} needs at least "
             f"{min_batch_size(cfg)} images per batch (BatchNorm on 1x1 maps)"
         )
+    check_weights_available(cfg)
     prepared, _, fingerprint = prepare_data(cfg)  # bad data fails here, before Ray starts
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.write_yaml(run_dir / "config.yaml")

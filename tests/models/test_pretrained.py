@@ -20,6 +20,7 @@ from emseg_search.models import pretrained as weights
 from emseg_search.models.pretrained import (
     OFFLINE_ENCODERS,
     OfflineWeights,
+    WeightsUnavailableError,
     apply_encoder_weights,
     cache_dir,
     fetch_weights,
@@ -190,9 +191,9 @@ def test_rgb_pth_is_summed_to_one_channel(tmp_path: Path) -> None:
 def test_empty_cache_says_how_to_fetch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EMSEG_WEIGHTS_DIR", str(tmp_path))
     assert cache_dir() == tmp_path
-    with pytest.raises(FileNotFoundError, match=r"python -m emseg_search weights fetch"):
+    with pytest.raises(WeightsUnavailableError, match=r"python -m emseg_search weights fetch"):
         load_encoder_state("mobilenet_v2")
-    with pytest.raises(FileNotFoundError, match="--encoder timm-tf_efficientnet_lite0"):
+    with pytest.raises(WeightsUnavailableError, match="--encoder timm-tf_efficientnet_lite0"):
         build_model(
             TrialConfig(encoder="timm-tf_efficientnet_lite0", encoder_weights="imagenet-offline")
         )

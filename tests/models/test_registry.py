@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -165,6 +167,35 @@ def test_imagenet_without_hub_says_use_imagenet_offline(monkeypatch: pytest.Monk
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # huggingface_hub read it at import (conftest)
     with pytest.raises(WeightsUnavailableError, match=r"HF_HUB_OFFLINE=1.*'imagenet-offline'"):
         build_model(TrialConfig(encoder="resnet18", encoder_weights="imagenet"))
+
+
+@pytest.mark.parametrize(
+    ("weights", "error", "message"),
+    [
+        ("imagenet", WeightsUnavailableError, r"HF_HUB_OFFLINE=1.*'imagenet-offline'"),
+        ("imagenet-offline", WeightsUnavailableError, r"weights fetch --encoder mobilenet_v2"),
+        ("missing.pth", ValueError, r"missing\.pth' is none of null"),
+        ("junk.pth", ValueError, r"junk\.pth: not a readable torch file"),
+    ],
+)
+def test_unavailable_weights_fail_the_driver_check(
+    weights: str,
+    error: type[Exception],
+    message: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """check_weights_available runs on the driver before Ray: each way weights can be missing
+    is one error naming what to do, not a worker's traceback."""
+    from emseg_search.models.registry import check_weights_available
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("EMSEG_WEIGHTS_DIR", str(tmp_path / "empty-cache"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "junk.pth").write_text("not a state dict")
+    with pytest.raises(error, match=message):
+        check_weights_available(TrialConfig(encoder="mobilenet_v2", encoder_weights=weights))
+    check_weights_available(TrialConfig(encoder="mobilenet_v2", encoder_weights=None))
 
 
 @pytest.mark.parametrize(

@@ -105,3 +105,37 @@ def test_train_without_a_split_uses_every_image_and_keeps_the_last_epoch(
     # nothing was held out, so there is no validation split to score
     assert evaluate_main([str(run / "model"), "--data", str(data), "--split", "val"]) == 2
     assert "trained on every image (no validation split)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["train", "run"])
+def test_imagenet_weights_offline_fail_before_ray_starts(
+    command: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`--encoder-weights imagenet` without a hub: one line on the driver, exit 2, nothing
+    written and no Ray started (it used to fail inside a worker, with a traceback)."""
+    import ray
+
+    from emseg_search.cli.main import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    data = ensure_synthetic_data(tmp_path / "synth", n=6, seed=4, size=64)
+    if command == "train":
+        args = ["train", "--data", str(data), "--encoder", "resnet18", "--tile-size", "64"]
+        args += ["--encoder-weights", "imagenet", "--results", str(tmp_path / "out")]
+    else:
+        space = tmp_path / "space.yaml"
+        space.write_text(
+            "name: hub\nbudget: {num_samples: 1}\nscheduler: {type: none, max_epochs: 1}\n"
+            "fixed: {tile_size: 64, encoder: resnet18, encoder_weights: imagenet}\n"
+            "parameters:\n  lr: {type: float, low: 0.001, high: 0.01}\n"
+        )
+        args = ["run", str(space), "--data", str(data), "--results", str(tmp_path / "out")]
+    was_running = ray.is_initialized()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "HF_HUB_OFFLINE=1" in err[0] and "'imagenet-offline'" in err[0]
+    assert not (tmp_path / "out").exists()
+    assert ray.is_initialized() == was_running
