@@ -17,6 +17,15 @@ SYNTHETIC = "synthetic"
 TARGET_CHANNELS: dict[str, int] = {"binary": 1, "boundary": 3, "distance": 2}
 
 
+def yaml_problem(exc: Exception) -> str:
+    """One line for a YAML or file error: where it is and what is wrong."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None)
+    if mark is not None and problem:
+        return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    return " ".join(str(exc).split())
+
+
 class ConfigError(ValueError):
     """A configuration is invalid; the message names the field (and file) at fault."""
 
@@ -206,7 +215,7 @@ class TrialConfig(BaseModel):
         try:
             values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"{path}: cannot read YAML: {exc}") from None
+            raise ConfigError(f"{path}: cannot read YAML: {yaml_problem(exc)}") from None
         if not isinstance(values, dict):
             raise ConfigError(
                 f"{path}: expected a mapping of field: value, got {type(values).__name__}"

@@ -18,7 +18,7 @@ import numpy as np
 import yaml
 from pydantic import Field, PrivateAttr, ValidationError, model_validator
 
-from emseg_search.config import SYNTHETIC, TrialConfig
+from emseg_search.config import SYNTHETIC, TrialConfig, yaml_problem
 from emseg_search.space.errors import Problems, SpaceError, format_errors
 from emseg_search.space.params import KINDS, CategoricalParam, Frozen, Param, ParamSpec, branch_name
 from emseg_search.space.sections import SECTIONS, Budget, Resources, Scheduler, Searcher
@@ -297,7 +297,7 @@ def load_space(path: str | Path) -> SearchSpace:
     try:
         values = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
-        raise SpaceError(f"{path}: cannot read YAML: {exc}") from None
+        raise SpaceError(f"{path}: cannot read YAML: {yaml_problem(exc)}") from None
     return space_from_dict({} if values is None else values, source=str(path))
 
 
