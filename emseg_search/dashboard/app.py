@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import threading
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, unquote
+from urllib.parse import parse_qs, quote, unquote
 
 import pandas as pd
 import yaml
@@ -48,7 +49,6 @@ CURVE_METRICS = (
     "train_loss",
     "lr",
 )
-STATUSES = ("running", "completed", "pruned", "stopped", "error")
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:0;color:#222;background:#fafafa}
 header{background:#263238;color:#fff;padding:.4em 1.2em;display:flex;gap:1.5em;align-items:center}
@@ -87,7 +87,6 @@ def build_app(results_dir: str | Path, poll_ms: int = POLL_MS) -> Dash:
         update_title=None,
         serve_locally=True,
         suppress_callback_exceptions=True,
-        assets_folder=str(Path(__file__).parent / "assets"),
         on_error=_on_error,
     )
     app.index_string = app.index_string.replace("{%css%}", "{%css%}<style>" + CSS + "</style>")
@@ -346,7 +345,8 @@ def _home_callbacks(app: Dash, root: Path, cache: TableCache) -> None:
         for name in names:
             row = data.summary(root, name, cache)
             row["id"] = name
-            row["experiment"] = f"[{name}](/e/{name})"
+            label = re.sub(r"([\\`*_{}\[\]()#+!<>|-])", r"\\\1", name)  # markdown-escaped
+            row["experiment"] = f"[{label}](/e/{quote(name)})"
             rows.append(row)
         return rows, None
 
@@ -679,6 +679,8 @@ def _experiment_callbacks(app: Dash, root: Path, cache: TableCache, memo: _Memo)
         Input("leaderboard", "active_cell"),
         Input("leaderboard", "selected_row_ids"),
         State("sel", "data"),
+        # the page starts with the selection from its address: the charts need not wait for this
+        prevent_initial_call=True,
     )
     def select(*args: Any) -> dict[str, Any]:
         *_, current = args
@@ -726,7 +728,7 @@ def _experiment_callbacks(app: Dash, root: Path, cache: TableCache, memo: _Memo)
         )
         return styles, f"Selected trial {focus}."
 
-    @app.callback(Output("trial-tab", "label"), Input("sel", "data"))
+    @app.callback(Output("trial-tab", "label"), Input("sel", "data"), prevent_initial_call=True)
     def tab_label(sel: dict[str, Any] | None) -> str:
         focus = (sel or {}).get("focus")
         return f"Trial {focus}" if focus else "Trial (the best)"

@@ -72,24 +72,36 @@ def _stat_key(path: Path) -> tuple[int, int, int] | None:
 @dataclass
 class TableCache:
     """Parsed tables keyed by path; a file is reread (with the consistent-snapshot reader)
-    only when its (mtime, size, inode) changed since the last read."""
+    only when its (mtime, size, inode) changed since the last read, and by one thread at a time
+    (the page's callbacks ask for the same tables at once)."""
 
     _entries: dict[Path, tuple[Any, Any]] = field(default_factory=dict)
+    _locks: dict[Path, threading.Lock] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    # experiment folder -> (the parsed tables it was derived from, the Experiment)
+    experiments: dict[Path, tuple[tuple[Any, ...], Experiment]] = field(default_factory=dict)
     reads: int = 0  # files actually read (tests check that an unchanged poll reads none)
 
     def get(self, path: Path) -> Any:
         """The parsed content of ``path`` (DataFrame for .parquet, dict for .json); None when
-        missing. Raises ResultsError when it cannot be parsed."""
+        missing. Raises ResultsError when it cannot be parsed (and does not retry until the
+        file changes)."""
         key = _stat_key(path)
         with self._lock:
+            lock = self._locks.setdefault(path, threading.Lock())
+        with lock:
             cached = self._entries.get(path)
             if cached is not None and cached[0] == key:
-                return cached[1]
-        value = None if key is None else _parse(path)
-        with self._lock:
-            self.reads += key is not None
-            self._entries[path] = (key, value)
+                value = cached[1]
+            else:
+                try:
+                    value = None if key is None else _parse(path)
+                except ResultsError as exc:
+                    value = exc
+                self.reads += key is not None
+                self._entries[path] = (key, value)
+        if isinstance(value, ResultsError):
+            raise ResultsError(str(value))
         return value
 
 
@@ -191,7 +203,12 @@ def load(root: Path, name: str, cache: TableCache) -> Experiment:
         final = cache.get(path / "final.parquet")
     except ResultsError as exc:
         warnings.append(str(exc))
-    return Experiment(
+    sources = (info, trials, epochs, final, tuple(warnings))
+    with cache._lock:
+        known = cache.experiments.get(path)
+    if known is not None and all(a is b for a, b in zip(known[0][:4], sources[:4], strict=True)):
+        return known[1]  # the same tables as last time: the same derived frames
+    exp = Experiment(
         name=name,
         path=path,
         trials=_with_dimensions(trials, info),
@@ -200,6 +217,9 @@ def load(root: Path, name: str, cache: TableCache) -> Experiment:
         final=final,
         warnings=tuple(warnings),
     )
+    with cache._lock:
+        cache.experiments[path] = (sources, exp)
+    return exp
 
 
 def _with_dimensions(trials: pd.DataFrame, info: dict[str, Any]) -> pd.DataFrame:

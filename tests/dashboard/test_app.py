@@ -135,7 +135,7 @@ def test_leaderboard_has_a_row_per_trial_and_charts_have_points(
     pg.locator("#tabs").get_by_text("Parameters", exact=True).click()
     pg.locator("#g-parallel canvas").first.wait_for()
     pg.locator("#g-parallel .axis-title", has_text="lr (log)").wait_for()
-    pg.locator("#g-importance .point").first.wait_for()  # bars
+    pg.locator("#g-importance .point").first.wait_for(state="attached")  # bars
     assert "scale" not in pg.locator("#g-parallel .axis-title").all_text_contents()
     choose(pg, "pc-arch", "deeplabv3plus")  # its own parameter appears: scale
     pg.locator("#g-parallel .axis-title", has_text="scale").wait_for()
