@@ -46,6 +46,10 @@ class ResultsError(ValueError):
     """A results folder or table the dashboard cannot show: the message says which and why."""
 
 
+class NotStarted(ResultsError):
+    """An experiment that has no trials table yet (its search has not finished an epoch)."""
+
+
 def resolve_inside(root: Path, relative: str) -> Path:
     """``root / relative`` resolved, or ResultsError when it would leave ``root`` (``..``,
     an absolute path, a symlink out)."""
@@ -187,7 +191,7 @@ def load(root: Path, name: str, cache: TableCache) -> Experiment:
         raise ResultsError(f"{name}/experiment.json is not a JSON object")
     trials = cache.get(path / "trials.parquet")
     if trials is None:
-        raise ResultsError(
+        raise NotStarted(
             f"{name}: no trials.parquet yet; the search has not finished an epoch "
             "(this page updates by itself when it does)"
         )
@@ -293,7 +297,7 @@ def summary(root: Path, name: str, cache: TableCache) -> dict[str, Any]:
         info = {}
         with contextlib.suppress(ResultsError):
             info = cache.get(root / name / "experiment.json") or {}
-        row.update(status="unreadable" if "cannot be read" in str(exc) else "starting")
+        row.update(status="starting" if isinstance(exc, NotStarted) else "unreadable")
         row.update(_times(info, None), message=str(exc))
         return row
     t = exp.trials

@@ -53,7 +53,7 @@ def empty(message: str, height: int = 320) -> Figure:
                     "x": 0.5,
                     "y": 0.5,
                     "font": {"size": 13, "color": "#666"},
-                }  # fmt: skip
+                }
             ],
         },
     }
@@ -229,7 +229,7 @@ def parallel(
                     "tickvals": list(range(len(cats))),
                     "ticktext": cats,
                     "range": [-0.3, len(cats) - 0.7],
-                }  # fmt: skip
+                }
             )
         elif name in log and (col > 0).all():
             v = np.log10(col.astype(float))
@@ -361,9 +361,13 @@ def trial_curves(epochs: pd.DataFrame, trial_id: str) -> Figure:
     if not len(g):
         return empty("no epoch reported yet")
     data = []
-    for col, color in (("val_iou", "#1f77b4"), ("val_dice", "#2ca02c"),
-                       ("val_robust_iou", "#9467bd"), ("val_score", "#8c564b"),
-                       ("val_particle_f1", "#e377c2")):  # fmt: skip
+    for col, color in (
+        ("val_iou", "#1f77b4"),
+        ("val_dice", "#2ca02c"),
+        ("val_robust_iou", "#9467bd"),
+        ("val_score", "#8c564b"),
+        ("val_particle_f1", "#e377c2"),
+    ):
         if col not in g or g[col].isna().all():
             continue
         if col == "val_score" and np.allclose(g[col], g["val_iou"], equal_nan=True):
@@ -389,7 +393,7 @@ def trial_curves(epochs: pd.DataFrame, trial_id: str) -> Figure:
                 "y": _nan_to_none(g["train_loss"].astype(float).tolist()),
                 "yaxis": "y2",
                 "line": {"color": "#d62728", "dash": "dash"},
-            }  # fmt: skip
+            }
         )
     layout = _layout(f"Trial {trial_id}: learning curves", "epoch", "validation", showlegend=True)
     layout["yaxis2"] = {
@@ -418,7 +422,7 @@ def importance(frame: pd.DataFrame, note: str) -> Figure:
                 "y": f["param"].tolist(),
                 "marker": {"color": "#4c78a8"},
                 "hovertemplate": "%{y}: %{x:.3f}<extra></extra>",
-            }  # fmt: skip
+            }
         ],
         "layout": layout,
     }
@@ -443,7 +447,7 @@ def compare_distribution(trials: pd.DataFrame) -> Figure:
                 "jitter": 0.3,
                 "pointpos": 0,
                 "marker": {"color": cmap[arch], "size": 5},
-            }  # fmt: skip
+            }
         )
     layout = _layout("Validation IoU per experiment and architecture", "", "validation IoU")
     layout["boxmode"] = "group"
@@ -462,7 +466,7 @@ def compare_best_so_far(frames: dict[str, pd.DataFrame]) -> Figure:
                 "x": (bsf["compute_s"] / 3600).tolist(),
                 "y": _nan_to_none(bsf["best"].tolist()),
                 "line": {"shape": "hv", "color": PALETTE[i % len(PALETTE)]},
-            }  # fmt: skip
+            }
         )
     if not data:
         return empty("no experiment selected")
