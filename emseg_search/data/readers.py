@@ -6,7 +6,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from emseg_search.data.errors import FileProblem
 
@@ -31,17 +31,13 @@ def _decode(path: Path) -> np.ndarray:
                 arr = np.asarray(im)
     except FileNotFoundError:
         raise FileProblem(path, "file does not exist") from None
-    except (
-        UnidentifiedImageError,
-        OSError,
-        SyntaxError,
-        ValueError,
-        Image.DecompressionBombError,
-        EOFError,
-        IndexError,
-        KeyError,
-    ) as exc:
-        # tifffile raises TiffFileError (a ValueError) and KeyError/IndexError on damaged IFDs.
+    except MemoryError:
+        raise FileProblem(
+            path, "cannot be decoded: it claims more pixels than memory holds"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - decoders raise anything on damaged files
+        # tifffile raises TiffFileError (a ValueError), KeyError/IndexError on damaged IFDs and
+        # ZeroDivisionError on zero-sized tiles (found by the fuzz test); PIL OSError/SyntaxError.
         reason = str(exc).strip() or type(exc).__name__
         raise FileProblem(path, f"cannot be decoded (corrupt or truncated?): {reason}") from None
     if arr.size == 0:

@@ -143,3 +143,56 @@ def test_colour_mask_is_rejected(tmp_path: Path) -> None:
     Image.fromarray(rgb).save(tmp_path / "cm.png")
     with pytest.raises(FileProblem, match="cm.png: is a colour mask"):
         read_mask(tmp_path / "cm.png")
+
+
+def _valid_bytes(suffix: str) -> bytes:
+    """A small valid image file of the given type, as bytes to mutate."""
+    import io
+
+    buf = io.BytesIO()
+    if suffix == ".png":
+        Image.fromarray(_grey(12, 9)).save(buf, format="PNG")
+    elif suffix == ".jpg":
+        Image.fromarray(_grey(12, 9)).save(buf, format="JPEG")
+    else:
+        tifffile.imwrite(buf, _grey(12, 9))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif", ".jpg"])
+def test_fuzzed_files_raise_only_file_problems(suffix: str, tmp_path: Path) -> None:
+    """Random bytes and mutated valid files (flipped bytes, cut short): the readers return an
+    image or raise FileProblem naming the file, never another exception (issue 18)."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    valid = _valid_bytes(suffix)
+    path = tmp_path / f"fuzz{suffix}"
+    outcomes: set[str] = set()
+    mutated = st.tuples(
+        st.lists(st.tuples(st.integers(0, len(valid) - 1), st.integers(0, 255)), max_size=8),
+        st.integers(0, len(valid)),
+    ).map(lambda m: _mutate(valid, *m))
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.one_of(st.binary(max_size=2048), mutated))
+    def check(data: bytes) -> None:
+        path.write_bytes(data)
+        for read in (read_image, read_mask):
+            try:
+                read(path)
+                outcomes.add("read")
+            except FileProblem as exc:
+                assert path.name in str(exc)
+                outcomes.add("refused")
+
+    check()
+    assert "refused" in outcomes  # the fuzzing reached the error paths
+
+
+def _mutate(data: bytes, flips: list[tuple[int, int]], cut: int) -> bytes:
+    """``data`` with bytes replaced at the given offsets, then cut to ``cut`` bytes."""
+    out = bytearray(data)
+    for offset, value in flips:
+        out[offset] = value
+    return bytes(out[:cut])

@@ -621,3 +621,66 @@ def test_the_target_is_searchable_and_particle_f1_a_metric() -> None:
             with_changes(parameters__target={"type": "categorical", "choices": ["flow"]}),
             source="bad.yaml",
         )
+
+
+def test_fuzzed_space_files_raise_only_space_errors(tmp_path: Path) -> None:
+    """Random YAML documents (real and made-up keys, any values) and random text: load_space
+    returns a space or raises SpaceError starting with the file's path (issue 18)."""
+    import yaml
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    keys = st.sampled_from(
+        [
+            "name",
+            "budget",
+            "fixed",
+            "parameters",
+            "scheduler",
+            "searcher",
+            "resources",
+            "metric",
+            "mode",
+            "type",
+            "low",
+            "high",
+            "log",
+            "choices",
+            "when",
+            "lr",
+            "arch",
+            "num_samples",
+            "max_epochs",
+            "step",
+            "encoder",
+            "x",
+        ]
+    ) | st.text(max_size=6)
+    scalars = (
+        st.none()
+        | st.booleans()
+        | st.integers(-5, 5)
+        | st.floats(allow_nan=True)
+        | st.text(max_size=8)
+    )
+    values = st.recursive(
+        scalars,
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(keys, inner, max_size=5),
+        max_leaves=20,
+    )
+    path = tmp_path / "space.yaml"
+    refused: list[str] = []
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.one_of(st.dictionaries(keys, values, max_size=8), st.text(max_size=200)))
+    def check(doc: object) -> None:
+        text = doc if isinstance(doc, str) else yaml.safe_dump(doc)
+        path.write_text(text, encoding="utf-8")
+        try:
+            load_space(path)
+        except SpaceError as exc:
+            assert str(exc).startswith(str(path)), str(exc)
+            refused.append(str(exc))
+
+    check()
+    assert refused  # the fuzzing reached the error paths
