@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     name = args.name or (args.config.stem if args.config else f"{cfg.arch}-{cfg.encoder}")
     run_dir = args.results / name
 
-    from emseg_search.train.driver import clear_run, run_training
+    from emseg_search.train.driver import TrainingFailed, clear_run, run_training
 
     if run_dir.exists() and any(run_dir.iterdir()):
         if args.overwrite:
@@ -131,9 +131,13 @@ def main(argv: list[str] | None = None) -> int:
             )
         elif (changed := changed_fields(run_dir / "config.yaml", cfg)) is not None:
             raise UsageError(f"--resume: {changed}")
-    outcome = run_training(
-        cfg, run_dir, workers=args.workers, use_gpu=args.gpu, address=args.address
-    )
+    try:
+        outcome = run_training(
+            cfg, run_dir, workers=args.workers, use_gpu=args.gpu, address=args.address
+        )
+    except TrainingFailed as exc:  # Ray's traceback is in the log above; one line to act on
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     if outcome.stop_reason:
         print(f"stopped: {outcome.stop_reason}", file=sys.stderr)
     if outcome.model_dir is None:

@@ -13,6 +13,23 @@ from emseg_search.train.outputs import TrainOutcome, finish_run
 from emseg_search.train.worker import train_loop_per_worker
 
 
+class TrainingFailed(RuntimeError):
+    """Ray Train gave up on a run (a worker raised or died and retries were spent)."""
+
+
+def failure_reason(exc: BaseException) -> str:
+    """One line saying why a Ray Train run failed: the first failed worker's error, if any."""
+    failures = getattr(exc, "worker_failures", None) or {}
+    if failures:
+        rank, err = sorted(failures.items(), key=lambda kv: kv[0])[0]
+        exc, prefix = err, f"worker {rank}: "
+    else:
+        prefix = ""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = lines[0] if lines else ""
+    return f"{prefix}{type(exc).__name__}" + (f": {text[:300]}" if text else "")
+
+
 def scaling(workers: int, use_gpu: bool, cluster: dict[str, float]) -> tuple[dict[str, float], int]:
     """Resources per Train worker and torch threads each: the cluster's CPUs shared evenly."""
     cpus = max(1, int(cluster.get("CPU", 1)) // workers)
@@ -84,7 +101,14 @@ def run_training(
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as exc:  # a worker died or raised; retries spent
+        raise TrainingFailed(
+            f"training in {run_dir} failed: {failure_reason(exc)}. Its checkpoints are kept in "
+            f"{run_dir / 'ray'}: rerun the same command with --resume to continue from the "
+            "last one"
+        ) from exc
     last = result.metrics or {}
     stop_reason = last.get("stop_reason") if last.get("diverged") else None
     if result.checkpoint is None:

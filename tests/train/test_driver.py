@@ -139,3 +139,35 @@ def test_imagenet_weights_offline_fail_before_ray_starts(
     assert len(err) == 1 and "HF_HUB_OFFLINE=1" in err[0] and "'imagenet-offline'" in err[0]
     assert not (tmp_path / "out").exists()
     assert ray.is_initialized() == was_running
+
+
+def test_a_failed_ray_train_run_is_one_line_pointing_at_resume(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When Ray Train gives up (a worker died, e.g. failing Ray's health check on a starved
+    machine), `train` says why in one line and how to continue, exit 1, instead of Ray's
+    traceback; the run folder keeps what was written."""
+    import ray.train
+    import ray.train.torch
+
+    import emseg_search.train.cluster as cluster
+    from emseg_search.cli.main import main
+
+    class DyingTrainer:
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            pass
+
+        def fit(self) -> None:
+            died = RuntimeError("The actor died unexpectedly: health check failed\nmore detail")
+            raise ray.train.WorkerGroupError("Training failed due to worker errors", {0: died})
+
+    monkeypatch.setattr(cluster, "init_ray", lambda *a, **k: {"CPU": 2.0})
+    monkeypatch.setattr(ray.train.torch, "TorchTrainer", DyingTrainer)
+    data = ensure_synthetic_data(tmp_path / "synth", n=6, seed=4, size=64)
+    args = ["train", "--data", str(data), "--tile-size", "64", "--results", str(tmp_path / "r")]
+    assert main([*args, "--name", "run"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0], err
+    assert "worker 0: RuntimeError: The actor died unexpectedly: health check failed" in err[0]
+    assert "--resume" in err[0] and str(tmp_path / "r" / "run") in err[0]
+    assert (tmp_path / "r" / "run" / "config.yaml").is_file()  # what was written stays
