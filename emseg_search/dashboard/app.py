@@ -452,32 +452,37 @@ def _experiment_callbacks(app: Dash, root: Path, cache: TableCache, memo: _Memo)
         Output("g-dist", "figure"),
         Output("g-pareto", "figure"),
         Output("pareto-box", "style"),
+        Output("pareto-y", "options"),
         Input("version", "data"),
         *FILTER_INPUTS,
         Input("sel", "data"),
         Input("bsf-x", "value"),
+        Input("pareto-y", "value"),
         State("exp", "data"),
     )
     def charts(_: Any, *args: Any) -> tuple[Any, ...]:
-        *values, sel, x, name = args
+        *values, sel, x, pareto_y, name = args
         focus = (sel or {}).get("focus")
         try:
             exp = _load(root, cache, name)
             shown = data.filter_trials(exp.trials, _filters(tuple(values)))
             bsf = data.best_so_far(shown, exp.epochs)
             objectives = data.objectives(exp.trials)
-            has_pareto = len(objectives) >= 2
+            others = objectives[1:]
+            pair = [objectives[0], *(o for o in others if o[0] == pareto_y), *others][:2]
+            has_pareto = len(pair) == 2
             return (
                 figures.best_so_far(bsf, shown, x or "order", focus),
                 figures.distribution(shown, focus),
-                figures.pareto(shown, objectives, focus) if has_pareto else figures.empty(""),
+                figures.pareto(shown, pair, focus) if has_pareto else figures.empty(""),
                 None if has_pareto else {"display": "none"},
+                [{"label": label, "value": column} for column, label, _ in others],
             )
         except Exception as exc:
             if not isinstance(exc, ResultsError):
                 log.exception("charts of %s", name)
             blank = figures.empty(pages.describe_error(exc))
-            return blank, blank, blank, {"display": "none"}
+            return blank, blank, blank, {"display": "none"}, []
 
     @app.callback(
         Output("g-parallel", "figure"),

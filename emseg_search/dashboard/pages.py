@@ -198,7 +198,18 @@ def experiment_layout(name: str, trial: str | None, view: str) -> html.Div:
                         ),
                     ),
                     _card("g-dist"),
-                    html.Div(_card("g-pareto"), id="pareto-box"),
+                    html.Div(
+                        _card(
+                            "g-pareto",
+                            dcc.Dropdown(
+                                id="pareto-y",
+                                placeholder="against (second objective)",
+                                clearable=False,
+                                style={"width": "320px"},
+                            ),
+                        ),
+                        id="pareto-box",
+                    ),
                 ],
                 className="grid",
             ),

@@ -30,7 +30,8 @@ def fake_rows(
     n_trials: int, n_epochs: int, seed: int = 0, start: int = 0, robust: bool = False
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(trial rows, epoch rows) of a plausible search: UNet/DeepLabV3+ trials whose IoU rises
-    with the epochs; a DeepLab-only ``scale``; some pruned, one error."""
+    with the epochs; a DeepLab-only ``scale``; some pruned, one error; with ``robust``, robust
+    IoU and particle scores too."""
     rng = np.random.default_rng(seed)
     trials, epochs = [], []
     for k in range(start, start + n_trials):
@@ -44,6 +45,7 @@ def fake_rows(
             status, run = "error", 1
         ious = [ceiling * (1 - np.exp(-(e + 1) / 3)) + rng.normal(0, 0.005) for e in range(run)]
         robust_ious = [v - 0.1 * rng.random() for v in ious]
+        f1s = [min(1.0, v * (0.6 + 0.5 * rng.random())) for v in ious]
         best = int(np.argmax(ious))
         for e in range(run):
             epochs.append(
@@ -59,6 +61,8 @@ def fake_rows(
                     "val_iou": ious[e],
                     "val_dice": 2 * ious[e] / (1 + ious[e]),
                     "val_robust_iou": robust_ious[e] if robust else None,
+                    "val_particle_f1": f1s[e] if robust else None,
+                    "val_count_error": 1 - f1s[e] if robust else None,
                     "val_score": ious[e],
                     "best_val_iou": max(ious[: e + 1]),
                     "best_val_score": max(ious[: e + 1]),
@@ -74,6 +78,9 @@ def fake_rows(
                 "best_val_dice": 2 * ious[best] / (1 + ious[best]),
                 "best_val_score": ious[best],
                 "best_val_robust_iou": robust_ious[best] if robust else None,
+                "best_val_particle_f1": f1s[best] if robust else None,
+                "last_val_particle_f1": f1s[-1] if robust else None,
+                "best_val_count_error": 1 - f1s[best] if robust else None,
                 "best_epoch": best,
                 "epochs_run": run,
                 "train_seconds": 4.5 * run,

@@ -203,9 +203,13 @@ def test_robustness_scores_and_pareto_front(served: Any, page: tuple[Any, Record
     pg, _ = page
     pg.goto(served.url + "/e/robust")
     wait_count(pg, "10 of 10")
-    assert any("robust IoU" in h for h in pg.locator("#leaderboard th").all_inner_texts())
+    headers = " ".join(pg.locator("#leaderboard th").all_inner_texts())
+    for label in ("robust IoU", "particle F1", "count error"):
+        assert label in headers
     pg.locator("#g-pareto .gtitle", has_text="Pareto front").wait_for()
     assert "robust IoU" in pg.locator("#g-pareto").inner_text()
+    choose(pg, "pareto-y", "count error (best epoch)")  # better low
+    pg.locator("#g-pareto .ytitle", has_text="count error").wait_for()
 
 
 def test_broken_experiments_give_a_message_not_a_traceback(

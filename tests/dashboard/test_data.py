@@ -117,9 +117,15 @@ def test_pareto_mask_known_answer() -> None:
 def test_robust_and_particle_scores_become_objectives(tmp_path: Path, fake: Any) -> None:
     fake.write_experiment(tmp_path, "r", n_trials=6, n_epochs=2, robust=True)
     exp = data.load(tmp_path, "r", TableCache())
-    assert [o[0] for o in data.objectives(exp.trials)] == ["best_val_iou", "best_val_robust_iou"]
-    t = exp.trials.assign(best_val_count_error=np.linspace(0.5, 0.1, len(exp.trials)))
-    assert ("best_val_count_error", "count error (best epoch)", False) in data.objectives(t)
+    assert [o[0] for o in data.objectives(exp.trials)] == [
+        "best_val_iou",
+        "best_val_robust_iou",
+        "best_val_particle_f1",
+        "best_val_count_error",
+    ]
+    assert ("best_val_count_error", "count error (best epoch)", False) in data.objectives(
+        exp.trials
+    )
     fig = figures.pareto(exp.trials, data.objectives(exp.trials), None)
     assert fig["data"][-1]["name"] == "Pareto front"
 
