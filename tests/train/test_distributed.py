@@ -27,6 +27,13 @@ from emseg_search.train.worker import build_run, run_worker, train_run
 
 COUNTED = ("iou", "dice", "precision", "recall")  # from summed integer counts: exact
 AVERAGED = ("mean_image_iou", "mean_image_dice")  # float sums, added in another order
+PARTICLES = (
+    "particle_precision",
+    "particle_recall",
+    "particle_f1",
+    "panoptic_quality",
+    "count_error",
+)
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +146,9 @@ def _evaluating_rank(
             _, val = build_datasets(cfg, subset, data, rank, world)
             loader = DataLoader(val, batch_size=1)
             scores[name] = {"images": len(val)}
-            scores[name] |= evaluate(model, loader, torch.device("cpu"), cfg.threshold)
+            scores[name] |= evaluate(
+                model, loader, torch.device("cpu"), cfg.threshold, particles=True
+            )
         (Path(out) / f"rank{rank}.json").write_text(json.dumps(scores), encoding="utf-8")
     finally:
         dist.destroy_process_group()
@@ -169,7 +178,8 @@ def test_two_rank_validation_equals_one_process(
     data = load_data(prepared.data_dir)
     for name, subset in (("all", prepared), ("one", _first_val(prepared))):
         _, val = build_datasets(cfg, subset, data)
-        one = evaluate(model, DataLoader(val, batch_size=1), torch.device("cpu"), cfg.threshold)
+        loader = DataLoader(val, batch_size=1)
+        one = evaluate(model, loader, torch.device("cpu"), cfg.threshold, particles=True)
         assert 0.0 < one["iou"] < 1.0 and 0.0 < one["precision"] < 1.0  # not a trivial score
         shards = [got[name]["images"] for got in ranks]
         assert sum(shards) == len(val) and shards[0] == shards[1] + 1
@@ -177,4 +187,7 @@ def test_two_rank_validation_equals_one_process(
             for key in COUNTED:
                 assert got[name][key] == one[key], (name, key)
             for key in AVERAGED:
+                assert got[name][key] == pytest.approx(one[key], rel=1e-12), (name, key)
+            # particle counts are summed over ranks too: the whole set's particle scores
+            for key in PARTICLES:
                 assert got[name][key] == pytest.approx(one[key], rel=1e-12), (name, key)

@@ -114,6 +114,11 @@ def test_a_target_trains_validates_evaluates_predicts_and_exports(
     np.testing.assert_array_equal(
         predictor.predict_mask(image), art.postprocess.mask(outputs)[0].numpy()
     )
+    # a sliding window (tiles of 32 px) and flip TTA blend every channel
+    tiler = Predictor(art, tile_size=32, tta=True)
+    tiled = tiler.predict_outputs(image)
+    assert tiled.shape == outputs.shape and np.isfinite(tiled).all()
+    assert tiler.throughput.windows > 1
     images = synth / "images"
     run = predict_files(predictor, sorted(images.iterdir())[:2], tmp_path / "pred", progress=False)
     assert run.images == 2 and not run.failures
