@@ -260,7 +260,7 @@ def _home_callbacks(app: Dash, root: Path, cache: TableCache) -> None:
     def compare(selected: list[str] | None, _: Any) -> Any:
         if not selected or len(selected) < 2:
             return None
-        frames, bsf, rows, problems = [], {}, [], []
+        frames, bsf, rows, problems, curves = [], {}, [], [], []
         for name in selected:
             try:
                 exp = data.load(root, name, cache)
@@ -270,6 +270,10 @@ def _home_callbacks(app: Dash, root: Path, cache: TableCache) -> None:
             t = exp.trials.assign(experiment=name)
             frames.append(t)
             bsf[name] = data.best_so_far(exp.trials, exp.epochs)
+            if exp.trials["score"].notna().any():  # the best trial's curve, named after its run
+                top = exp.trials.loc[exp.trials["score"].idxmax()]
+                e = exp.epochs[exp.epochs["trial_id"] == top["trial_id"]]
+                curves.append(e.assign(trial_id=f"{name}: {top['trial_id']} {top['arch']}"))
             for arch, g in t.groupby(t["arch"].astype(str)):
                 best = g.loc[g["score"].idxmax()] if g["score"].notna().any() else None
                 rows.append(
@@ -306,11 +310,23 @@ def _home_callbacks(app: Dash, root: Path, cache: TableCache) -> None:
                         html.Div(
                             dcc.Graph(figure=figures.compare_best_so_far(bsf)), className="card"
                         ),
+                        html.Div(dcc.Graph(figure=_best_curves(curves)), className="card"),
                     ],
                     className="grid",
                 ),
             ]
         )
+
+
+def _best_curves(curves: list[pd.DataFrame]) -> Any:
+    """Validation IoU per epoch of each compared experiment's best trial."""
+    if not curves:
+        return figures.empty("no epoch reported")
+    epochs = pd.concat(curves, ignore_index=True)
+    names = list(dict.fromkeys(epochs["trial_id"]))
+    fig = figures.curves(epochs, names, "val_iou", {})
+    fig["layout"]["title"]["text"] = "Learning curves of each experiment's best trial"
+    return fig
 
 
 def _filters(values: tuple[Any, ...]) -> dict[str, list[str] | None]:

@@ -25,7 +25,7 @@ from emseg_search.results.schemas import EPOCH_SCHEMA, TRIAL_COLUMNS
 
 # the dimensions the leaderboard filters by: column -> label
 DIMENSIONS = {"arch": "architecture", "encoder": "encoder", "loss": "loss", "augment": "augment"}
-TABLES = ("trials.parquet", "epochs.parquet", "experiment.json", "final.parquet")
+TABLES = ("trials.parquet", "epochs.parquet", "experiment.json", "final.parquet", "config.yaml")
 # scores that may sit beside pixel IoU: column -> label (shown where a table has values)
 EXTRA_SCORES = {
     "best_val_robust_iou": "robust IoU",
@@ -113,6 +113,10 @@ def _parse(path: Path) -> Any:
     try:
         if path.suffix == ".json":
             return json.loads(path.read_text(encoding="utf-8"))
+        if path.suffix == ".yaml":
+            import yaml
+
+            return yaml.safe_load(path.read_text(encoding="utf-8"))
         return read_table(path).to_pandas()
     except FileNotFoundError:
         return None
@@ -137,8 +141,9 @@ def signature(root: Path, names: list[str] | None = None) -> str:
 
 
 def list_experiment_dirs(root: Path) -> list[Path]:
-    """The searches under ``root``: folders holding trials.parquet or experiment.json (a
-    search that has not finished a trial yet has only the latter)."""
+    """The searches under ``root`` (folders holding trials.parquet or experiment.json: a
+    search that has not finished a trial yet has only the latter) and the single training
+    runs (`train`: epochs.parquet and config.yaml), shown as one-trial experiments."""
     if not root.is_dir():
         return []
     return sorted(
@@ -146,7 +151,17 @@ def list_experiment_dirs(root: Path) -> list[Path]:
         for p in root.iterdir()
         if p.is_dir()
         and not p.name.startswith(".")
-        and ((p / "trials.parquet").is_file() or (p / "experiment.json").is_file())
+        and ((p / "trials.parquet").is_file() or (p / "experiment.json").is_file() or is_run(p))
+    )
+
+
+def is_run(path: Path) -> bool:
+    """Whether ``path`` is one `train` run (not a search)."""
+    return (
+        (path / "epochs.parquet").is_file()
+        and (path / "config.yaml").is_file()
+        and not (path / "trials.parquet").is_file()
+        and not (path / "experiment.json").is_file()
     )
 
 
@@ -182,6 +197,8 @@ def load(root: Path, name: str, cache: TableCache) -> Experiment:
     """Experiment ``name`` under ``root`` from the cache; ResultsError when it cannot be
     shown at all, warnings for what is missing but not fatal (a half-written experiment)."""
     path = experiment_dir(root, name)
+    if is_run(path):
+        return _load_run(path, name, cache)
     warnings = []
     info = cache.get(path / "experiment.json")
     if info is None:
@@ -224,6 +241,71 @@ def load(root: Path, name: str, cache: TableCache) -> Experiment:
     with cache._lock:
         cache.experiments[path] = (sources, exp)
     return exp
+
+
+RUNNING_WITHIN_S = 600  # a run whose epochs.parquet changed this recently is running
+
+
+def _load_run(path: Path, name: str, cache: TableCache) -> Experiment:
+    """A `train` run as a one-trial experiment: the trial's row derived from its epochs
+    (best epoch by val_score, else val_iou) and its config.yaml."""
+    config = cache.get(path / "config.yaml")
+    if not isinstance(config, dict):
+        raise ResultsError(f"{name}/config.yaml is not a mapping")
+    epochs = cache.get(path / "epochs.parquet")
+    if epochs is None or not len(epochs):
+        raise NotStarted(f"{name}: no epoch reported yet (this page updates by itself)")
+    epochs = epochs.assign(trial_id=name).sort_values("epoch").reset_index(drop=True)
+    ranking = epochs["val_score"] if "val_score" in epochs else epochs["val_iou"]
+    ranking = ranking.astype(float).fillna(epochs["val_iou"].astype(float))
+    best = epochs.loc[ranking.idxmax()] if ranking.notna().any() else epochs.iloc[-1]
+    last = epochs.iloc[-1]
+
+    def at(row: pd.Series, column: str) -> Any:
+        return row[column] if column in row.index else None
+
+    if len(epochs) >= int(config.get("epochs") or 0):
+        status = "completed"
+    else:
+        age = datetime.now(timezone.utc).timestamp() - (path / "epochs.parquet").stat().st_mtime
+        status = "running" if age < RUNNING_WITHIN_S else "stopped"
+    row = {
+        "trial_id": name,
+        "status": status,
+        "best_val_iou": at(best, "val_iou"),
+        "last_val_iou": at(last, "val_iou"),
+        "best_val_dice": at(best, "val_dice"),
+        "best_val_score": at(best, "val_score"),
+        "best_val_robust_iou": at(best, "val_robust_iou"),
+        "best_val_particle_f1": at(best, "val_particle_f1"),
+        "last_val_particle_f1": at(last, "val_particle_f1"),
+        "best_val_panoptic_quality": at(best, "val_panoptic_quality"),
+        "best_val_count_error": at(best, "val_count_error"),
+        "best_epoch": int(best["epoch"]),
+        "epochs_run": len(epochs),
+        "train_seconds": float(epochs["epoch_seconds"].astype(float).sum()),
+        "error": None,
+        "model_dir": str(path / "model") if (path / "model").is_dir() else None,
+        **{f"params_{k}": config.get(k) for k in (*DIMENSIONS, "lr", "weight_decay")},
+    }
+    trials = pd.DataFrame([row])
+    info = {
+        "kind": "run",
+        "data": config.get("data"),
+        "space": {
+            "description": "one training run (`train`), shown as a one-trial experiment",
+            "budget": {"num_samples": 1},
+        },
+    }
+    return Experiment(
+        name=name,
+        path=path,
+        trials=_with_dimensions(trials, info),
+        epochs=epochs,
+        info=info,
+        final=None,
+        warnings=(),
+    )
 
 
 def _with_dimensions(trials: pd.DataFrame, info: dict[str, Any]) -> pd.DataFrame:
@@ -304,7 +386,8 @@ def summary(root: Path, name: str, cache: TableCache) -> dict[str, Any]:
     total = ((exp.info.get("space") or {}).get("budget") or {}).get("num_samples")
     done = int((t["status"] != "running").sum())
     running = int((t["status"] == "running").sum())
-    if exp.info.get("finished_at"):
+    run = exp.info.get("kind") == "run"
+    if exp.info.get("finished_at") or (run and t["status"].iloc[0] == "completed"):
         status = "finished"
     elif running:
         status = f"running ({running})"
@@ -316,9 +399,15 @@ def summary(root: Path, name: str, cache: TableCache) -> dict[str, Any]:
         status=status,
         trials=f"{done}/{total}" if total else f"{done}/{len(t)}",
         best_iou=None if math.isnan(best) else round(float(best), 4),
-        message="; ".join(exp.warnings),
+        message="; ".join(exp.warnings) or ("a single training run (`train`)" if run else ""),
     )
     row.update(_times(exp.info, last_write))
+    if run:  # no start time recorded: the time its epochs took
+        e = exp.epochs
+        seconds = e["epoch_seconds"].astype(float).sum()
+        if "val_seconds" in e:
+            seconds += e["val_seconds"].astype(float).fillna(0).sum()
+        row["wall_time"] = format_seconds(float(seconds))
     return row
 
 
@@ -466,7 +555,8 @@ def importances(exp: Experiment) -> tuple[pd.DataFrame, str]:
 def trial_files(exp: Experiment, trial_id: str) -> dict[str, list[str]]:
     """Paths (relative to the experiment) of a trial's checkpoints, model artifact and
     resolved config, and of the report's prediction panels."""
-    folder = exp.path / "trials" / trial_id
+    run = exp.info.get("kind") == "run"
+    folder = exp.path if run else exp.path / "trials" / trial_id
     out: dict[str, list[str]] = {"checkpoints": [], "model": [], "config": [], "panels": []}
     arch = ""
     row = exp.trials[exp.trials["trial_id"] == trial_id]
@@ -474,7 +564,9 @@ def trial_files(exp: Experiment, trial_id: str) -> dict[str, list[str]]:
         arch = str(row.iloc[0]["arch"])
     if folder.is_dir() and folder.resolve().is_relative_to(exp.path.resolve()):
         out["checkpoints"] = sorted(
-            p.relative_to(exp.path).as_posix() for p in folder.glob("checkpoint_*")
+            p.relative_to(exp.path).as_posix()
+            for p in folder.glob("ray/checkpoint_*" if run else "checkpoint_*")
+            if p.is_dir()
         )
         if (folder / "model").is_dir():
             out["model"] = [(folder / "model").relative_to(exp.path).as_posix()]
@@ -493,7 +585,10 @@ def trial_files(exp: Experiment, trial_id: str) -> dict[str, list[str]]:
 def resolved_config(exp: Experiment, trial_id: str) -> dict[str, Any]:
     """The trial's resolved TrialConfig (its model's config.yaml), else the space's fixed
     values with the trial's sampled ones."""
-    path = exp.path / "trials" / trial_id / "model" / "config.yaml"
+    if exp.info.get("kind") == "run":
+        path = exp.path / "config.yaml"
+    else:
+        path = exp.path / "trials" / trial_id / "model" / "config.yaml"
     if path.is_file() and path.resolve().is_relative_to(exp.path.resolve()):
         import yaml
 

@@ -133,6 +133,20 @@ def write_experiment(
     return path
 
 
+def write_run(root: Path, name: str, n_epochs: int = 5, epochs: int = 5) -> Path:
+    """results/<name>/ as `train` writes it: config.yaml and epochs.parquet (trial_id empty),
+    a model folder; ``epochs`` is what the config asked for."""
+    path = root / name
+    (path / "model").mkdir(parents=True, exist_ok=True)
+    (path / "ray" / "checkpoint_2026-12-01_10-00-00.000000").mkdir(parents=True, exist_ok=True)
+    _, rows = fake_rows(1, n_epochs, seed=7, start=2)
+    write_table([{**r, "trial_id": ""} for r in rows], EPOCH_SCHEMA, path / "epochs.parquet")
+    config = f"arch: unet\nencoder: mobilenet_v2\nloss: dice+bce\naugment: em\nepochs: {epochs}\n"
+    (path / "config.yaml").write_text(config + "lr: 0.001\n", encoding="utf-8")
+    (path / "model" / "config.yaml").write_text(config, encoding="utf-8")
+    return path
+
+
 def append_trial(path: Path, trial_id_number: int, n_epochs: int = 6) -> str:
     """Add one trial (and its epochs) to an experiment's tables, as the search does: the
     whole table rewritten atomically. Returns the new trial id."""
@@ -183,11 +197,13 @@ def fake() -> types.ModuleType:
 @pytest.fixture(scope="module")
 def results_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A results folder with two small experiments (one with robustness scores), a big one
-    (1,000 trials x 20 epochs), a half-written one and one with a corrupt table."""
+    (1,000 trials x 20 epochs), a half-written one, one with a corrupt table and a `train`
+    run."""
     root = tmp_path_factory.mktemp("results")
     write_experiment(root, "small", n_trials=12, n_epochs=6)
     write_experiment(root, "robust", n_trials=10, n_epochs=5, seed=1, robust=True)
     write_experiment(root, "big", n_trials=1000, n_epochs=20, seed=2)
+    write_run(root, "run1")
     half = root / "half"
     half.mkdir()
     (half / "experiment.json").write_text(json.dumps({"name": "half"}), encoding="utf-8")

@@ -95,8 +95,9 @@ def test_home_lists_experiments_and_explains_broken_ones(
     table = pg.locator("#experiments")
     table.get_by_text("small", exact=True).wait_for()
     text = table.inner_text()
-    for name in ("big", "corrupt", "half", "robust", "small"):
+    for name in ("big", "corrupt", "half", "robust", "run1", "small"):
         assert name in text
+    assert "a single training run" in text
     assert "cannot be read" in text and "may be corrupt" in text  # the corrupt table
     assert "no trials.parquet yet" in text  # the half-written experiment
     assert "Traceback" not in pg.content()
@@ -107,13 +108,15 @@ def test_compare_two_experiments(served: Any, page: tuple[Any, Recorder]) -> Non
     pg, _ = page
     pg.goto(served.url + "/")
     pg.locator("#experiments").get_by_text("small", exact=True).wait_for()
-    for name in ("robust", "small"):
+    for name in ("robust", "run1", "small"):
         row = pg.locator("#experiments tr", has=pg.get_by_text(name, exact=True))
         row.locator("input[type=checkbox]").check()
-    pg.locator("#compare", has_text="Comparison of").wait_for()
-    pg.locator("#compare .js-plotly-plot").nth(1).wait_for()
+    pg.locator("#compare", has_text="Comparison of robust, run1, small").wait_for()
+    pg.locator("#compare .js-plotly-plot").nth(2).wait_for()
     pg.locator("#compare .point").first.wait_for()
-    assert pg.locator("#compare .js-plotly-plot").count() == 2
+    assert pg.locator("#compare .js-plotly-plot").count() == 3
+    legend = " ".join(pg.locator("#compare .legendtext").all_text_contents())
+    assert "run1: run1 unet" in legend  # the best trial's curve of each
 
 
 def test_leaderboard_has_a_row_per_trial_and_charts_have_points(

@@ -204,3 +204,21 @@ def test_signature_ignores_other_experiments(tmp_path: Path, fake: Any) -> None:
     sig_a, sig_all = data.signature(tmp_path, ["a"]), data.signature(tmp_path)
     os.utime(b / "trials.parquet", ns=(1, 1))
     assert data.signature(tmp_path, ["a"]) == sig_a and data.signature(tmp_path) != sig_all
+
+
+def test_a_train_run_is_a_one_trial_experiment(tmp_path: Path, fake: Any) -> None:
+    fake.write_run(tmp_path, "done", n_epochs=5, epochs=5)
+    fake.write_run(tmp_path, "short", n_epochs=3, epochs=10)
+    os.utime(tmp_path / "short" / "epochs.parquet", (1, 1))  # long ago: not running
+    cache = TableCache()
+    assert [p.name for p in data.list_experiment_dirs(tmp_path)] == ["done", "short"]
+    exp = data.load(tmp_path, "done", cache)
+    row = exp.trials.iloc[0]
+    assert row["trial_id"] == "done" and row["status"] == "completed" and row["arch"] == "unet"
+    assert row["epochs_run"] == 5 and row["best_val_iou"] == exp.epochs["val_iou"].max()
+    assert set(exp.epochs["trial_id"]) == {"done"}
+    assert data.load(tmp_path, "short", cache).trials.iloc[0]["status"] == "stopped"
+    assert data.summary(tmp_path, "done", cache)["status"] == "finished"
+    files = data.trial_files(exp, "done")
+    assert files["model"] == ["model"] and files["checkpoints"][0].startswith("ray/checkpoint_")
+    assert data.resolved_config(exp, "done")["lr"] == 0.001
