@@ -77,13 +77,21 @@ def seed_worker(worker_id: int) -> None:
         info.dataset.reseed(info.seed)
 
 
+def _to_uint8(target: np.ndarray) -> np.ndarray:
+    """A target as uint8: class ids as they are, [0, 1] floats in steps of 1/255."""
+    if target.dtype == np.uint8:
+        return target
+    return np.rint(np.clip(target, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
 class TileDataset(Dataset):
     """Random ``tile_size`` crops for training: {"image": (1, T, T) float32, "mask": (C, T, T)}.
 
     Images are rescaled once by ``scale``; images smaller than a tile are padded with the mean
     intensity (mask 0). "mask" is the ``target`` (data/targets.py), derived once per image
     from its rescaled instance map: (1, T, T) 0/1 for binary, (1, T, T) class ids 0/1/2 for
-    boundary, (2, T, T) mask and normalised distance for distance. ``transform``
+    boundary, (2, T, T) mask and normalised distance (held in steps of 1/255) for distance.
+    ``transform``
     (albumentations) moves image and target together (the target nearest-neighbour, as any
     mask) and sees float32 images in [0, 1]; normalisation to ``(x - mean) / std`` comes last.
     """
@@ -111,7 +119,9 @@ class TileDataset(Dataset):
         self.mean, self.std = float(mean), float(std)
         pairs = [rescale(to_canonical(m.image), m.instances, scale) for m in items]
         self.images = [p[0] for p in pairs]
-        self.masks = [derive_target(p[1], target, boundary_width) for p in pairs]
+        # every target held as uint8 (the distance in steps of 1/255): a quarter of float32
+        self.masks = [_to_uint8(derive_target(p[1], target, boundary_width)) for p in pairs]
+        self.scaled = target == "distance"
         self.samples_per_epoch = samples_per_epoch or len(items)
         crop = A.RandomCrop(
             tile_size,
@@ -124,6 +134,11 @@ class TileDataset(Dataset):
         self.pipeline = A.Compose(
             [crop] + ([transform] if transform is not None else []), seed=seed
         )
+
+    def _target(self, stored: np.ndarray) -> np.ndarray:
+        """A stored (moved) target -> (C, T, T) float32, the distance back in [0, 1]."""
+        target = target_to_tensor_layout(stored)
+        return target / np.float32(255.0) if self.scaled else target
 
     def reseed(self, seed: int) -> None:
         """Restart the augmentation stream from ``seed``."""
@@ -138,7 +153,7 @@ class TileDataset(Dataset):
         image = (np.asarray(out["image"], dtype=np.float32) - self.mean) / self.std
         return {
             "image": torch.from_numpy(np.ascontiguousarray(image))[None],
-            "mask": torch.from_numpy(np.ascontiguousarray(target_to_tensor_layout(out["mask"]))),
+            "mask": torch.from_numpy(np.ascontiguousarray(self._target(out["mask"]))),
         }
 
 
