@@ -273,7 +273,8 @@ def _home_callbacks(app: Dash, root: Path, cache: TableCache) -> None:
             if exp.trials["score"].notna().any():  # the best trial's curve, named after its run
                 top = exp.trials.loc[exp.trials["score"].idxmax()]
                 e = exp.epochs[exp.epochs["trial_id"] == top["trial_id"]]
-                curves.append(e.assign(trial_id=f"{name}: {top['trial_id']} {top['arch']}"))
+                label = name if top["trial_id"] == name else f"{name}: {top['trial_id']}"
+                curves.append(e.assign(trial_id=f"{label} ({top['arch']})"))
             for arch, g in t.groupby(t["arch"].astype(str)):
                 best = g.loc[g["score"].idxmax()] if g["score"].notna().any() else None
                 rows.append(

@@ -461,7 +461,7 @@ def compare_best_so_far(frames: dict[str, pd.DataFrame]) -> Figure:
         data.append(
             {
                 "type": "scatter",
-                "mode": "lines",
+                "mode": "lines+markers",
                 "name": name,
                 "x": (bsf["compute_s"] / 3600).tolist(),
                 "y": _nan_to_none(bsf["best"].tolist()),

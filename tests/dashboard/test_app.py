@@ -116,7 +116,7 @@ def test_compare_two_experiments(served: Any, page: tuple[Any, Recorder]) -> Non
     pg.locator("#compare .point").first.wait_for()
     assert pg.locator("#compare .js-plotly-plot").count() == 3
     legend = " ".join(pg.locator("#compare .legendtext").all_text_contents())
-    assert "run1: run1 unet" in legend  # the best trial's curve of each
+    assert "run1 (unet)" in legend and "small: " in legend  # each one's best curve
 
 
 def test_leaderboard_has_a_row_per_trial_and_charts_have_points(
