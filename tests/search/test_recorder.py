@@ -160,3 +160,53 @@ def test_model_is_written_from_the_search_data_not_a_new_read(
     want, _, want_fingerprint = prepare_data(seen["cfg"])
     assert seen["prepared"] == want and seen["fingerprint"] == want_fingerprint
     assert seen["cfg"].lr == 1e-3 and seen["cfg"].data == context.data
+
+
+def test_particle_scores_of_the_best_and_last_epoch_and_tables_from_before(
+    tmp_path: Path, make_context
+) -> None:
+    """best_/last_ particle columns follow the best (by val_iou here) and the last epoch; a
+    search resumed on tables written before particle metrics keeps their rows, nulls there."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from emseg_search.results.schemas import EPOCH_SCHEMA, TRIAL_COLUMNS
+
+    old_epochs = [n for n in EPOCH_SCHEMA.names if "particle" not in n and "count" not in n]
+    old_epochs = [n for n in old_epochs if "panoptic" not in n]
+    row = {"trial_id": "old", **_epoch(0, 0.4)}
+    pq.write_table(
+        pa.Table.from_pylist(
+            [{k: row.get(k) for k in old_epochs}],
+            pa.schema([EPOCH_SCHEMA.field(n) for n in old_epochs]),
+        ),
+        tmp_path / "epochs.parquet",
+    )
+    old_trials = {k: v for k, v in TRIAL_COLUMNS.items() if "particle" not in k}
+    old_trials = {k: v for k, v in old_trials.items() if "panoptic" not in k and "count" not in k}
+    old_row = {"trial_id": "old", "status": "completed", "best_val_iou": 0.4, "epochs_run": 1}
+    pq.write_table(
+        pa.Table.from_pylist([old_row], pa.schema(list(old_trials.items()))),
+        tmp_path / "trials.parquet",
+    )
+
+    rec = TableRecorder(tmp_path, make_context(SPACE, tmp_path))
+    trial = _trial("new")
+    rec.on_trial_start(0, [], trial)
+    scores = [(0.7, 0.6, 0.5, 0.1), (0.6, 0.8, 0.7, 0.05)]  # iou, f1, pq, count error
+    for epoch, (iou, f1, pq_, count) in enumerate(scores):
+        result = {
+            **_epoch(epoch, iou),
+            "val_particle_f1": f1,
+            "val_panoptic_quality": pq_,
+            "val_count_error": count,
+        }
+        rec.on_trial_result(0, [], trial, result)
+    trials = pd.read_parquet(tmp_path / "trials.parquet").set_index("trial_id")
+    new = trials.loc["new"]
+    assert (new["best_val_particle_f1"], new["last_val_particle_f1"]) == (0.6, 0.8)
+    assert (new["best_val_panoptic_quality"], new["best_val_count_error"]) == (0.5, 0.1)
+    assert trials.loc["old", "best_val_iou"] == 0.4
+    assert pd.isna(trials.loc["old", "best_val_particle_f1"])
+    epochs = pd.read_parquet(tmp_path / "epochs.parquet")
+    assert len(epochs) == 3 and epochs["val_particle_f1"].isna().sum() == 1
