@@ -100,6 +100,7 @@ class _Memo:
         self._lock = threading.Lock()
 
     def get(self, key: tuple[str, str], compute: Any) -> Any:
+        """The value for ``key``, computing it (outside the lock) on a miss."""
         with self._lock:
             if key in self._values:
                 return self._values[key]
@@ -118,6 +119,7 @@ def _guard(app: Dash, root: Path) -> None:
 
     @server.before_request
     def refuse_traversal() -> Response | None:
+        """400 for a path with '..' or '//' in it, before any route sees it."""
         raw = request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI") or ""
         for candidate in (raw.split("?", 1)[0], request.path):
             text = candidate
@@ -132,6 +134,7 @@ def _guard(app: Dash, root: Path) -> None:
 
     @server.route("/files/<path:relative>")
     def serve_file(relative: str) -> Response:
+        """A report file from inside the results folder; 404 for anything else."""
         try:
             path = data.resolve_inside(root, relative)
         except ResultsError:
@@ -158,6 +161,7 @@ def _page_callbacks(app: Dash, root: Path, poll_ms: int) -> None:
         State("url", "search"),
     )
     def route(pathname: str | None, search: str | None) -> tuple[Any, None]:
+        """The page for the address: experiments list, one experiment, or a message."""
         return _route(pathname or "/", search), None  # a new page clears an old error
 
     def _route(pathname: str, search: str | None) -> Any:
@@ -187,6 +191,7 @@ def _page_callbacks(app: Dash, root: Path, poll_ms: int) -> None:
         prevent_initial_call=True,
     )
     def poll(_: Any, scope: str, current: str | None) -> str:
+        """A new version when the page's tables changed (stat() only); else no update."""
         version = _version(root, scope)
         if version == current:
             raise PreventUpdate
@@ -198,6 +203,7 @@ def _page_callbacks(app: Dash, root: Path, poll_ms: int) -> None:
         Input("url", "pathname"),
     )
     def switcher(pathname: str | None) -> tuple[list[str], str | None]:
+        """The experiments in the header's drop-down, the current one chosen."""
         names = [p.name for p in data.list_experiment_dirs(root)]
         current = (
             unquote((pathname or "/")[3:].strip("/"))
@@ -214,6 +220,7 @@ def _page_callbacks(app: Dash, root: Path, poll_ms: int) -> None:
         prevent_initial_call=True,
     )
     def switch(name: str | None, pathname: str | None) -> tuple[str, str]:
+        """Open the experiment chosen in the header (in-app, no reload)."""
         if not name or pathname == f"/e/{name}":
             raise PreventUpdate
         return f"/e/{name}", ""
@@ -234,6 +241,7 @@ def _home_callbacks(app: Dash, root: Path, cache: TableCache) -> None:
         Input("version", "data"),
     )
     def experiments(_: Any) -> tuple[list[dict[str, Any]], Any]:
+        """One row per experiment, or a message when there is none."""
         if not root.is_dir():
             return [], pages.error_box(f"{root}: no such folder")
         names = [p.name for p in data.list_experiment_dirs(root)]
@@ -258,6 +266,7 @@ def _home_callbacks(app: Dash, root: Path, cache: TableCache) -> None:
         Input("version", "data"),
     )
     def compare(selected: list[str] | None, _: Any) -> Any:
+        """The selected experiments side by side (two or more)."""
         if not selected or len(selected) < 2:
             return None
         frames, bsf, rows, problems, curves = [], {}, [], [], []
@@ -355,6 +364,7 @@ def _experiment_callbacks(app: Dash, root: Path, cache: TableCache, memo: _Memo)
         State("exp", "data"),
     )
     def table(_: Any, *args: Any) -> tuple[Any, ...]:
+        """Leaderboard rows and columns, filter options, counts and messages."""
         *values, name = args
         try:
             exp = _load(root, cache, name)
@@ -406,6 +416,7 @@ def _experiment_callbacks(app: Dash, root: Path, cache: TableCache, memo: _Memo)
         prevent_initial_call=True,
     )
     def select(*args: Any) -> dict[str, Any]:
+        """The selected trial (a click on a point or a row) and the ticked ones."""
         *_, current = args
         sel = dict(current or {"focus": None, "ids": []})
         trigger = ctx.triggered_id
@@ -431,6 +442,7 @@ def _experiment_callbacks(app: Dash, root: Path, cache: TableCache, memo: _Memo)
         Input("sel", "data"),
     )
     def highlight(sel: dict[str, Any] | None) -> tuple[Any, ...]:
+        """The selected trial highlighted in the leaderboard and named above it."""
         focus = (sel or {}).get("focus")
         styles = [
             {
@@ -453,6 +465,7 @@ def _experiment_callbacks(app: Dash, root: Path, cache: TableCache, memo: _Memo)
 
     @app.callback(Output("trial-tab", "label"), Input("sel", "data"), prevent_initial_call=True)
     def tab_label(sel: dict[str, Any] | None) -> str:
+        """The trial tab named after the selected trial."""
         focus = (sel or {}).get("focus")
         return f"Trial {focus}" if focus else "Trial (the best)"
 
@@ -462,6 +475,7 @@ def _experiment_callbacks(app: Dash, root: Path, cache: TableCache, memo: _Memo)
         prevent_initial_call=True,
     )
     def open_trial(_: int) -> str:
+        """Switch to the trial tab."""
         return "trial"
 
     @app.callback(
@@ -478,6 +492,7 @@ def _experiment_callbacks(app: Dash, root: Path, cache: TableCache, memo: _Memo)
         State("exp", "data"),
     )
     def charts(_: Any, *args: Any) -> tuple[Any, ...]:
+        """Best so far, IoU by architecture and the Pareto front of the filtered trials."""
         *values, sel, x, pareto_y, name = args
         focus = (sel or {}).get("focus")
         try:
@@ -513,6 +528,7 @@ def _experiment_callbacks(app: Dash, root: Path, cache: TableCache, memo: _Memo)
         State("exp", "data"),
     )
     def parallel(_: Any, *args: Any) -> tuple[Any, ...]:
+        """Parallel coordinates, when the parameters tab is open."""
         *values, sel, pc_arch, pc_lines, tab, name = args
         if tab != "parameters":  # drawn when its tab opens, not before
             raise PreventUpdate
@@ -545,6 +561,7 @@ def _experiment_callbacks(app: Dash, root: Path, cache: TableCache, memo: _Memo)
         State("exp", "data"),
     )
     def curves(_: Any, sel: dict[str, Any] | None, metric: str, *args: Any) -> Any:
+        """Learning curves of the selected trials (the five best when none is)."""
         *values, name = args
         try:
             exp = _load(root, cache, name)
@@ -571,6 +588,7 @@ def _experiment_callbacks(app: Dash, root: Path, cache: TableCache, memo: _Memo)
         State("exp", "data"),
     )
     def importance(version: str, tab: str, name: str) -> tuple[Any, str]:
+        """Parameter importances, when the parameters tab is open (memoised)."""
         if tab != "parameters":  # computed when its tab opens (seconds on a large search)
             raise PreventUpdate
         try:
@@ -588,6 +606,7 @@ def _experiment_callbacks(app: Dash, root: Path, cache: TableCache, memo: _Memo)
         State("exp", "data"),
     )
     def final(_: Any, name: str) -> Any:
+        """The held-out `final` scores, when `final` has run."""
         try:
             exp = _load(root, cache, name)
         except Exception:
@@ -604,6 +623,7 @@ def _experiment_callbacks(app: Dash, root: Path, cache: TableCache, memo: _Memo)
         State("exp", "data"),
     )
     def trial_view(_: Any, sel: dict[str, Any] | None, tab: str, name: str) -> Any:
+        """The selected trial's view, when its tab is open."""
         if tab != "trial":
             raise PreventUpdate
         try:

@@ -262,6 +262,7 @@ def _load_run(path: Path, name: str, cache: TableCache) -> Experiment:
     last = epochs.iloc[-1]
 
     def at(row: pd.Series, column: str) -> Any:
+        """``row[column]``, None where an older table lacks the column."""
         return row[column] if column in row.index else None
 
     if len(epochs) >= int(config.get("epochs") or 0):

@@ -65,6 +65,7 @@ pre.config{column-count:3;column-gap:2em;max-height:none}
 
 
 def error_box(message: str, back: str | None = None) -> html.Div:
+    """A red message box, with a link back when ``back`` is given."""
     children: list[Any] = [message]
     if back:
         children += [" ", html.A("back to the experiments", href=back)]
@@ -116,6 +117,7 @@ def home_layout() -> html.Div:
 
 
 def round_or_none(value: Any, digits: int = 4) -> Any:
+    """``value`` rounded for a table cell; None for NaN; non-numbers as they are."""
     try:
         f = float(value)
     except (TypeError, ValueError):
@@ -127,6 +129,7 @@ def experiment_layout(name: str, trial: str | None, view: str) -> html.Div:
     """One experiment: leaderboard and charts (overview tab) and the trial view (trial tab)."""
 
     def dropdown(column: str, label: str) -> html.Div:
+        """A labelled multi-select filter for ``column``."""
         return html.Div(
             [html.Label(label), dcc.Dropdown(id=f"f-{column}", multi=True, placeholder="all")]
         )
@@ -322,12 +325,14 @@ def leaderboard_table(exp: data.Experiment, trials: pd.DataFrame) -> tuple[list,
 
 
 def describe_error(exc: BaseException) -> str:
+    """What a chart says when its data could not be loaded."""
     if isinstance(exc, ResultsError):
         return "nothing to show: see the message above"
     return f"cannot show this ({type(exc).__name__}: {exc}); see the server's log"
 
 
 def final_table(final: pd.DataFrame) -> Any:
+    """The held-out (`final`) scores per architecture and metric, with intervals."""
     rows = []
     for _, r in final[final["kind"] == "architecture"].iterrows():
         rows.append(
