@@ -93,13 +93,15 @@ def build_parser() -> argparse.ArgumentParser:
 def open_storage(exp_dir: Path, uri: str | None, resume: bool) -> Any:
     """The experiment's search.storage.Storage: ``uri``, or on --resume the one experiment.json
     recorded (StorageError when they differ)."""
-    from emseg_search.search.storage import Storage, StorageError
+    from emseg_search.search.storage import Storage, StorageError, strip_credentials
 
     recorded = None
     if resume and (exp_dir / "experiment.json").is_file():
         recorded = json.loads((exp_dir / "experiment.json").read_text("utf-8")).get("storage")
-    if uri and recorded and uri != recorded:
-        raise StorageError(f"--storage {uri}: {exp_dir} was started with --storage {recorded}")
+    if uri and recorded and strip_credentials(uri) != recorded:
+        raise StorageError(
+            f"--storage {strip_credentials(uri)}: {exp_dir} was started with --storage {recorded}"
+        )
     return Storage.open(exp_dir, uri or recorded)
 
 

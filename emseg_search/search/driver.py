@@ -27,7 +27,7 @@ from emseg_search.search.algorithms import (
     settle_study_export,
     trial_resources,
 )
-from emseg_search.search.storage import Storage
+from emseg_search.search.storage import Storage, strip_credentials
 from emseg_search.search.trainable import SearchContext, run_trial
 from emseg_search.space.spec import SearchSpace
 from emseg_search.train.cluster import ClusterError
@@ -254,7 +254,7 @@ def run_search(
             "versions": versions(),
             "git_commit": _git_commit(),
             "cluster_resources": cluster,
-            "storage": storage_uri,
+            "storage": None if storage_uri is None else strip_credentials(storage_uri),
             # a restored Tuner keeps the limit it started with
             **({} if resume else {"max_concurrent_trials": limit}),
             **({"resumed_at": now} if resume else {"started_at": now}),

@@ -10,10 +10,12 @@ in the experiment folder on the node that runs the search.
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pyarrow.fs as pafs
 
@@ -23,6 +25,33 @@ from emseg_search.train.checkpoint import CHECKPOINT_PREFIX, COMPLETE_FILE
 
 class StorageError(ValueError):
     """A storage URI that cannot be opened; the message names it and says why."""
+
+
+# query options of pyarrow's URIs that carry credentials (access_key, secret_key,
+# session_token, ...): never written to experiment.json, a table, a log or a message
+_SECRET_OPTION = re.compile(r"key|secret|token|password|credential|passwd", re.IGNORECASE)
+
+
+def strip_credentials(uri: str) -> str:
+    """``uri`` without the credentials it may carry (user:password@ and secret query
+    options), as recorded and shown; a resume takes them from the environment or --storage."""
+    parts = urlsplit(uri)
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)]
+    kept = urlencode([(k, v) for k, v in query if not _SECRET_OPTION.search(k)], safe=":/")
+    return urlunsplit((parts.scheme, netloc, parts.path, kept, parts.fragment))
+
+
+def redact(text: str, uri: str) -> str:
+    """``text`` (e.g. a library's error message quoting ``uri``) with the credentials of
+    ``uri`` masked."""
+    parts = urlsplit(uri)
+    secrets = [v for k, v in parse_qsl(parts.query) if _SECRET_OPTION.search(k) and v]
+    if "@" in parts.netloc:
+        secrets += [v for v in parts.netloc.rsplit("@", 1)[0].split(":") if v]
+    for secret in sorted(set(secrets), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
 
 
 @dataclass(frozen=True)
@@ -42,7 +71,9 @@ class Storage:
         try:
             fs, path = pafs.FileSystem.from_uri(uri)
         except (ValueError, OSError) as exc:
-            raise StorageError(f"--storage {uri}: cannot open it ({exc})") from None
+            raise StorageError(
+                f"--storage {strip_credentials(uri)}: cannot open it ({redact(str(exc), uri)})"
+            ) from None
         return cls(fs, f"{path.rstrip('/')}/{exp_dir.name}", uri)
 
     @property
@@ -65,7 +96,8 @@ class Storage:
         try:
             info = self.fs.get_file_info(self.path(*parts))
         except (OSError, ValueError) as exc:
-            raise StorageError(f"{self.describe(*parts)}: cannot reach it ({exc})") from None
+            why = redact(str(exc), self.uri or "")
+            raise StorageError(f"{self.describe(*parts)}: cannot reach it ({why})") from None
         return info.type != pafs.FileType.NotFound
 
     def check_writable(self) -> None:
@@ -78,7 +110,16 @@ class Storage:
                 out.write(b"ok\n")
             self.fs.delete_file(marker)
         except (OSError, ValueError) as exc:
-            raise StorageError(f"--storage {self.uri}: cannot write {marker} ({exc})") from None
+            hint = (
+                "; credentials given in a --storage URI are not recorded: pass --storage "
+                "with them again, or set them in the environment"
+                if self.uri == strip_credentials(self.uri)
+                else ""
+            )
+            why = redact(str(exc), self.uri)
+            raise StorageError(
+                f"--storage {strip_credentials(self.uri)}: cannot write {marker} ({why}){hint}"
+            ) from None
 
     def checkpoints(self, run: str) -> list[str]:
         """Complete checkpoint folders of a run (paths on ``fs``), oldest first.

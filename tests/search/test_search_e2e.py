@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -188,11 +189,17 @@ def test_search_with_checkpoints_in_s3_and_resume_from_there(data: Path, tmp_pat
             endpoint_override=f"127.0.0.1:{port}", scheme="http", allow_bucket_creation=True
         )
         s3.create_dir("emseg")
-        uri = f"s3://emseg/searches?endpoint_override=127.0.0.1:{port}&scheme=http"
+        place = f"s3://emseg/searches?endpoint_override=127.0.0.1:{port}&scheme=http"
+        secret = "Sup3rS3cretK3y"  # credentials in the URI: never recorded or shown
+        uri = place.replace("s3://", f"s3://test:{secret}@")  # pyarrow: access:secret@bucket
         space = tiny_space(tmp_path / "tiny.yaml", data, num_samples=2, max_epochs=1)
         results = tmp_path / "results"
         out = run_cli(str(space), "--results", str(results), "--storage", uri)
         assert out.returncode == 0, out.stderr[-3000:]
+        assert secret not in out.stdout + out.stderr
+        assert json.loads((results / "tiny" / "experiment.json").read_text())["storage"] == place
+        for path in (results / "tiny").rglob("*"):
+            assert not path.is_file() or secret.encode() not in path.read_bytes(), path
         trials = load_experiment(results / "tiny")["trials"]
         assert len(trials) == 2 and set(trials["status"]) == {"completed"}
         for trial_id in trials["trial_id"]:

@@ -63,3 +63,32 @@ def test_remote_paths_and_descriptions(tmp_path: Path) -> None:
     assert not storage.exists("tune")
     storage.check_writable()
     assert storage.exists()
+
+
+@pytest.mark.parametrize(
+    ("uri", "shown"),
+    [
+        ("s3://bucket/p", "s3://bucket/p"),
+        (
+            "s3://bucket/p?endpoint_override=127.0.0.1:9000&scheme=http&access_key=AK&secret_key=S3cr"
+            "&session_token=T0k",
+            "s3://bucket/p?endpoint_override=127.0.0.1:9000&scheme=http",
+        ),
+        ("s3://AK:S3cr@bucket/p?region=eu-west-1", "s3://bucket/p?region=eu-west-1"),
+        ("gs://bucket/p?credentials=abc&Password=x", "gs://bucket/p"),
+    ],
+)
+def test_strip_credentials_keeps_the_place_and_drops_the_keys(uri: str, shown: str) -> None:
+    from emseg_search.search.storage import strip_credentials
+
+    assert strip_credentials(uri) == shown
+    assert strip_credentials(shown) == shown
+
+
+def test_storage_errors_never_show_credentials(tmp_path: Path) -> None:
+    from emseg_search.search.storage import StorageError
+
+    with pytest.raises(StorageError) as err:
+        Storage.open(tmp_path / "exp", "nosuchscheme://bucket/p?secret_key=S3cr&access_key=AK")
+    assert "S3cr" not in str(err.value) and "AK" not in str(err.value)
+    assert "nosuchscheme://bucket/p" in str(err.value)
