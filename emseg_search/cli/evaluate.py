@@ -153,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         f"  (mean per image {summary['mean_image_iou']:.4f} / {summary['mean_image_dice']:.4f})"
         f"  particle F1 {summary['particle_f1']:.4f}  precision "
         f"{summary['particle_precision']:.4f}  recall {summary['particle_recall']:.4f}"
+        f"  PQ {summary['particle_panoptic_quality']:.4f}"
+        f"  count error {100 * summary['particle_count_error']:.1f} %"
         f"  size error {summary['mean_size_wasserstein_px']:.2f} px"
     )
     print(f"wrote {out}, {out.with_suffix('.json')}, {hist}")
