@@ -73,3 +73,57 @@ def test_init_ray_starts_a_local_ray_past_a_stale_record() -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     assert "CPUs 1.0" in done.stdout
     assert "which does not answer" in done.stderr  # a logging warning
+
+
+LISTENING = """
+import json, os, re, subprocess, ray
+from pathlib import Path
+from emseg_search.train.cluster import init_ray
+init_ray(num_cpus=1)
+dashboard = ray._private.worker.get_dashboard_url()
+parents = {}
+for stat in Path("/proc").glob("[0-9]*/stat"):
+    try:
+        fields = stat.read_text().rsplit(")", 1)[1].split()
+        parents[int(stat.parent.name)] = int(fields[1])
+    except (OSError, IndexError, ValueError):
+        pass
+ours = {os.getpid()}
+while True:
+    more = {pid for pid, ppid in parents.items() if ppid in ours} - ours
+    if not more:
+        break
+    ours |= more
+rows = []
+for line in subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True).stdout.splitlines():
+    local = line.split()[3]
+    ip, port = local.rsplit(":", 1)
+    for name, pid in re.findall(r'"([^"]+)",pid=(\\d+)', line):
+        if int(pid) in ours:
+            rows.append([name, ip.strip("[]"), int(port)])
+print(json.dumps({"dashboard": dashboard, "rows": rows}))
+ray.shutdown()
+"""
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_local_ray_serves_its_dashboard_on_loopback_only() -> None:
+    """docs/security.md lists the ports a local search opens: Ray's dashboard (which can
+    submit jobs) answers on 127.0.0.1 only; the GCS, raylet and workers listen on all
+    interfaces (Ray cannot bind them elsewhere; its token authentication guards them)."""
+    import json
+
+    with tempfile.TemporaryDirectory(dir="/tmp", prefix="rt") as tmp:
+        env = {**os.environ, "RAY_TMPDIR": tmp, "RAY_ADDRESS": ""}
+        done = subprocess.run(
+            [sys.executable, "-c", LISTENING], env=env, capture_output=True, text=True, timeout=180
+        )
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    host, port = found["dashboard"].removeprefix("http://").rsplit(":", 1)
+    assert host == "127.0.0.1"
+    on_port = {ip for _, ip, p in found["rows"] if p == int(port)}
+    assert on_port == {"127.0.0.1"}, found["rows"]
+    names = {proc for proc, *_ in found["rows"]}
+    assert {"gcs_server", "raylet"} <= names, names  # the processes docs/security.md lists
