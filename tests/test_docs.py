@@ -32,6 +32,7 @@ COMMANDS = {
     "split",
     "final",
     "report",
+    "dashboard",
 }
 FENCE = re.compile(r"```.*?```", flags=re.S)
 
