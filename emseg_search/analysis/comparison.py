@@ -23,6 +23,7 @@ DIMENSIONS = {
     "encoder": "encoder",
     "loss": "loss",
     "augment": "augmentation",
+    "target": "target",
 }
 IMPORTANCE_EVALUATOR = "fANOVA (optuna.importance.FanovaImportanceEvaluator, seed 0)"
 

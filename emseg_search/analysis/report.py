@@ -490,6 +490,7 @@ def build_report(
         "encoder",
         "loss",
         "augment",
+        "target",
         "best_val_iou",
         "best_val_particle_f1",
         "best_val_robust_iou",
