@@ -5,6 +5,7 @@ and exports; an artifact from before targets still loads as the binary model it 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,8 @@ def test_a_target_trains_validates_evaluates_predicts_and_exports(
     info = json.loads(result.info_path.read_text())
     assert info["target"] == target and info["output"]["shape"][1] == cfg.classes
     assert info["postprocess"] == art.meta["postprocess"]
+    if target == "boundary" and importlib.util.find_spec("onnxruntime"):  # the export extra
+        assert export_model(outcome.model_dir, "onnx", sizes=[(64, 64)]).ok  # 3 channels
 
 
 def test_a_binary_artifact_from_before_targets_loads_unchanged(tmp_path: Path) -> None:
