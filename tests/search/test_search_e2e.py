@@ -258,8 +258,8 @@ def test_ray_job_submit(data: Path, tmp_path: Path) -> None:
             "--disable-usage-stats",
         ],
         env=env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=(head_log := (tmp_path / "head.log").open("w")),
+        stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     try:
@@ -297,7 +297,9 @@ def test_ray_job_submit(data: Path, tmp_path: Path) -> None:
             if submit.returncode == 0 or submitted or time.time() > deadline:
                 break
             time.sleep(2)
-        assert submit.returncode == 0, (submit.stdout + submit.stderr)[-4000:]
+        head_log.flush()
+        said = (tmp_path / "head.log").read_text()[-2000:]
+        assert submit.returncode == 0, (submit.stdout + submit.stderr)[-3000:] + "\nhead:\n" + said
         assert "succeeded" in submit.stdout
         trials = load_experiment(results / "quick-smoke")["trials"]
         assert len(trials) == 2 and set(trials["status"]) <= {"completed", "pruned"}
