@@ -310,6 +310,7 @@ def test_ray_job_submit(data: Path, tmp_path: Path) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(head.pid, signal.SIGKILL)
         head.wait()
+        head_log.close()
         # what `ray stop` would also do: forget this head, or a later ray.init() on this
         # machine tries to join it (and hangs on the dead address)
         current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
