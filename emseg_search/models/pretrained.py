@@ -201,23 +201,27 @@ def apply_encoder_weights(model: nn.Module, cfg: TrialConfig) -> list[str]:
     """
     encoder, prefix = _encoder_of(model)
     truncated = cfg.encoder_depth < 5
-    if cfg.encoder_weights == "imagenet-offline":
-        state = load_encoder_state(cfg.encoder)
-        source = f"imagenet-offline weights of {cfg.encoder}"
-    elif cfg.encoder_weights not in (None, "imagenet"):
-        path = Path(cfg.encoder_weights).expanduser()
-        if not path.is_file():
-            raise ValueError(
-                f"encoder_weights: {cfg.encoder_weights!r} is none of null, "
-                f"'imagenet', 'imagenet-offline', nor an existing .pth file"
-            )
-        state = read_state_file(path)
-        if any(k.startswith(prefix) for k in state):  # a whole model: keep its encoder
-            state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-        source = str(path)
-    else:
-        raise ValueError(f"encoder_weights={cfg.encoder_weights!r} is not loaded from a file")
+    state, source = read_encoder_weights(cfg)
+    if cfg.encoder_weights != "imagenet-offline" and any(k.startswith(prefix) for k in state):
+        # a whole model's .pth: keep its encoder
+        state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     return load_state_into(encoder, state, source, truncated=truncated)
+
+
+def read_encoder_weights(cfg: TrialConfig) -> tuple[dict[str, Tensor], str]:
+    """(state dict, where it came from) of 'imagenet-offline' or a .pth ``encoder_weights``:
+    WeightsUnavailableError / ValueError naming what is missing or unreadable."""
+    if cfg.encoder_weights == "imagenet-offline":
+        return load_encoder_state(cfg.encoder), f"imagenet-offline weights of {cfg.encoder}"
+    if cfg.encoder_weights in (None, "imagenet"):
+        raise ValueError(f"encoder_weights={cfg.encoder_weights!r} is not loaded from a file")
+    path = Path(cfg.encoder_weights).expanduser()
+    if not path.is_file():
+        raise ValueError(
+            f"encoder_weights: {cfg.encoder_weights!r} is none of null, "
+            f"'imagenet', 'imagenet-offline', nor an existing .pth file"
+        )
+    return read_state_file(path), str(path)
 
 
 def hub_unavailable_message(cfg: TrialConfig, exc: BaseException) -> str:

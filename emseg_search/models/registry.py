@@ -17,7 +17,6 @@ from __future__ import annotations
 import difflib
 import functools
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from torch import Tensor, nn
@@ -27,13 +26,12 @@ from emseg_search.models.pretrained import (
     WeightsUnavailableError,
     apply_encoder_weights,
     hub_unavailable_message,
-    load_encoder_state,
     offline_entry,
+    read_encoder_weights,
 )
 from emseg_search.models.state_dict import (
     load_state_into,
     pretrained_normalization,
-    read_state_file,
 )
 
 Builder = Callable[[TrialConfig], nn.Module]
@@ -293,17 +291,8 @@ def check_weights_available(cfg: TrialConfig) -> None:
     (for 'imagenet' with a reachable hub that fills its cache, which they then reuse)."""
     if cfg.encoder_weights is None:
         return
-    if cfg.encoder_weights == "imagenet-offline":
-        load_encoder_state(cfg.encoder)
-        return
     if cfg.encoder_weights != "imagenet":
-        path = Path(cfg.encoder_weights).expanduser()
-        if not path.is_file():
-            raise ValueError(
-                f"encoder_weights: {cfg.encoder_weights!r} is none of null, 'imagenet', "
-                f"'imagenet-offline', nor an existing .pth file"
-            )
-        read_state_file(path)
+        read_encoder_weights(cfg)  # what the workers will load
         return
     import segmentation_models_pytorch as smp
 
