@@ -27,22 +27,25 @@ from emseg_search.config import TARGET_CHANNELS
 BACKGROUND, INTERIOR, BOUNDARY = 0, 1, 2
 
 
-def _check(instances: np.ndarray) -> np.ndarray:
-    instances = np.asarray(instances)
-    if instances.ndim != 2:
-        raise ValueError(f"`instances` must be an (H, W) label map, got shape {instances.shape}")
-    if instances.dtype == bool or not np.issubdtype(instances.dtype, np.integer):
+def check_instance_map(labels: np.ndarray, name: str = "instances", hint: str = "") -> np.ndarray:
+    """``labels`` as an array after checking it is an (H, W) integer instance map (0 =
+    background); ValueError naming ``name`` (``hint`` appended) otherwise."""
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(f"`{name}` must be an (H, W) label map, got shape {labels.shape}")
+    if labels.dtype == bool or not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(
-            f"`instances` must hold integer ids (0 = background), got {instances.dtype}"
+            f"`{name}` must hold integer ids of instances (0 = background), got dtype "
+            f"{labels.dtype}{hint}"
         )
-    return instances
+    return labels
 
 
 def particle_distances(instances: np.ndarray) -> np.ndarray:
     """Per particle, each pixel's Euclidean distance (px) to the nearest pixel outside that
     particle (background or another particle; not the image edge): (H, W) float32, 0 outside
     particles, 1 at a rim pixel."""
-    instances = _check(instances)
+    instances = check_instance_map(instances)
     h, w = instances.shape
     out = np.zeros((h, w), np.float32)
     for i, sl in enumerate(ndi.find_objects(instances), start=1):
@@ -67,7 +70,7 @@ def derive_target(instances: np.ndarray, target: str, boundary_width: int = 2) -
         raise ValueError(f"unknown target {target!r}; valid targets: {sorted(TARGET_CHANNELS)}")
     if boundary_width < 1:
         raise ValueError(f"`boundary_width` must be >= 1, got {boundary_width}")
-    instances = _check(instances)
+    instances = check_instance_map(instances)
     fg = instances > 0
     if target == "binary":
         return fg.astype(np.uint8)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
+from emseg_search.data.targets import check_instance_map
+
 # Watershed split (see `label_particles`): tuned on EMPS ground-truth masks.
 SPLIT_SMOOTH_PX = 1.0
 SPLIT_DEPTH_FRACTION = 0.1
@@ -18,17 +20,8 @@ SPLIT_MIN_DEPTH_PX = 1.0
 
 def check_labels(labels: np.ndarray, name: str = "labels") -> np.ndarray:
     """Validate an (H, W) integer instance map; a bool mask is a caller bug here."""
-    labels = np.asarray(labels)
-    if labels.ndim != 2:
-        raise ValueError(f"`{name}` must be an (H, W) label map, got shape {labels.shape}")
-    if labels.dtype == bool or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(
-            f"`{name}` must hold integer instance ids (0 = background), got dtype "
-            f"{labels.dtype}; turn a binary mask into particles with `label_particles(mask)`"
-        )
-    if labels.size and labels.min() < 0:
-        raise ValueError(f"`{name}` must hold ids >= 0 (0 = background), got {labels.min()}")
-    return labels
+    hint = "; turn a binary mask into particles with `label_particles(mask)`"
+    return check_instance_map(labels, name, hint)
 
 
 def _split_touching(fg: np.ndarray, cc: np.ndarray) -> np.ndarray:
