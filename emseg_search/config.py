@@ -13,8 +13,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 SYNTHETIC = "synthetic"
 # What the network learns (TrialConfig.target) -> its number of output channels: the particle
 # mask (one logit); background / interior / boundary (softmax over three); or the mask plus
-# each particle's distance to its boundary, normalised to 1 at its centre (two sigmoid logits).
-TARGET_CHANNELS: dict[str, int] = {"binary": 1, "boundary": 3, "distance": 2}
+# each particle's distance to its boundary, normalised to 1 at its centre (two sigmoid logits);
+# or, for instance models (Mask R-CNN), the instances themselves, given to the network as
+# (particle logit, instance id, detection score) maps (models/maskrcnn.py).
+TARGET_CHANNELS: dict[str, int] = {"binary": 1, "boundary": 3, "distance": 2, "instances": 3}
+# Architectures that find instances directly (boxes + masks): their target is always
+# "instances", and the semantic loss and target fields do not apply to them.
+INSTANCE_ARCHS = ("maskrcnn",)
 
 
 def yaml_problem(exc: Exception) -> str:
@@ -76,12 +81,13 @@ class TrialConfig(BaseModel):
     output_stride: Literal[8, 16] | None = Field(None, description="DeepLab only")
 
     # target: what the network predicts, and how instances come out of it
-    target: Literal["binary", "boundary", "distance"] = Field(
+    target: Literal["binary", "boundary", "distance", "instances"] = Field(
         "binary",
         description="binary: the particle mask; boundary: background / interior / a rim of "
         "boundary_width px; distance: the mask plus the distance to each particle's boundary "
         "(normalised per particle); instances: watershed of the mask (binary) or seeded at "
-        "interior / distance cores (boundary, distance)",
+        "interior / distance cores (boundary, distance). arch maskrcnn always has target "
+        "'instances' (boxes + masks per particle; any other value is replaced), and only it",
     )
     boundary_width: int = Field(
         2, ge=1, le=16, description="boundary target: rim width in px at the model's scale"
@@ -101,7 +107,15 @@ class TrialConfig(BaseModel):
         "above which pixels seed a particle of the watershed",
     )
 
-    # loss and augmentation
+    score_threshold: float = Field(
+        0.5,
+        gt=0.0,
+        lt=1.0,
+        description="maskrcnn: detections scoring below it are not particles",
+    )
+
+    # loss and augmentation (maskrcnn: loss and its options are ignored; it trains its own
+    # RPN + box + class + mask losses)
     loss: str = "dice+bce"
     loss_weight: float = Field(
         0.5, ge=0.0, le=1.0, description="weight of the first term of a 'a+b' loss"
@@ -161,8 +175,23 @@ class TrialConfig(BaseModel):
             return value
         return str(Path(value).expanduser().absolute())
 
+    @model_validator(mode="before")
+    @classmethod
+    def _instance_target(cls, values: Any) -> Any:
+        # an instance architecture learns the instances whatever `target` says: a search
+        # space that samples `target` for its semantic architectures stays valid beside it
+        if isinstance(values, dict) and values.get("arch") in INSTANCE_ARCHS:
+            return {**values, "target": "instances"}
+        return values
+
     @model_validator(mode="after")
     def _check(self) -> TrialConfig:
+        if self.target == "instances" and self.arch not in INSTANCE_ARCHS:
+            raise ValueError(
+                f"target 'instances' is learnt by the instance architectures only "
+                f"({', '.join(INSTANCE_ARCHS)}), got arch={self.arch!r}; use binary, boundary "
+                "or distance"
+            )
         if self.warmup_epochs > self.epochs:
             raise ValueError(
                 f"`warmup_epochs <= epochs` must hold, got warmup_epochs="
@@ -183,7 +212,8 @@ class TrialConfig(BaseModel):
 
     @property
     def classes(self) -> int:
-        """Output channels of the model: 1 (binary), 3 (boundary) or 2 (distance)."""
+        """Output channels of the model: 1 (binary), 3 (boundary), 2 (distance) or 3
+        (instances: particle logit, instance id, detection score)."""
         return TARGET_CHANNELS[self.target]
 
     @property

@@ -201,10 +201,24 @@ class TargetLoss(nn.Module):
         return f"target={self.target}, weight={self.weight}"
 
 
+class InstanceLoss(nn.Module):
+    """The loss of an instance model (Mask R-CNN): the sum of the losses the model computes
+    itself from the targets it is given (``takes_targets``: train.loops.forward_loss)."""
+
+    takes_targets = True
+
+    def forward(self, losses: dict[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+        """Sum of the model's loss dict (RPN objectness and box, ROI class, box and mask)."""
+        return torch.stack([v.float() for v in losses.values()]).sum()
+
+
 def build_trial_loss(cfg: TrialConfig) -> nn.Module:
     """The loss a TrialConfig asks for: ``cfg.loss`` with its weight and every loss option,
     for its target (binary: that loss; boundary and distance: a ``TargetLoss`` whose terms are
-    weighted by ``cfg.target_weight``)."""
+    weighted by ``cfg.target_weight``; instances: ``InstanceLoss``, the cfg's loss fields are
+    ignored)."""
+    if cfg.target == "instances":
+        return InstanceLoss()
     options = {
         "focal_gamma": cfg.focal_gamma,
         "tversky_alpha": cfg.tversky_alpha,

@@ -78,8 +78,9 @@ def seed_worker(worker_id: int) -> None:
 
 
 def _to_uint8(target: np.ndarray) -> np.ndarray:
-    """A target as uint8: class ids as they are, [0, 1] floats in steps of 1/255."""
-    if target.dtype == np.uint8:
+    """A target as uint8: class ids as they are, [0, 1] floats in steps of 1/255; instance
+    ids (uint16) stay uint16."""
+    if target.dtype in (np.uint8, np.uint16):
         return target
     return np.rint(np.clip(target, 0.0, 1.0) * 255.0).astype(np.uint8)
 
@@ -90,8 +91,8 @@ class TileDataset(Dataset):
     Images are rescaled once by ``scale``; images smaller than a tile are padded with the mean
     intensity (mask 0). "mask" is the ``target`` (data/targets.py), derived once per image
     from its rescaled instance map: (1, T, T) 0/1 for binary, (1, T, T) class ids 0/1/2 for
-    boundary, (2, T, T) mask and normalised distance (held in steps of 1/255) for distance.
-    ``transform``
+    boundary, (2, T, T) mask and normalised distance (held in steps of 1/255) for distance,
+    (1, T, T) instance ids for instances (held as uint16; exact in float32). ``transform``
     (albumentations) moves image and target together (the target nearest-neighbour, as any
     mask) and sees float32 images in [0, 1]; normalisation to ``(x - mean) / std`` comes last.
     """

@@ -8,7 +8,10 @@
   particle) is boundary, so touching particles are cut apart by their two rims (DCAN-style);
 - ``distance``: (H, W, 2) float32, the mask and each particle's Euclidean distance to its
   boundary divided by that particle's largest distance (1 at its centre, small at its rim and
-  at a contact with a neighbour), for a watershed seeded at distance cores.
+  at a contact with a neighbour), for a watershed seeded at distance cores;
+- ``instances`` (instance models, Mask R-CNN): the instance map itself, (H, W) uint16, moved
+  with the image like any mask (nearest-neighbour keeps the ids); each training tile's boxes,
+  masks and labels come from it after augmentation (``models.maskrcnn.instance_targets``).
 
 A particle cut by the image edge is not bounded there: it goes on beyond the image, so its
 rim and distances count only pixels inside the image. Distances are exact Euclidean
@@ -25,6 +28,7 @@ from scipy import ndimage as ndi
 from emseg_search.config import TARGET_CHANNELS
 
 BACKGROUND, INTERIOR, BOUNDARY = 0, 1, 2
+MAX_INSTANCE_ID = 65535  # target 'instances' is held as uint16
 
 
 def check_instance_map(labels: np.ndarray, name: str = "instances", hint: str = "") -> np.ndarray:
@@ -65,12 +69,20 @@ def particle_distances(instances: np.ndarray) -> np.ndarray:
 
 def derive_target(instances: np.ndarray, target: str, boundary_width: int = 2) -> np.ndarray:
     """The ``target`` of an instance map (H, W): see the module docstring for shapes and
-    dtypes ((H, W) uint8 for binary and boundary, (H, W, 2) float32 for distance)."""
+    dtypes ((H, W) uint8 for binary and boundary, (H, W, 2) float32 for distance, (H, W)
+    uint16 for instances)."""
     if target not in TARGET_CHANNELS:
         raise ValueError(f"unknown target {target!r}; valid targets: {sorted(TARGET_CHANNELS)}")
     if boundary_width < 1:
         raise ValueError(f"`boundary_width` must be >= 1, got {boundary_width}")
     instances = check_instance_map(instances)
+    if target == "instances":
+        if instances.size and (instances.min() < 0 or instances.max() > MAX_INSTANCE_ID):
+            raise ValueError(
+                f"target 'instances' holds ids 0..{MAX_INSTANCE_ID} (uint16, what OpenCV warps), "
+                f"got ids {instances.min()}..{instances.max()}"
+            )
+        return instances.astype(np.uint16)
     fg = instances > 0
     if target == "binary":
         return fg.astype(np.uint8)

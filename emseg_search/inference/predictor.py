@@ -20,6 +20,11 @@ particles are smaller or larger, at the model's scale, than most of the training
 area, widened by the training augmentation's zoom range (``SizeBand``), runs again at the scale
 that brings them into that band; other images keep the first pass, at no extra cost.
 ``scale_tta`` averages the logits of several scales around the working one.
+
+Instance models (Mask R-CNN, target 'instances') run every image whole, at its working scale,
+up to ``MAX_INSTANCE_SIDE`` px a side (tile_size does not apply: instances cut by tiles would
+have to be merged); their outputs are resized back with nearest-neighbour (instance ids do
+not blend), and flip TTA and multi-scale TTA, which average outputs, are refused.
 """
 
 from __future__ import annotations
@@ -60,6 +65,10 @@ SCALE_TTA_RANGE = (0.1, 10.0)  # multi-scale TTA factors lie in this range
 # For artifacts whose fingerprint predates area-weighted particle sizes: EMPS's (p25 and p90 of
 # its 366 images, rounded), in px of the training images (docs/robustness.md).
 FALLBACK_BAND = (90.0, 440.0)
+# Largest side (px, at the working scale) an instance model runs on: it runs images whole, and
+# its outputs and the detector's feature maps grow with the image (a 4096 x 4096 micrograph
+# takes ~2 GB at inference on the CPU).
+MAX_INSTANCE_SIDE = 4096
 
 
 @dataclass(frozen=True)
@@ -245,6 +254,12 @@ class Predictor:
                 f"scale_tta factors must be in [{lo:g}, {hi:g}], got {list(scale_tta)}"
             )
         self.scale_tta = factors
+        self.whole = self.post.target == "instances"  # instance model: whole images only
+        if self.whole and (tta or len(factors) > 1):
+            raise ValueError(
+                f"arch {cfg.arch!r} finds instances, which flip or multi-scale TTA cannot "
+                "average: predict without tta and scale_tta"
+            )
         self.last_scale = self.scale
         self.stride, self.min_size = required_stride(cfg), min_input_size(cfg)
         self.tile_size, self.overlap, self.batch_size = tile_size, overlap, batch_size
@@ -329,16 +344,22 @@ class Predictor:
         ``scale``."""
         x = self._input(image, scale)
         (h, w), (hs, ws) = image.shape, self.scaled_shape(image.shape, scale)
+        if self.whole and max(x.shape[-2:]) > MAX_INSTANCE_SIDE:
+            raise ValueError(
+                f"arch {self.artifact.config.arch!r} runs images whole, up to "
+                f"{MAX_INSTANCE_SIDE} px a side at the working scale; this one is "
+                f"{hs} x {ws} px at scale {scale:g}: crop it, or lower --scale"
+            )
         with torch.inference_mode():
-            if max(x.shape[-2:]) <= self.tile_size:  # as validation ran it during training
+            if self.whole or max(x.shape[-2:]) <= self.tile_size:  # as validation ran it
                 logits, windows = self._forward(x)[0], 1
             else:
                 logits, windows = self._tiled(x[0, 0])
             logits = logits[:, :hs, :ws]
             if (hs, ws) != (h, w):
-                logits = F.interpolate(
-                    logits[None], size=(h, w), mode="bilinear", align_corners=False
-                )[0]
+                mode = self.post.resize_mode
+                corners = {"align_corners": False} if mode == "bilinear" else {}
+                logits = F.interpolate(logits[None], size=(h, w), mode=mode, **corners)[0]
             out = logits.contiguous().cpu().numpy()  # not a view of the padded map
         self._windows += windows
         return out

@@ -1,8 +1,12 @@
-"""Architecture registry and ``build_model(cfg)``: smp and torchvision FCN, 1 channel -> C logits.
+"""Architecture registry and ``build_model(cfg)``: smp, torchvision FCN and Mask R-CNN,
+1 channel -> C outputs.
 
-Every model maps (N, 1, H, W) -> raw logits (N, C, H, W), C = ``cfg.classes`` (1 for the binary
-target, 3 boundary, 2 distance), when H and W are multiples of ``required_stride(cfg)`` and at
-least ``min_input_size(cfg)``.
+Every semantic model maps (N, 1, H, W) -> raw logits (N, C, H, W), C = ``cfg.classes`` (1 for
+the binary target, 3 boundary, 2 distance), when H and W are multiples of
+``required_stride(cfg)`` and at least ``min_input_size(cfg)``. The instance model, maskrcnn
+(models/maskrcnn.py), maps them in eval mode to (N, 3, H, W) particle-logit / instance-id /
+score maps at any size of at least 32, and in training mode takes the instance maps too and
+returns its losses.
 
 DDP: some parameters get no gradient, so DistributedDataParallel needs
 ``find_unused_parameters=True`` (the trainer handles it; ``unused_parameters`` measures it):
@@ -21,7 +25,13 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from emseg_search.config import TrialConfig
+from emseg_search.config import INSTANCE_ARCHS, TrialConfig
+from emseg_search.models.maskrcnn import (
+    MASKRCNN_ENCODERS,
+    MIN_INPUT,
+    build_maskrcnn,
+    maskrcnn_unused_parameters,
+)
 from emseg_search.models.pretrained import (
     WeightsUnavailableError,
     apply_encoder_weights,
@@ -149,6 +159,7 @@ ARCHITECTURES: dict[str, Builder] = {
     "segformer": _smp("Segformer"),
     "dpt": _smp("DPT", _dpt),
     "fcn": build_fcn,
+    "maskrcnn": build_maskrcnn,
 }
 
 
@@ -191,6 +202,14 @@ def check_encoder(cfg: TrialConfig) -> None:
                 f"valid: {', '.join(sorted(FCN_ENCODERS))}"
             )
         return
+    if arch == "maskrcnn":
+        if enc not in MASKRCNN_ENCODERS:
+            raise ValueError(
+                f"encoder: arch 'maskrcnn' takes a torchvision MobileNetV2 backbone (the one "
+                f"with offline ImageNet weights), got {enc!r}; valid: "
+                f"{', '.join(sorted(MASKRCNN_ENCODERS))}"
+            )
+        return
     smp_names, timm_names = _encoder_names()
     timm_ok = enc.startswith("tu-") and enc.removeprefix("tu-").split(".")[0] in timm_names
     if arch == "dpt" and not timm_ok:
@@ -219,6 +238,8 @@ def check_encoder(cfg: TrialConfig) -> None:
 def required_stride(cfg: TrialConfig) -> int:
     """The multiple that input H and W must be (measured per arch; see tests/test_models.py)."""
     _builder(cfg.arch)
+    if cfg.arch in INSTANCE_ARCHS:  # pads each batch to a multiple of 32 itself, with zeros
+        return 1
     full = 2**cfg.encoder_depth
     if cfg.arch == "dpt":  # decoder reassembles features at 1/4 ... 1/2**(depth+1)
         return max(_timm_reduction(cfg.encoder), 2 * full)
@@ -233,6 +254,8 @@ def required_stride(cfg: TrialConfig) -> int:
 
 def min_input_size(cfg: TrialConfig) -> int:
     """Smallest H and W the model accepts (PAN max-pools its deepest map 3 more times)."""
+    if cfg.arch in INSTANCE_ARCHS:
+        return MIN_INPUT
     stride = required_stride(cfg)
     return 8 * stride if cfg.arch == "pan" else stride
 
@@ -244,8 +267,12 @@ def min_batch_size(cfg: TrialConfig) -> int:
 
 
 def unused_parameters(model: nn.Module, cfg: TrialConfig) -> list[str]:
-    """Parameters that get no gradient from a forward/backward on a (2, 1, S, S) batch."""
+    """Parameters that get no gradient from a forward/backward on a (2, 1, S, S) batch
+    (maskrcnn: a training step with one particle per image)."""
     import torch
+
+    if cfg.arch in INSTANCE_ARCHS:
+        return maskrcnn_unused_parameters(getattr(model, "module", model))
 
     size, training = min_input_size(cfg), model.training
     model.eval()  # same graph as training, but BatchNorm running statistics stay untouched
@@ -332,6 +359,6 @@ def build_model(cfg: TrialConfig) -> nn.Module:
             f"arch {cfg.arch!r} cannot use encoder {cfg.encoder!r} with "
             f"encoder_depth={cfg.encoder_depth}{hint}: {exc}"
         ) from exc
-    if cfg.encoder_weights not in (None, "imagenet"):
-        apply_encoder_weights(model, cfg)
+    if cfg.encoder_weights not in (None, "imagenet") and cfg.arch not in INSTANCE_ARCHS:
+        apply_encoder_weights(model, cfg)  # maskrcnn loads its backbone's weights itself
     return model

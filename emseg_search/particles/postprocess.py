@@ -14,7 +14,13 @@ Outputs are logits (C, H, W) (or batches (N, C, H, W)) at the image's resolution
   ``seed_threshold``; a watershed of P(boundary) - P(interior) grows them over the mask;
 - ``distance`` (C = 2, sigmoids: mask, normalised distance to the boundary): mask as binary;
   seeds where the predicted distance > ``seed_threshold`` (particle cores); a watershed of
-  the negative distance grows them over the mask.
+  the negative distance grows them over the mask;
+- ``instances`` (C = 3, Mask R-CNN: particle logit, instance id, detection score; see
+  ``models.maskrcnn.detections_to_maps``, which pastes each detection's mask and gives
+  overlapping pixels to the higher score): particles are the model's own instances whose
+  detection scores at least ``score_threshold``, restricted to the mask (particle logit >
+  logit(threshold)); no watershed. The model applies its mask threshold (the config's
+  ``threshold``) when it pastes masks, so only a higher ``threshold`` changes them here.
 
 A mask component without any seed (a particle too small for a core) is a particle of its own;
 particles smaller than ``min_area`` px are dropped (the specks a network leaves).
@@ -32,6 +38,8 @@ import torch
 from emseg_search.config import TARGET_CHANNELS, TrialConfig
 from emseg_search.particles.labelling import drop_small, label_particles
 
+_NOT_PARTICLE = 20.0  # instances: the particle logit of a weak detection's pixel is at most -it
+
 
 @dataclass(frozen=True)
 class PostProcess:
@@ -42,13 +50,14 @@ class PostProcess:
     seed_threshold: float = 0.5  # boundary / distance: what seeds the watershed
     split_touching: bool = True  # binary: watershed-split touching particles
     min_area: int = 4  # px; smaller particles are dropped
+    score_threshold: float = 0.5  # instances: detections scoring less are not particles
 
     def __post_init__(self) -> None:
         if self.target not in TARGET_CHANNELS:
             raise ValueError(
                 f"unknown target {self.target!r}; valid targets: {sorted(TARGET_CHANNELS)}"
             )
-        for name in ("threshold", "seed_threshold"):
+        for name in ("threshold", "seed_threshold", "score_threshold"):
             value = getattr(self, name)
             if not 0.0 < value < 1.0:
                 raise ValueError(f"`{name}` must lie in (0, 1), got {value}")
@@ -58,11 +67,23 @@ class PostProcess:
     @classmethod
     def of(cls, cfg: TrialConfig, split_touching: bool = True) -> PostProcess:
         """The post-processing of a model trained with ``cfg``."""
-        return cls(cfg.target, cfg.threshold, cfg.seed_threshold, split_touching)
+        return cls(
+            cfg.target,
+            cfg.threshold,
+            cfg.seed_threshold,
+            split_touching,
+            score_threshold=cfg.score_threshold,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (what artifact.json records)."""
         return asdict(self)
+
+    @property
+    def resize_mode(self) -> str:
+        """How outputs are resized to the image's size: bilinear logits, but nearest for
+        instances (instance ids must not blend)."""
+        return "nearest" if self.target == "instances" else "bilinear"
 
     @property
     def channels(self) -> int:
@@ -78,7 +99,9 @@ class PostProcess:
         """The logit of "particle" (..., 1, H, W) from outputs (..., C, H, W), float32.
 
         Binary and distance: the first channel; boundary: log(P(interior) + P(boundary)) -
-        log P(background), so sigmoid of it is the softmax's particle probability.
+        log P(background), so sigmoid of it is the softmax's particle probability; instances:
+        the first channel where the pixel's detection scores at least ``score_threshold``,
+        else at most -``_NOT_PARTICLE`` (a weaker detection's pixel is background).
         """
         x = torch.as_tensor(outputs).float()
         if x.dim() < 3 or x.shape[-3] != self.channels:
@@ -88,6 +111,10 @@ class PostProcess:
             )
         if self.target == "boundary":
             return torch.logsumexp(x[..., 1:, :, :], dim=-3, keepdim=True) - x[..., :1, :, :]
+        if self.target == "instances":
+            logit, score = x[..., :1, :, :], x[..., 2:3, :, :]
+            weak = torch.clamp(logit, max=-_NOT_PARTICLE)
+            return torch.where(score >= self.score_threshold, logit, weak)
         return x[..., :1, :, :]
 
     def mask(self, outputs: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -105,6 +132,9 @@ class PostProcess:
         if x.dim() != 3:
             raise ValueError(f"expected one image's outputs (C, H, W), got {tuple(x.shape)}")
         fg = self.mask(x)[0].cpu().numpy()
+        if self.target == "instances":
+            ids = torch.round(x[1]).to(torch.int64).cpu().numpy()
+            return drop_small(np.where(fg, ids, 0), self.min_area)
         if self.target == "binary":
             return self.label_mask(fg)
         if self.target == "boundary":

@@ -127,6 +127,17 @@ def build_scheduler(
     )
 
 
+def forward_loss(
+    model: nn.Module, loss_fn: nn.Module, image: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """The training loss of a batch: ``loss_fn(model(image), mask)`` for a semantic model; an
+    instance model (a loss with ``takes_targets``, losses.InstanceLoss) computes its own losses
+    from the targets, ``loss_fn(model(image, mask), mask)``."""
+    if getattr(loss_fn, "takes_targets", False):
+        return loss_fn(model(image, mask), mask)
+    return loss_fn(model(image).float(), mask)
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: Iterable[dict[str, torch.Tensor]],
@@ -138,7 +149,8 @@ def train_one_epoch(
     scaler: torch.amp.GradScaler | None = None,
     grad_clip: float | None = None,
 ) -> EpochStats:
-    """One pass over ``loader`` ({"image": (N,1,T,T), "mask": (N,C,T,T)}); mean loss per image.
+    """One pass over ``loader`` ({"image": (N,1,T,T), "mask": (N,C,T,T)}); mean loss per image
+    (``forward_loss``).
 
     Raises DivergedError on a NaN/inf loss, naming the step; under torch.distributed every
     rank raises it when any rank's loss is not finite (``agree_finite``).
@@ -150,8 +162,7 @@ def train_one_epoch(
         image = batch["image"].to(device, non_blocking=True)
         mask = batch["mask"].to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = model(image)
-            loss = loss_fn(logits.float(), mask)
+            loss = forward_loss(model, loss_fn, image, mask)
         agree_finite(loss, step, optimizer.param_groups[0]["lr"])
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
@@ -184,17 +195,20 @@ def full_resolution_logits(
     size: tuple[int, int],
     out_size: tuple[int, int],
     amp_dtype: torch.dtype | None = None,
+    mode: str = "bilinear",
 ) -> torch.Tensor:
     """Logits (1, C, H, W) at the original size for a padded image (1, 1, Hp, Wp).
 
     Crops the padding (``size`` is the unpadded size at the model's scale) and, when the
-    model ran at another scale, resizes bilinearly to ``out_size``.
+    model ran at another scale, resizes to ``out_size`` (``mode``: bilinear, or nearest for
+    instance ids, PostProcess.resize_mode).
     """
     with torch.autocast(image.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         logits = model(image)
     logits = logits[..., : size[0], : size[1]].float()
     if tuple(logits.shape[-2:]) != tuple(out_size):
-        logits = F.interpolate(logits, size=out_size, mode="bilinear", align_corners=False)
+        corners = {"align_corners": False} if mode == "bilinear" else {}
+        logits = F.interpolate(logits, size=out_size, mode=mode, **corners)
     return logits
 
 
@@ -226,7 +240,9 @@ def evaluate(
         image = batch["image"].to(device)
         target = batch["mask"][0, 0].to(device) > 0.5
         size = tuple(int(v) for v in batch["size"][0])
-        logits = full_resolution_logits(model, image, size, tuple(target.shape), amp_dtype)
+        logits = full_resolution_logits(
+            model, image, size, tuple(target.shape), amp_dtype, post.resize_mode
+        )
         per_image.append(per_image_counts(post.mask(logits[0])[0], target))
         if particles:
             true = batch["instances"][0].numpy()

@@ -9,6 +9,10 @@
 - onnx: torch's dynamo exporter (needs ``onnxscript``), opset 18, dynamic N, H and W, checked
   with onnxruntime (``pip install 'emseg-search[export]'``). pspnet and upernet do not export:
   their adaptive pooling to fixed bins has no ONNX form for a dynamic input size.
+- maskrcnn (the instance model) does not export, in either format (ExportError): its
+  detections are a data-dependent number of boxes whose masks are pasted one by one in Python
+  (models.maskrcnn.detections_to_maps), which a trace would freeze to the example's count;
+  use ``predict``, or load the artifact in Python (inference.artifact.load_artifact).
 
 Every export is verified against the artifact's eager model (``verify``: the same masks
 at two sizes); ``export.json`` beside the model says how to preprocess an image.
@@ -255,6 +259,13 @@ def export_model(
     if fmt == "onnx":
         _require_onnx()  # before the slow part
     art = load_artifact(model_dir)
+    if art.postprocess.target == "instances":
+        raise ExportError(
+            f"{fmt} export of arch {art.meta['arch']!r} is not supported: its detections are "
+            "a data-dependent number of boxes whose masks are pasted in Python, which neither "
+            "a trace nor ONNX keeps; use `predict`, or load the artifact in Python "
+            "(emseg_search.inference.artifact.load_artifact)"
+        )
     out = output_path(out, art.path, fmt)
     trace_size, *_ = defaults = default_sizes(art)
     check_sizes(art, sizes or [])
