@@ -12,9 +12,11 @@ MobileNetV2 + FPN backbone, sized for particles of ~10-150 px on a 2-core CPU:
   models; the FPN (128 channels) reads strides 4, 8, 16 and 32 (blocks 3, 6, 13 and 17; the
   1280-channel head conv is dropped) plus a max-pooled level at 64;
 - anchors 12, 24, 48, 96 and 192 px (one size per level) x aspect ratios 0.5, 1, 2; RPN keeps
-  1000 / 500 proposals (train) and 1000 / 1000 (inference) before / after NMS; box and mask
+  1000 / 500 proposals (train) and 1000 / 600 (inference) before / after NMS; box and mask
   heads lighter than torchvision's defaults (512-wide box MLP, 128-channel mask convs);
-  at most ``MAX_DETECTIONS`` detections per image, scoring at least ``MIN_SCORE``.
+  at most ``MAX_DETECTIONS`` detections per image, scoring at least ``cfg.score_threshold``
+  (torchvision's ``box_score_thresh``: weaker detections never reach the mask head, which
+  would otherwise spend most of the CPU time of an untrained model on them).
 
 Training mode: ``model(images, instances)`` takes the (N, 1, H, W) instance-id maps of the
 batch (data.targets: target 'instances'), turns each into boxes, masks and labels
@@ -40,7 +42,6 @@ ANCHOR_SIZES = ((12,), (24,), (48,), (96,), (192,))  # px, one size per FPN leve
 ASPECT_RATIOS = (0.5, 1.0, 2.0)
 FPN_CHANNELS = 128
 RETURN_BLOCKS = {"3": "0", "6": "1", "13": "2", "17": "3"}  # MobileNetV2 blocks at stride 4-32
-MIN_SCORE = 0.05  # torchvision's box_score_thresh: weaker detections never leave the model
 MAX_DETECTIONS = 500  # per image (EMPS micrographs hold up to a few hundred particles)
 _LOGIT_CLAMP = 1e-6  # probabilities are clamped to [eps, 1 - eps] before the logit
 
@@ -158,10 +159,10 @@ def build_maskrcnn(cfg: TrialConfig) -> MaskRCNNSegmenter:
         rpn_pre_nms_top_n_train=1000,
         rpn_post_nms_top_n_train=500,
         rpn_pre_nms_top_n_test=1000,
-        rpn_post_nms_top_n_test=1000,
+        rpn_post_nms_top_n_test=600,
         box_head=TwoMLPHead(FPN_CHANNELS * 7 * 7, 512),
         box_predictor=FastRCNNPredictor(512, 2),
-        box_score_thresh=MIN_SCORE,
+        box_score_thresh=cfg.score_threshold,
         box_detections_per_img=MAX_DETECTIONS,
         box_batch_size_per_image=256,
         mask_head=MaskRCNNHeads(FPN_CHANNELS, (FPN_CHANNELS,) * 4, 1),

@@ -20,7 +20,8 @@ Outputs are logits (C, H, W) (or batches (N, C, H, W)) at the image's resolution
   overlapping pixels to the higher score): particles are the model's own instances whose
   detection scores at least ``score_threshold``, restricted to the mask (particle logit >
   logit(threshold)); no watershed. The model applies its mask threshold (the config's
-  ``threshold``) when it pastes masks, so only a higher ``threshold`` changes them here.
+  ``threshold``) when it pastes masks and drops detections below the config's
+  ``score_threshold`` before its mask head, so only higher thresholds change them here.
 
 A mask component without any seed (a particle too small for a core) is a particle of its own;
 particles smaller than ``min_area`` px are dropped (the specks a network leaves).
@@ -76,8 +77,11 @@ class PostProcess:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain dict (what artifact.json records)."""
-        return asdict(self)
+        """Plain dict (what artifact.json records; score_threshold for instances only)."""
+        out = asdict(self)
+        if self.target != "instances":
+            del out["score_threshold"]
+        return out
 
     @property
     def resize_mode(self) -> str:

@@ -4,6 +4,8 @@ and detections -> instance maps (overlaps by score) -> particles (PostProcess 'i
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -186,3 +188,48 @@ def test_no_detection_is_no_particle() -> None:
     maps = detections_to_maps(empty, (8, 9))
     assert maps.shape == (3, 8, 9) and (maps[1:] == 0).all() and (maps[0] < 0).all()
     assert PostProcess("instances").instances(maps).max() == 0
+
+
+def test_a_search_space_may_list_maskrcnn_beside_unet() -> None:
+    """maskrcnn with its own encoders beside unet; a sampled target or loss applies to unet
+    and is replaced (target) or ignored (loss) for maskrcnn."""
+    from emseg_search.space.errors import SpaceError
+    from emseg_search.space.spec import space_from_dict
+
+    values = {
+        "name": "instances",
+        "metric": "val_particle_f1",
+        "budget": {"num_samples": 4},
+        "scheduler": {"type": "asha", "max_epochs": 3},
+        "fixed": {"tile_size": 128, "batch_size": 4, "encoder_weights": "imagenet-offline"},
+        "parameters": {
+            "arch": {"type": "categorical", "choices": ["unet", "maskrcnn"]},
+            "encoder": {
+                "type": "categorical",
+                "depends_on": "arch",
+                "choices": {
+                    "unet": ["mobilenet_v2", "timm-tf_efficientnet_lite0"],
+                    "maskrcnn": ["mobilenet_v2"],
+                },
+            },
+            "target": {"type": "categorical", "choices": ["binary", "boundary"]},
+            "loss": {"type": "categorical", "choices": ["dice", "focal"]},
+            "score_threshold": {
+                "type": "float",
+                "low": 0.3,
+                "high": 0.7,
+                "when": {"arch": ["maskrcnn"]},
+            },
+        },
+    }
+    space = space_from_dict(values, source="instances.yaml")
+    draws = [space.random_params(np.random.default_rng(seed)) for seed in range(20)]
+    configs = [space.trial_config(p) for p in draws]
+    assert {c.arch for c in configs} == {"unet", "maskrcnn"}
+    for params, cfg in zip(draws, configs, strict=True):
+        expected = "instances" if cfg.arch == "maskrcnn" else params["target"]
+        assert cfg.target == expected
+    bad = copy.deepcopy(values)
+    bad["parameters"]["encoder"]["choices"]["maskrcnn"] = ["resnet18"]
+    with pytest.raises(SpaceError, match="maskrcnn"):
+        space_from_dict(bad, source="bad.yaml")
