@@ -51,7 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="data-parallel Train workers (1)")
     p.add_argument("--gpu", action="store_true", help="one GPU per worker")
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or local)")
-    p.add_argument("--tta", action="store_true", help="score with flip TTA (4x slower)")
+    p.add_argument(
+        "--tta", action="store_true", help="score with flip TTA (4x slower; not for maskrcnn)"
+    )
     p.add_argument(
         "--shifts",
         nargs="?",

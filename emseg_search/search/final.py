@@ -29,7 +29,7 @@ from typing import Any
 import pandas as pd
 
 from emseg_search.atomic import write_text
-from emseg_search.config import TrialConfig
+from emseg_search.config import INSTANCE_ARCHS, TrialConfig
 
 FINAL_DIR = "final"
 # What a resumed `final` must keep (the seeds may grow).
@@ -293,12 +293,13 @@ def run_final(
     t_start = time.perf_counter()
     for k, (cand, seed) in enumerate(plan, 1):
         key = f"{cand.arch}/seed{seed}"
+        flips = tta and cand.arch not in INSTANCE_ARCHS  # instances cannot be flip-averaged
         run_dir = final_dir / "runs" / cand.arch / f"seed{seed}"
         scored = run_dir / "test_images.parquet"
         if key in info["runs"] and scored.is_file():
             log(f"[{k}/{len(plan)}] {key}: done before, kept")
             if shifts and not (run_dir / "test_robustness.parquet").is_file():
-                model = Predictor.from_dir(info["runs"][key]["model_dir"], tta=tta)
+                model = Predictor.from_dir(info["runs"][key]["model_dir"], tta=flips)
                 _score_shifts(model, items, shifts, shift_images, cand, seed, run_dir, log)
             continue
         cfg = retrain_config(cand, seed, held, epochs)
@@ -313,7 +314,7 @@ def run_final(
             raise FinalError(
                 f"{key}: training saved no model ({outcome.stop_reason}); see {run_dir}"
             )
-        predictor = Predictor.from_dir(outcome.model_dir, tta=tta)
+        predictor = Predictor.from_dir(outcome.model_dir, tta=flips)
         done = evaluate_images(predictor, items, split_touching=True, progress=False)
         run_cols = {"arch": cand.arch, "seed": seed, "trial_id": cand.trial_id}
         rows = [{**run_cols, "group": groups[r["name"]], **r} for r in done.rows]

@@ -135,3 +135,36 @@ def test_export_says_it_does_not_fit(trained: dict[str, Any]) -> None:
 
     with pytest.raises(ExportError, match="not supported"):
         export_model(trained["outcome"].model_dir, "torchscript", trained["root"] / "ts")
+
+
+@pytest.mark.ray
+def test_two_ray_train_workers_train_it_data_parallel(tmp_path: Path) -> None:
+    """The Ray Train path: a TorchTrainer of 2 gloo workers (DDP, prepare_model), one epoch."""
+    import pandas as pd
+    import ray
+
+    from emseg_search.inference.artifact import load_artifact
+    from emseg_search.train.cluster import init_ray
+    from emseg_search.train.driver import run_training
+
+    data = ensure_synthetic_data(tmp_path / "synth", n=8, seed=5, size=64)
+    cfg = TrialConfig(
+        data=str(data),
+        arch="maskrcnn",
+        encoder="mobilenet_v2",
+        tile_size=64,
+        tiles_per_image=2,
+        batch_size=2,
+        epochs=1,
+        warmup_epochs=0,
+        augment="flips",
+        val_fraction=0.25,
+    )
+    init_ray(num_cpus=2)
+    try:
+        outcome = run_training(cfg, tmp_path / "run", workers=2)
+    finally:
+        ray.shutdown()
+    epochs = pd.read_parquet(tmp_path / "run" / "epochs.parquet")
+    assert list(epochs["epoch"]) == [0] and epochs["val_particle_f1"].notna().all()
+    assert load_artifact(outcome.model_dir).config.arch == "maskrcnn"
