@@ -90,13 +90,16 @@ def command(main: Main) -> Main:
 def add_inference_options(p: argparse.ArgumentParser) -> None:
     """Options `predict` and `evaluate` share: how the model runs, pixel size, progress."""
     p.add_argument("--pixel-size", type=float, help="nm per pixel: sizes also in nm")
-    p.add_argument("--tta", action="store_true", help="average over flips (4x slower)")
+    p.add_argument(
+        "--tta", action="store_true", help="average over flips (4x slower; not for maskrcnn)"
+    )
     p.add_argument(
         "--tile-size",
         type=int,
         default=1024,
         help="sliding-window tile in px at the model's scale (default 1024); larger images "
-        "are tiled with overlap so memory stays bounded",
+        "are tiled with overlap so memory stays bounded (maskrcnn runs images whole, up to "
+        "4096 px a side)",
     )
     p.add_argument(
         "--scale",
