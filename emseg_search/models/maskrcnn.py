@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from emseg_search.config import TrialConfig
 
 MASKRCNN_ENCODERS = ("mobilenet_v2",)  # backbones with offline ImageNet weights (pretrained.py)
-MIN_INPUT = 32  # smallest H and W: the FPN's coarsest level (stride 32) keeps one pixel
+MIN_INPUT = 64  # smallest H and W: the stride-32 level keeps 2 x 2 px (BatchNorm of a batch of 1)
 ANCHOR_SIZES = ((12,), (24,), (48,), (96,), (192,))  # px, one size per FPN level
 ASPECT_RATIOS = (0.5, 1.0, 2.0)
 FPN_CHANNELS = 128

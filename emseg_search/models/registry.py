@@ -5,7 +5,7 @@ Every semantic model maps (N, 1, H, W) -> raw logits (N, C, H, W), C = ``cfg.cla
 the binary target, 3 boundary, 2 distance), when H and W are multiples of
 ``required_stride(cfg)`` and at least ``min_input_size(cfg)``. The instance model, maskrcnn
 (models/maskrcnn.py), maps them in eval mode to (N, 3, H, W) particle-logit / instance-id /
-score maps at any size of at least 32, and in training mode takes the instance maps too and
+score maps at any size of at least 64, and in training mode takes the instance maps too and
 returns its losses.
 
 DDP: some parameters get no gradient, so DistributedDataParallel needs

@@ -91,8 +91,8 @@ def test_config_rules_for_the_instance_model() -> None:
     with pytest.raises(ValueError, match="arch 'maskrcnn' takes a torchvision MobileNetV2"):
         check_encoder(_cfg(encoder="resnet18"))
     cfg = _cfg(tile_size=100)
-    check_input_size(cfg)  # any size >= 32: the detector pads itself
-    assert (required_stride(cfg), min_input_size(cfg)) == (1, 32)
+    check_input_size(cfg)  # any size >= 64: the detector pads itself
+    assert (required_stride(cfg), min_input_size(cfg)) == (1, 64)
     with pytest.raises(ValueError, match="output_stride"):
         build_model(_cfg(output_stride=16))
 

@@ -27,7 +27,7 @@ PARTICLES = ("val_particle_f1", "val_particle_precision", "val_panoptic_quality"
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """Two epochs of 2 steps (4 tiles of 64 px each) with a stop after the first epoch and a
+    """Two epochs of 2 steps (3 tiles of 64 px each) with a stop after the first epoch and a
     resume; the artifact of the best epoch."""
     from emseg_search.train.outputs import finish_run
 
@@ -39,8 +39,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         arch="maskrcnn",
         encoder="mobilenet_v2",
         tile_size=64,
-        tiles_per_image=4,
-        batch_size=4,  # 3 training images: 12 tiles, 3 steps per epoch
+        tiles_per_image=2,
+        batch_size=3,  # 3 training images: 6 tiles, 2 steps per epoch
         epochs=2,
         warmup_epochs=0,
         lr=1e-3,
