@@ -113,6 +113,13 @@ def test_training_gives_losses_and_eval_gives_instance_maps() -> None:
         "loss_rpn_box_reg",
     }
     sum(losses.values()).backward()
+    model.zero_grad(set_to_none=True)
+    # a batch without any particle still reaches every parameter (zero mask and box losses):
+    # DDP needs no find_unused_parameters, whatever a rank's tiles hold
+    empty = model(torch.randn(2, 1, 64, 64), torch.zeros(2, 1, 64, 64))
+    assert empty["loss_mask"] == 0 and empty["loss_box_reg"] == 0
+    sum(empty.values()).backward()
+    assert [n for n, p in model.named_parameters() if p.grad is None] == []
     with torch.inference_mode():
         out = model.eval()(torch.randn(1, 1, 45, 70))  # any size: no resize, no stride
     assert out.shape == (1, 3, 45, 70)
