@@ -2,8 +2,9 @@
 
 model/
   artifact.json     format, normalisation, threshold, scale, stride, target and post-processing
-                    (particles.postprocess), metrics (validation; only best_epoch without a
-                    split), versions (artifacts from before targets: binary, the defaults)
+                    (particles.postprocess; maskrcnn also its detector settings), metrics
+                    (validation; only best_epoch without a split), versions (artifacts from
+                    before targets: binary, the defaults)
   config.yaml       the resolved TrialConfig it was trained with
   weights.pt        model state dict (best validation epoch; the last without validation)
   fingerprint.json  fingerprint of the training images
@@ -20,7 +21,7 @@ import torch
 from torch import nn
 
 from emseg_search.atomic import atomic_dir
-from emseg_search.config import TrialConfig
+from emseg_search.config import INSTANCE_ARCHS, TrialConfig
 from emseg_search.data import Fingerprint
 from emseg_search.particles.postprocess import PostProcess
 
@@ -133,6 +134,10 @@ def write_artifact(
         "metrics": metrics,
         "versions": versions(),
     }
+    if cfg.arch in INSTANCE_ARCHS:  # how the instance model finds its particles
+        from emseg_search.models.maskrcnn import detector_settings
+
+        meta["detector"] = detector_settings(cfg)
     with atomic_dir(out) as tmp:
         (tmp / "artifact.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         cfg.write_yaml(tmp / "config.yaml")

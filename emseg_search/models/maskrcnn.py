@@ -29,6 +29,8 @@ instance id and the detection score per pixel (``detections_to_maps``).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -132,6 +134,22 @@ def _grey_mobilenet_v2(cfg: TrialConfig) -> nn.Module:
     state = {k.split("features.", 1)[1]: v for k, v in state.items() if "features." in k}
     load_state_into(features, state, source)  # sums the first conv's RGB weights to grey
     return features
+
+
+def detector_settings(cfg: TrialConfig) -> dict[str, Any]:
+    """How the detector of ``cfg`` finds and resolves particles (artifact.json: ``detector``)."""
+    return {
+        "backbone": f"{cfg.encoder} + FPN ({FPN_CHANNELS} channels, strides 4-32 + pool)",
+        "anchor_sizes_px": [s[0] for s in ANCHOR_SIZES],
+        "aspect_ratios": list(ASPECT_RATIOS),
+        "proposals_train": [1000, 500],  # before / after NMS, per tile
+        "proposals_inference": [1000, 600],
+        "max_detections": MAX_DETECTIONS,
+        "box_score_threshold": cfg.score_threshold,
+        "mask_threshold": cfg.threshold,
+        "overlap": "a pixel goes to the highest-scoring detection whose mask exceeds it",
+        "resize": "none (the input's size)",
+    }
 
 
 def build_maskrcnn(cfg: TrialConfig) -> MaskRCNNSegmenter:

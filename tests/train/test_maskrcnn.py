@@ -96,6 +96,8 @@ def test_the_artifact_loads_alone_and_records_its_postprocessing(trained: dict[s
     assert art.meta["postprocess"]["target"] == "instances"
     assert art.meta["postprocess"]["score_threshold"] == 0.05
     assert art.meta["stride"] == 1 and art.meta["classes"] == 3
+    assert art.meta["detector"]["box_score_threshold"] == 0.05
+    assert art.meta["detector"]["mask_threshold"] == 0.5
     best = load_checkpoint(trained["checkpoint"]).best
     for key, value in art.model.state_dict().items():
         assert torch.equal(value, best[key]), key
