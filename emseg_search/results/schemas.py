@@ -109,6 +109,9 @@ IMAGE_SCHEMA = pa.schema(
         # 1-Wasserstein distance between true and predicted equivalent diameters
         ("size_wasserstein_px", F64),
         ("size_wasserstein_nm", F64),
+        # (median predicted - median true equivalent diameter) / median true; NaN when a side
+        # has no particle
+        ("median_diameter_error", F64),
         ("seconds", F64),
         # the scale the image ran at (the model's, unless --scale chose another or auto)
         ("working_scale", F64),
