@@ -98,8 +98,10 @@ class Searcher(Frozen):
         if self.type == "random":
             return optuna.samplers.RandomSampler(seed=self.seed)
         if self.type == "nsga2":
+            from emseg_search.space.samplers import NSGAIISampler
+
             size = {} if self.population_size is None else {"population_size": self.population_size}
-            return optuna.samplers.NSGAIISampler(seed=self.seed, **size)
+            return NSGAIISampler(seed=self.seed, **size)
         with warnings.catch_warnings():  # `group` is chosen on purpose: no "experimental" noise
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.samplers.TPESampler(
