@@ -197,6 +197,11 @@ class PruningOptunaSearch(OptunaSearch):
         if not isinstance(self.metric, list):
             super().on_trial_result(trial_id, result)
             return
+        self._note_best_epoch(trial_id, result)
+
+    def _note_best_epoch(self, trial_id: str, result: dict) -> None:
+        """Keep the result's objective values if it is the trial's best epoch so far (the
+        first of the highest val_score, else val_iou, as the recorder picks it)."""
         score = _finite(result.get("val_score"))
         score = score if score is not None else _finite(result.get("val_iou"))
         best = getattr(self, "_best_values", {})
@@ -218,6 +223,9 @@ class PruningOptunaSearch(OptunaSearch):
             and result.get("training_iteration", self._max_epochs) < self._max_epochs
         )
         untold = trial_id in self._ot_trials and trial_id not in self._completed_trials
+        if isinstance(self.metric, list) and result:
+            # Tune gives the result that ends a trial (ASHA's STOP at max_t) only here
+            self._note_best_epoch(trial_id, result)
         if stopped_early and untold:
             number = self._ot_trials[trial_id].number
             self.study().tell(number, state=optuna.trial.TrialState.PRUNED)
