@@ -345,8 +345,8 @@ def pareto(
         data.append(_focus_trace([row[xc]], [row[yc]], focus))
     if declared:
         done = int((t["status"] == "completed").sum())
-        over = "" if declared == 2 else f" over all {declared} objectives"
-        title = f"The search's Pareto front{over} ({len(f)} of {done} completed trials)"
+        over = "the search's objectives" if declared == 2 else f"all {declared} objectives"
+        title = f"Pareto front over {over} ({len(f)} of {done} completed)"
     else:
         title = f"Pareto front ({len(f)} of {len(t)} trials non-dominated)"
     return {"data": data, "layout": _layout(title, xl, yl)}

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from emseg_search.dashboard import data, figures
+from emseg_search.dashboard import data, figures, pages
 from emseg_search.dashboard.data import ResultsError, TableCache
 
 
@@ -143,7 +143,10 @@ def test_a_multi_objective_search_shows_its_own_front(tmp_path: Path, fake: Any)
     front = fig["data"][-1]
     marked = set(exp.trials.loc[exp.trials["pareto"].fillna(False).astype(bool), "trial_id"])
     assert front["name"] == "Pareto front" and set(front["customdata"]) == marked
-    assert front["mode"] == "lines+markers" and "completed trials" in fig["layout"]["title"]["text"]
+    assert front["mode"] == "lines+markers"
+    done = int((exp.trials["status"] == "completed").sum())
+    title = f"Pareto front over the search's objectives ({len(marked)} of {done} completed)"
+    assert fig["layout"]["title"]["text"] == title
     assert set(exp.trials.loc[exp.trials["status"] != "completed", "trial_id"]).isdisjoint(marked)
 
     three = {**two, "val_particle_f1": "max"}
@@ -152,6 +155,13 @@ def test_a_multi_objective_search_shows_its_own_front(tmp_path: Path, fake: Any)
     fig = figures.pareto(exp3.trials, data.declared_objectives(exp3.info)[:2], None, declared=3)
     assert fig["data"][-1]["mode"] == "markers"  # a 3-objective front is no line in 2 of them
     assert "over all 3 objectives" in fig["layout"]["title"]["text"]
+    columns, rows, _ = pages.leaderboard_table(exp3, exp3.trials)
+    assert "pareto" in [c["id"] for c in columns]
+    yes = {r["trial_id"] for r in rows if r["pareto"] == "yes"}
+    assert yes == set(exp3.trials.loc[exp3.trials["pareto"].fillna(False).astype(bool), "trial_id"])
+    fake.write_experiment(tmp_path, "one", n_trials=5, n_epochs=2, robust=True)
+    one = data.load(tmp_path, "one", TableCache())
+    assert "pareto" not in [c["id"] for c in pages.leaderboard_table(one, one.trials)[0]]
     assert data.declared_objectives({"space": {"objectives": None}}) == []
 
 
