@@ -64,13 +64,13 @@ def recorded_budget(experiment_json: Path) -> dict[str, Any] | None:
 def build_search(space: SearchSpace, exp_dir: Path, max_concurrent: int) -> BudgetedSearch:
     """Tune's search algorithm: the Optuna searcher (see ``PruningOptunaSearch``) behind a
     ConcurrencyLimiter, in a SearchGenerator whose trial budget --resume can raise."""
+    objectives = space.objectives or {}  # several: a multi-objective study; ASHA keeps metric
     searcher = PruningOptunaSearch(
         max_epochs=space.scheduler.max_epochs,
         export_to=str(exp_dir / "optuna.db"),
         space=space.define_by_run(),
-        # several objectives: Optuna's multi-objective study (ASHA keeps TuneConfig's metric)
-        metric=list(space.objectives) if space.objectives else space.metric,
-        mode=list(space.objectives.values()) if space.objectives else space.mode,
+        metric=list(objectives) or space.metric,
+        mode=list(objectives.values()) or space.mode,
         sampler=space.searcher.build_sampler(),
         study_name=space.name,
     )

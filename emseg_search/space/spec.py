@@ -75,11 +75,6 @@ class SearchSpace(Frozen):
             raise ValueError(f"`objectives` lists {', '.join(twice)} twice")
         return {n: OBJECTIVES.get(n, "max") for n in names}
 
-    @property
-    def multi_objective(self) -> bool:
-        """Whether the searcher optimises ``objectives`` (else ``metric``)."""
-        return bool(self.objectives)
-
     @model_validator(mode="after")
     def _check(self) -> SearchSpace:
         problems = (

@@ -456,10 +456,10 @@ def test_objectives_as_a_list_take_each_metric_s_better_direction() -> None:
         with_changes(objectives=["val_particle_f1", "val_count_error", "val_ms_per_megapixel"])
     )
     mapped = {"val_particle_f1": "max", "val_count_error": "min", "val_ms_per_megapixel": "min"}
-    assert listed.objectives == mapped and listed.multi_objective
+    assert listed.objectives == mapped
     assert list(listed.objectives) == list(mapped)  # file order: the first is the x axis
     assert space_from_dict(listed.to_dict()).objectives == mapped
-    assert not space_from_dict(BASE).multi_objective and space_from_dict(BASE).objectives is None
+    assert space_from_dict(BASE).objectives is None
 
 
 @pytest.mark.parametrize("kind", ["optuna", "nsga2", "random"])
