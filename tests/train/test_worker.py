@@ -22,7 +22,8 @@ from emseg_search.train.data import PreparedData, prepare_data
 from emseg_search.train.session import LocalSession, Session, TrainSession
 from emseg_search.train.worker import build_run, log_to_stdout, run_worker, train_run
 
-TIMING = ("epoch_seconds", "val_seconds", "train_images_per_s", "val_ms_per_megapixel")  # differ run to run
+# differ from run to run
+TIMING = ("epoch_seconds", "val_seconds", "train_images_per_s", "val_ms_per_megapixel")
 
 
 @pytest.fixture(scope="module")
