@@ -117,13 +117,14 @@ def start_search(
 
 
 def finish(proc: subprocess.Popen, timeout: float = 900) -> subprocess.CompletedProcess:
-    """Wait for the driver, then kill what is left of its process group (a driver killed by
-    SIGKILL leaves its local Ray behind); its output."""
+    """Wait for the driver, then kill what is left of its session (a driver killed by SIGKILL
+    leaves its local Ray behind); its output."""
     try:
         out, err = proc.communicate(timeout=timeout)
     finally:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        for pid in session_processes(proc.pid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
         if proc.returncode is None:
             proc.wait()
     if proc.returncode is None:  # pragma: no cover - communicate raised
@@ -138,23 +139,30 @@ def resume(space: Path, results: Path) -> tuple[subprocess.CompletedProcess, flo
     return finish(proc), time.perf_counter() - t0
 
 
-def snapshot(exp: Path) -> tuple[set[str], set[tuple[str, int]]]:
-    """The trial ids and (trial, epoch) pairs the tables hold now ({} when absent)."""
+Snapshot = tuple[set[str], dict[tuple[str, int], float]]
+NOTHING: Snapshot = (set(), {})
+
+
+def snapshot(exp: Path) -> Snapshot:
+    """The trial ids, and the (trial, epoch) rows with their epoch_seconds (what says whether
+    a row was trained again), that the tables hold now (empty when absent)."""
     trials: set[str] = set()
-    epochs: set[tuple[str, int]] = set()
+    epochs: dict[tuple[str, int], float] = {}
     with contextlib.suppress(FileNotFoundError):
         trials = set(read_table(exp / "trials.parquet").column("trial_id").to_pylist())
     with contextlib.suppress(FileNotFoundError):
-        t = read_table(exp / "epochs.parquet")
-        ids, numbers = t.column("trial_id").to_pylist(), t.column("epoch").to_pylist()
-        epochs = set(zip(ids, numbers, strict=True))
+        t = read_table(exp / "epochs.parquet").to_pydict()
+        epochs = {
+            (tid, e): s
+            for tid, e, s in zip(t["trial_id"], t["epoch"], t["epoch_seconds"], strict=True)
+        }
     return trials, epochs
 
 
 def measure(
     fault: str,
     exp: Path,
-    before: tuple[set[str], set[tuple[str, int]]],
+    before: Snapshot,
     recover_s: float | None,
     outputs: list[subprocess.CompletedProcess],
     **extra: Any,
@@ -164,7 +172,11 @@ def measure(
     trials = read_table(exp / "trials.parquet").to_pandas()
     epochs = read_table(exp / "epochs.parquet").to_pandas()
     after_trials, after_epochs = snapshot(exp)
-    lost = len(before[0] - after_trials) + len(before[1] - after_epochs) + report.missing_epochs
+    lost = len(before[0] - after_trials) + len(before[1].keys() - after_epochs.keys())
+    lost += report.missing_epochs
+    # an epoch recorded before the fault and trained again after it (a restart from scratch
+    # that overwrote it): not lost, not duplicated, but not what --resume promises either
+    retrained = [k for k, s in before[1].items() if k in after_epochs and after_epochs[k] != s]
     return FaultResult(
         fault=fault,
         trials_completed=int((trials["status"] == "completed").sum()),
@@ -175,7 +187,7 @@ def measure(
         trials=trials,
         epochs=epochs,
         outputs=outputs,
-        extra=extra,
+        extra={"retrained": retrained, **extra},
     )
 
 
@@ -209,7 +221,7 @@ def trial_raises(work: Path, data: Path) -> FaultResult:
     space = write_space(work / "space.yaml", data, num_samples=3)
     results = work / "results"
     out = finish(start_search(space, results, "trial-raises", work / "fault"))
-    return measure("trial raises", results / NAME, (set(), set()), None, [out])
+    return measure("trial raises", results / NAME, NOTHING, None, [out])
 
 
 def trial_process_killed(work: Path, data: Path) -> FaultResult:
@@ -261,7 +273,7 @@ def train_worker_killed(work: Path, data: Path) -> FaultResult:
     proc = start_search(space, results, "none", work / "fault")
     wait_for(lambda: len(epoch_rows(exp)) >= 1, proc)
     pids = train_workers(proc.pid)
-    assert pids, "no ray::RayTrainWorker in the search's process group"
+    assert pids, "no ray::RayTrainWorker in the search's session"
     before = snapshot(exp)
     os.kill(pids[-1], signal.SIGKILL)
     killed_at = time.monotonic()
@@ -287,20 +299,27 @@ def train_worker_killed(work: Path, data: Path) -> FaultResult:
     )
 
 
-def train_workers(pgid: int) -> list[int]:
-    """PIDs of the ray::RayTrainWorker processes of process group ``pgid`` (this search's own;
-    another search's Train workers on the machine are in other groups)."""
+def session_processes(sid: int, name: bytes = b"") -> list[int]:
+    """PIDs of the processes of session ``sid`` (the search driver started with
+    start_new_session: its local Ray and every Ray worker, whose process groups are their own)
+    whose command line starts with ``name``; another search's processes on the machine are in
+    other sessions."""
     found = []
     for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
+        if not proc.name.isdigit() or int(proc.name) == sid:
             continue
         try:
-            cmdline = (proc / "cmdline").read_bytes()
-            if cmdline.startswith(b"ray::RayTrainWorker") and os.getpgid(int(proc.name)) == pgid:
+            mine = os.getsid(int(proc.name)) == sid
+            if mine and (proc / "cmdline").read_bytes().startswith(name):
                 found.append(int(proc.name))
-        except (OSError, ProcessLookupError):
+        except OSError:
             continue
     return sorted(found)
+
+
+def train_workers(sid: int) -> list[int]:
+    """PIDs of the ray::RayTrainWorker processes of the search whose driver is ``sid``."""
+    return session_processes(sid, b"ray::RayTrainWorker")
 
 
 def driver_killed(work: Path, data: Path, fault: str) -> FaultResult:
@@ -384,8 +403,9 @@ def readers_during_writes(work: Path, data: Path) -> FaultResult:
             except Exception as exc:  # noqa: BLE001 - every failure is a torn read here
                 counts[name][1] += 1
                 errors[name] = f"{type(exc).__name__}: {exc}"[:300]
+        time.sleep(0.02)  # 2 cores: leave the search some CPU
     out = finish(proc)
-    result = measure("readers during writes", exp, (set(), set()), None, [out])
+    result = measure("readers during writes", exp, NOTHING, None, [out])
     result.extra.update(counts=counts, errors=errors)
     return result
 

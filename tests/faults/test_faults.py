@@ -27,6 +27,7 @@ def assert_intact(result: FaultResult) -> None:
     """Nothing lost, nothing duplicated, every table and the study in agreement."""
     assert result.audit.ok, result.audit.to_text()
     assert result.rows_lost == 0 and result.rows_duplicated == 0, result.audit.to_text()
+    assert not result.extra["retrained"], result.extra  # resumed, never restarted over them
 
 
 def test_a_trial_that_raises_is_an_error_row_and_the_search_goes_on(
@@ -51,7 +52,6 @@ def test_a_killed_trial_process_is_retried_from_its_checkpoint(data: Path, tmp_p
     assert set(result.trials["status"]) == {"completed"}
     mine = result.epochs[result.epochs["trial_id"] == result.extra["trial_id"]]
     assert sorted(mine["epoch"]) == [0, 1, 2]
-    # resumed, not restarted: the retry trained only the epochs after the checkpoint
     assert result.recover_s is not None
 
 
