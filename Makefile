@@ -1,5 +1,6 @@
-# Two commands: `make run` and `make test`. Each creates/refreshes the virtual environment
-# (re-installing only when pyproject.toml changed), then runs.
+# Two commands: `make run` and `make test` (`make test-slow`: the fault-injection suite). Each
+# creates/refreshes the virtual environment (re-installing only when pyproject.toml changed), then
+# runs.
 # VENV may live outside the checkout (CI keys a cached one by the hash of pyproject.toml).
 PYTHON ?= python3
 VENV ?= .venv
@@ -11,7 +12,7 @@ SYNTH_DIR ?= data/synthetic
 export HF_HUB_OFFLINE ?= 1
 export NO_ALBUMENTATIONS_UPDATE ?= 1
 
-.PHONY: venv run test lint format clean
+.PHONY: venv run test test-slow lint format clean
 
 venv:
 	@if [ ! -f "$(VENV_ABS)/.deps-$(HASH)" ]; then \
@@ -42,8 +43,12 @@ run: venv
 	@echo "held-out comparison with intervals: $(PY) -m emseg_search final results/$(EXPERIMENT) --test-data $(SYNTH_DIR)"
 	@echo "live dashboard over every result (then open http://127.0.0.1:8050/e/$(EXPERIMENT)): $(PY) -m emseg_search.dashboard results"
 
+# tests/faults (docs/faults.md) runs real searches that it kills and resumes: `make test-slow`
 test: venv
-	"$(PY)" -m pytest $(PYTEST_ARGS)
+	"$(PY)" -m pytest --ignore=tests/faults $(PYTEST_ARGS)
+
+test-slow: venv
+	"$(PY)" -m pytest tests/faults $(PYTEST_ARGS)
 
 lint: venv
 	"$(PY)" -m ruff check emseg_search tests benchmarks

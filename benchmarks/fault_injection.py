@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -50,12 +51,60 @@ def outcome(result: FaultResult) -> str:
     return f"exit {codes}; audit {'consistent' if not problems else f'{problems} problem(s)'}"
 
 
+def _rewrite(path: str, stop: Any) -> None:
+    """Rewrite an epochs table of 1..300 rows (atomically, as the search does) until ``stop``."""
+    from emseg_search.results.io import write_table
+    from emseg_search.results.schemas import EPOCH_SCHEMA
+
+    i = 0
+    while not stop.is_set():
+        i += 1
+        rows = [{"trial_id": f"t{j % 7}", "epoch": j, "val_iou": 0.5} for j in range(i % 300)]
+        write_table(rows, EPOCH_SCHEMA, path)
+
+
+def tight_loop_readers(folder: Path, seconds: float) -> dict[str, list[int]]:
+    """Reads and torn reads per reader while another process rewrites a table back to back
+    (far more often than a search does): the stress case for readers during writes."""
+    import multiprocessing
+
+    import pandas as pd
+
+    from emseg_search.results.io import read_table, write_table
+    from emseg_search.results.schemas import EPOCH_SCHEMA
+
+    path = folder / "epochs.parquet"
+    write_table([], EPOCH_SCHEMA, path)
+    stop = multiprocessing.Event()
+    writer = multiprocessing.Process(target=_rewrite, args=(str(path), stop))
+    writer.start()
+    counts = {"read_table (load_experiment, dashboard)": [0, 0], "pd.read_parquet": [0, 0]}
+    readers = dict(zip(counts, (read_table, pd.read_parquet), strict=True))
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        for name, read in readers.items():
+            try:
+                read(path)
+                counts[name][0] += 1
+            except Exception:  # noqa: BLE001 - every failure is a torn read here
+                counts[name][1] += 1
+    stop.set()
+    writer.join()
+    return counts
+
+
 def main() -> None:
     """Run the scenarios, print and write the table."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=int, default=1, help="runs per fault (1)")
     p.add_argument("--fault", action="append", choices=sorted(SCENARIOS), help="(repeat)")
     p.add_argument("--keep", type=Path, help="keep the experiment folders here")
+    p.add_argument(
+        "--tight-loop-s",
+        type=float,
+        default=20.0,
+        help="seconds of the back-to-back rewrite stress case (20)",
+    )
     args = p.parse_args()
     from emseg_search.data.synth.default_set import ensure_synthetic_data
 
@@ -85,6 +134,24 @@ def main() -> None:
                 outcome(results[-1]),
             ]
         )
+    folder = base / "tight-loop"
+    folder.mkdir(parents=True, exist_ok=True)
+    counts = tight_loop_readers(folder, args.tight_loop_s)
+    shown = "; ".join(f"{n}: {t} torn of {r + t}" for n, (r, t) in counts.items())
+    print(f"tables rewritten back to back for {args.tight_loop_s:.0f} s: {shown}")
+    rows.append(
+        [
+            f"readers while a table is rewritten back to back ({args.tight_loop_s:.0f} s, "
+            "no search)",
+            1,
+            "-",
+            "-",
+            "-",
+            "-",
+            "none needed",
+            shown,
+        ]
+    )
     head = (
         f"# Fault injection\n\n`python benchmarks/fault_injection.py --runs {args.runs}` on "
         f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()} "
