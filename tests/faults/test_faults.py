@@ -15,7 +15,9 @@ from faults.scenarios import DRIVER_KILLS, SCENARIOS, FaultResult
 
 from emseg_search.data.synth.default_set import ensure_synthetic_data
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+# a case runs up to two searches (a fault, then --resume): 10 min was too tight on a loaded
+# 2-core machine
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
 @pytest.fixture(scope="module")
