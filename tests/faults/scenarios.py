@@ -76,6 +76,7 @@ def write_space(
             "lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
         },
     }
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(space, sort_keys=False))
     return path
 
