@@ -36,7 +36,7 @@ RECOVERY = {  # what "time to recover" measures, per fault
     "trial-process-killed": "kill -> the trial's next epoch (Tune retry)",
     "train-worker-killed": "kill -> the trial's next epoch (worker group restart)",
     "checkpoint-truncated": "`--resume` run",
-    "results-unwritable": "none: the search stops with an error",
+    "results-unwritable": "exit 1 with an error; `--resume` run once writable",
     "readers-during-writes": "none needed",
 }
 
@@ -126,7 +126,8 @@ def main() -> None:
             [
                 results[0].fault,
                 len(results),
-                sum(r.trials_completed for r in results),
+                f"{sum(r.trials_completed for r in results)} of "
+                f"{sum(len(r.trials) for r in results)}",
                 sum(r.rows_lost for r in results),
                 sum(r.rows_duplicated for r in results),
                 f"{sum(times) / len(times):.1f} s" if times else "-",
@@ -162,7 +163,7 @@ def main() -> None:
     columns = [
         "fault",
         "runs",
-        "trials completed",
+        "trials completed (of all)",
         "rows lost",
         "rows duplicated",
         "time to recover",

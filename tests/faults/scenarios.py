@@ -27,6 +27,12 @@ from emseg_search.results.io import read_table
 REPO = Path(__file__).resolve().parents[2]
 INJECT = Path(__file__).with_name("inject.py")
 NAME = "faults"  # the experiment's name: results/<NAME>/
+MOMENTS = {
+    "kill-during-trial": "during a trial",
+    "kill-between-trials": "between trials",
+    "kill-writing-table": "while writing a table",
+    "kill-copying-best": "while copying a model to best/",
+}
 DRIVER_KILLS = (
     "kill-during-trial",
     "kill-between-trials",
@@ -333,8 +339,7 @@ def driver_killed(work: Path, data: Path, fault: str) -> FaultResult:
     assert first.returncode == -signal.SIGKILL, (first.returncode, first.stderr[-3000:])
     before = snapshot(exp)
     again, seconds = resume(space, results)
-    return measure(f"driver SIGKILLed {fault.removeprefix('kill-').replace('-', ' ')}",
-                   exp, before, seconds, [first, again])  # fmt: skip
+    return measure(f"driver SIGKILLed {MOMENTS[fault]}", exp, before, seconds, [first, again])
 
 
 def checkpoint_truncated(work: Path, data: Path) -> FaultResult:
