@@ -91,8 +91,10 @@ def audit_experiment(path: str | Path, load_model: bool = True) -> AuditReport:
     report.epochs = len(epochs)
     _check_trials(trials, report)
     _check_epochs(trials, epochs, report)
-    metric = (info.get("space") or {}).get("metric", "val_iou")
-    study_name = (info.get("space") or {}).get("name")
+    space = info.get("space") or {}
+    # several objectives: Optuna holds each trial's values at its best epoch (not compared)
+    metric = None if space.get("objectives") else space.get("metric", "val_iou")
+    study_name = space.get("name")
     _check_study(path / "optuna.db", study_name, trials, epochs, metric, report)
     _check_best(path, trials, report, load_model)
     _note_leftovers(path, report)
@@ -180,10 +182,11 @@ def _check_study(
     study_name: str | None,
     trials: pd.DataFrame,
     epochs: pd.DataFrame,
-    metric: str,
+    metric: str | None,
     report: AuditReport,
 ) -> None:
-    """optuna.db against trials.parquet (see OPTUNA_STATES)."""
+    """optuna.db against trials.parquet (see OPTUNA_STATES); a COMPLETE trial's value against
+    its last epoch's ``metric`` (None: not compared)."""
     if not db.is_file():
         if len(trials):
             report.problems.append(f"{db}: missing, with {len(trials)} trial(s) in the table")
@@ -218,7 +221,7 @@ def _check_study(
             report.problems.append(
                 f"optuna.db: trial {trial_id} is {state}, trials.parquet says {status}"
             )
-        if state == "COMPLETE" and trial_id in last.index and metric in last.columns:
+        if state == "COMPLETE" and metric in last.columns and trial_id in last.index:
             want = last.loc[trial_id, metric]
             if value is None or pd.isna(want) or not math.isclose(value, float(want), abs_tol=1e-9):
                 report.problems.append(
@@ -246,7 +249,9 @@ def _study_trials(
             if tune_id is None:
                 report.problems.append(f"optuna.db: trial #{t.number} names no Tune trial")
                 continue
-            out.append((tune_id, t.state.name, t.value if t.values else None))
+            # several objectives: values at the trial's best epoch, not compared here
+            value = t.values[0] if t.values and len(t.values) == 1 else None
+            out.append((tune_id, t.state.name, value))
         return out
     except Exception as exc:  # noqa: BLE001 - a torn or foreign database is the finding
         report.problems.append(f"{db}: unreadable ({type(exc).__name__}: {exc})")

@@ -156,13 +156,18 @@ def param_importances(study_db: str | Path) -> tuple[pd.DataFrame, str]:
     finally:
         storage.remove_session()
         storage.engine.dispose()
-    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+
+    # a multi-objective study: the importances of its first objective (t.value would raise)
+    def first(t: optuna.trial.FrozenTrial) -> float | None:
+        return t.values[0] if t.values else None
+
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and first(t) is not None]
     used, which = complete, f"{len(complete)} trials that ran every epoch"
     if len(complete) < 8:  # a handful of trials says little; pruned ones add evidence
         used = [
             t
             for t in trials
-            if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and t.value is not None
+            if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and first(t) is not None
         ]
         which = (
             f"{len(used)} trials, pruned ones with their last IoU (only {len(complete)} ran "
@@ -170,13 +175,15 @@ def param_importances(study_db: str | Path) -> tuple[pd.DataFrame, str]:
         )
     if len(used) < 2:
         return empty, f"too few scored trials for importances ({len(used)})"
-    memo = optuna.create_study(direction=study.direction)
+    if len(study.directions) > 1:
+        which += f"; the first of the study's {len(study.directions)} objectives"
+    memo = optuna.create_study(direction=study.directions[0])
     memo.add_trials(
         [
             create_trial(
                 params=t.params,
                 distributions=t.distributions,
-                value=t.value,
+                value=first(t),
                 state=TrialState.COMPLETE,
             )
             for t in used

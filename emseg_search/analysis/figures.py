@@ -1,6 +1,7 @@
 """The report's figures (matplotlib Figure objects, no pyplot, so no global backend state):
 learning curves by architecture, best-so-far against trial and compute, score distributions,
-parameter importance, the comparison grid and intervals."""
+parameter importance, the Pareto front of several objectives, the comparison grid and
+intervals."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ __all__ = [
     "importance_plot",
     "best_so_far_plot",
     "learning_curves_by_arch",
+    "pareto_plot",
     "score_distribution",
     "size_histogram",
 ]
@@ -145,6 +147,58 @@ def score_distribution(
     ax.set_ylabel("best validation IoU of a trial")
     ax.set_title("Trials' scores per architecture")
     ax.grid(alpha=0.3, axis="y")
+    return save_figure(fig, out_png)
+
+
+def objective_label(metric: str, mode: str) -> str:
+    """'val_particle_f1 (higher is better)'."""
+    return f"{metric} ({'higher' if mode == 'max' else 'lower'} is better)"
+
+
+def pareto_plot(trials: pd.DataFrame, objectives: dict[str, str], out_png: str | Path) -> Path:
+    """The completed trials on each pair of objectives (one panel for two, every pair for
+    more), coloured by architecture; the Pareto-optimal ones (trials.parquet's ``pareto``)
+    ringed, and with two objectives joined in order along the front."""
+    from itertools import combinations
+
+    from emseg_search.results.pareto import objective_column
+
+    names = list(objectives)
+    pairs = list(combinations(range(len(names)), 2))
+    cols = min(len(pairs), 3)
+    rows = -(-len(pairs) // cols)
+    fig = _figure(4.6 * cols + 0.4, 4.0 * rows + 0.3)
+    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+    columns = [objective_column(n) for n in names]
+    done = trials[trials["status"] == "completed"].dropna(subset=columns)
+    front = done["pareto"].fillna(False).astype(bool).to_numpy()
+    colors = arch_colors(trials["arch"].astype(str))
+    for ax, (i, j) in zip(axes, pairs, strict=False):
+        xc, yc = columns[i], columns[j]
+        if done.empty:
+            _empty(ax, "no completed trial with every objective")
+        for arch in sorted(done["arch"].astype(str).unique()):
+            m = (done["arch"].astype(str) == arch).to_numpy()
+            ax.scatter(done[xc][m], done[yc][m], s=22, color=colors[arch], alpha=0.75, label=arch)
+        f = done[front]
+        ax.scatter(
+            f[xc], f[yc], s=110, facecolors="none", edgecolors="black", lw=1.4, label="Pareto"
+        )
+        if len(names) == 2 and len(f) > 1:
+            f = f.sort_values(xc)
+            ax.plot(f[xc], f[yc], color="black", lw=1, ls=":", zorder=0)
+        ax.set_xlabel(objective_label(names[i], objectives[names[i]]), fontsize=8)
+        ax.set_ylabel(objective_label(names[j], objectives[names[j]]), fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=7)
+    for ax in axes[len(pairs) :]:
+        ax.set_visible(False)
+    axes[0].legend(fontsize=7, loc="best")
+    over = "" if len(names) == 2 else f", optimal over all {len(names)} objectives"
+    fig.suptitle(
+        f"Pareto front: {int(front.sum())} of {len(done)} completed trials (ringed{over})",
+        fontsize=10,
+    )
     return save_figure(fig, out_png)
 
 

@@ -345,6 +345,48 @@ def robustness_section(exp_dir: Path, out: Path) -> str:
     )
 
 
+def pareto_section(trials: pd.DataFrame, objectives: dict[str, str], out: Path) -> str:
+    """The "Objectives" section of a multi-objective search: the front as a figure and a
+    table of its trials; "" without objectives. The ``pareto`` column of trials.parquet says
+    which trials are on it (computed here for a table that predates the column)."""
+    from emseg_search.results.pareto import objective_column, pareto_flags
+
+    if not objectives:
+        return ""
+    if "pareto" not in trials or trials["pareto"].isna().all():
+        trials = trials.assign(pareto=pareto_flags(trials.to_dict("records"), objectives))
+    columns = [objective_column(m) for m in objectives]
+    trials = trials.assign(**{c: trials.get(c, np.nan) for c in columns})
+    figures.pareto_plot(trials, objectives, out / "pareto.png")
+    front = trials[trials["pareto"].fillna(False).astype(bool)]
+    shown = [c for c in ("trial_id", "arch", "encoder", "loss", "target") if c in front]
+    table = front[shown + columns + ["best_epoch"]].sort_values(columns[0], ascending=False)
+    wanted = ", ".join(
+        f"<code>{html.escape(m)}</code> ({'max' if d == 'max' else 'min'})"
+        for m, d in objectives.items()
+    )
+    n_done = int((trials["status"] == "completed").sum())
+    return (
+        "<h2>Objectives: the Pareto front (validation numbers)</h2>"
+        f"<p>The search optimised {wanted} at once. A trial is Pareto-optimal when no other "
+        "completed trial is at least as good on every objective and better on one; "
+        f"{len(front)} of the {n_done} completed trials are (pruned, stopped and failed trials "
+        "are not compared). Each value is the trial's best epoch's (highest validation score: "
+        "the epoch its model is). Choose among these trials by what matters to you; any other "
+        "trial is beaten by one of them on every objective.</p>"
+        + (
+            "<p class='note'><code>val_ms_per_megapixel</code>: the model's forward pass on the "
+            "validation images, milliseconds per megapixel, on the machine and device the "
+            "search ran on, beside whatever else ran there: compare trials of one search, "
+            "not machines.</p>"
+            if "val_ms_per_megapixel" in objectives
+            else ""
+        )
+        + _img("pareto.png", "Pareto front")
+        + _table(table)
+    )
+
+
 def build_report(
     exp_dir: str | Path,
     grid_images: int = 6,
@@ -472,6 +514,9 @@ def build_report(
             f"<h2>Where the models differ</h2><p class='warn'>No comparison grid: "
             f"{html.escape(problem)}</p>"
         )
+    front = pareto_section(trials, space.get("objectives") or {}, out)
+    if front:
+        sections.append(front)
     boards = comparison.leaderboards(trials)
     board_html = "".join(
         f"<h3>By {comparison.DIMENSIONS[by]}</h3>" + _table(t) for by, t in boards.items()
@@ -495,6 +540,7 @@ def build_report(
         "best_val_particle_f1",
         "best_val_robust_iou",
         "best_val_score",
+        "pareto",
         "last_val_iou",
         "best_epoch",
         "epochs_run",

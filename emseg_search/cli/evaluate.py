@@ -156,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         f"  PQ {summary['particle_panoptic_quality']:.4f}"
         f"  count error {100 * summary['particle_count_error']:.1f} %"
         f"  size error {summary['mean_size_wasserstein_px']:.2f} px"
+        f"  median-diameter error {100 * summary['median_diameter_error']:.1f} %"
     )
     print(f"wrote {out}, {out.with_suffix('.json')}, {hist}")
     return 0

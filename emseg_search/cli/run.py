@@ -113,11 +113,19 @@ def cannot_write(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in codes
 
 
-def leaderboard(trials, top: int) -> str:  # noqa: ANN001 (pandas DataFrame)
-    """The best trials by validation IoU, with their sampled parameters."""
+def leaderboard(trials, top: int, objectives: dict[str, str] | None = None) -> str:  # noqa: ANN001
+    """The best trials by validation IoU, with their sampled parameters; with several
+    ``objectives``, their columns and the Pareto-optimal trials first."""
     cols = ["trial_id", "status", "best_val_iou", "best_val_dice", "epochs_run", "train_seconds"]
     params = [c for c in trials.columns if c.startswith("params_")]
-    table = trials.sort_values("best_val_iou", ascending=False, na_position="last")[cols + params]
+    order = ["best_val_iou"]
+    if objectives:
+        cols = [*cols[:2], "pareto", *dict.fromkeys(f"best_{m}" for m in objectives), *cols[2:]]
+        cols = list(dict.fromkeys(c for c in cols if c in trials))
+        front = trials["pareto"].fillna(False).astype(bool) if "pareto" in trials else False
+        trials = trials.assign(_front=front)
+        order = ["_front", f"best_{next(iter(objectives))}"]
+    table = trials.sort_values(order, ascending=False, na_position="last")[cols + params]
     table = table.rename(columns={c: c.removeprefix("params_") for c in params}).head(top)
     return table.to_string(index=False, float_format=lambda v: f"{v:.4g}")
 
@@ -158,9 +166,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from emseg_search.search.driver import run_search
 
+    goal = f"metric {space.metric}"
+    if space.objectives:
+        wanted = ", ".join(f"{m} ({d})" for m, d in space.objectives.items())
+        goal = f"objectives {wanted}, ASHA on {space.metric}"
     print(
-        f"search {space.name!r}: {space.budget.num_samples} trials, metric {space.metric}, "
-        f"results in {exp_dir}",
+        f"search {space.name!r}: {space.budget.num_samples} trials, {goal}, results in {exp_dir}",
         flush=True,
     )
     try:
@@ -191,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: the search failed: {type(exc).__name__}: {exc}{more}", file=sys.stderr)
         return 1
     print(f"\nleaderboard ({len(trials)} trials; {exp_dir / 'trials.parquet'}):")
-    print(leaderboard(trials, args.top))
+    print(leaderboard(trials, args.top, space.objectives))
     if (exp_dir / "best").is_dir():
         print(f"\nbest model: {exp_dir / 'best'}")
         return 0

@@ -499,14 +499,17 @@ def _experiment_callbacks(app: Dash, root: Path, cache: TableCache, memo: _Memo)
             exp = _load(root, cache, name)
             shown = data.filter_trials(exp.trials, _filters(tuple(values)))
             bsf = data.best_so_far(shown, exp.epochs)
-            objectives = data.objectives(exp.trials)
+            declared = data.declared_objectives(exp.info)
+            objectives = data.objectives(exp.trials, declared)
             others = objectives[1:]
             pair = [objectives[0], *(o for o in others if o[0] == pareto_y), *others][:2]
             has_pareto = len(pair) == 2
+            # the search's own front when both axes are among its objectives
+            own = len(declared) if all(o in declared for o in pair) else 0
             return (
                 figures.best_so_far(bsf, shown, x or "order", focus),
                 figures.distribution(shown, focus),
-                figures.pareto(shown, pair, focus) if has_pareto else figures.empty(""),
+                figures.pareto(shown, pair, focus, own) if has_pareto else figures.empty(""),
                 None if has_pareto else {"display": "none"},
                 [{"label": label, "value": column} for column, label, _ in others],
             )

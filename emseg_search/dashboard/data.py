@@ -21,7 +21,8 @@ import numpy as np
 import pandas as pd
 
 from emseg_search.results.io import read_table
-from emseg_search.results.schemas import EPOCH_SCHEMA, TRIAL_COLUMNS
+from emseg_search.results.pareto import objective_column
+from emseg_search.results.schemas import EPOCH_SCHEMA, OBJECTIVES, TRIAL_COLUMNS
 
 # the dimensions the leaderboard filters by: column -> label
 DIMENSIONS = {"arch": "architecture", "encoder": "encoder", "loss": "loss", "augment": "augment"}
@@ -34,9 +35,10 @@ EXTRA_SCORES = {
     "last_val_particle_f1": "particle F1 · last epoch",
     "best_val_panoptic_quality": "panoptic quality",
     "best_val_count_error": "count error",
+    "best_val_ms_per_megapixel": "ms per megapixel",
 }
 # extra scores that are better low, and those that are not objectives of their own
-MINIMISE = {"best_val_count_error"}
+MINIMISE = {objective_column(m) for m, better in OBJECTIVES.items() if better == "min"}
 NOT_OBJECTIVES = {"best_val_score", "last_val_particle_f1"}
 # fANOVA (what the report uses) up to this many trials; Optuna's PED-ANOVA above (fast)
 FANOVA_MAX_TRIALS = 100
@@ -457,27 +459,33 @@ def best_so_far(trials: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def pareto_mask(values: np.ndarray) -> np.ndarray:
-    """(N, K) objectives, all to maximise (NaN rows never on the front) -> (N,) bool: not
-    dominated by another row."""
-    ok = ~np.isnan(values).any(axis=1)
-    front = np.zeros(len(values), bool)
-    pts = values[ok]
-    idx = np.flatnonzero(ok)
-    for i, p in enumerate(pts):
-        dominated = np.any(np.all(pts >= p, axis=1) & np.any(pts > p, axis=1))
-        front[idx[i]] = not dominated
-    return front
+def declared_objectives(info: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """The search's own objectives (experiment.json's ``space.objectives``), as (column,
+    label, maximise); [] for a single-objective search."""
+    declared = (info.get("space") or {}).get("objectives") or {}
+    if not isinstance(declared, dict):
+        return []
+    labels = {"best_val_iou": "val IoU", "best_val_dice": "val Dice", **EXTRA_SCORES}
+    out = []
+    for metric, better in declared.items():
+        column = objective_column(str(metric))
+        out.append((column, f"{labels.get(column, metric)} (best epoch)", better == "max"))
+    return out
 
 
-def objectives(trials: pd.DataFrame) -> list[tuple[str, str, bool]]:
-    """The objectives a Pareto front is drawn over, as (column, label, maximise): pixel IoU and
-    every extra score with values (robustness, particle scores). One objective: no front."""
-    found = [("best_val_iou", "val IoU (best epoch)", True)]
+def objectives(
+    trials: pd.DataFrame, declared: list[tuple[str, str, bool]] | None = None
+) -> list[tuple[str, str, bool]]:
+    """The objectives a Pareto front is drawn over, as (column, label, maximise): the search's
+    ``declared`` objectives first, then pixel IoU and every extra score with values
+    (robustness, particle scores, speed). One objective: no front."""
+    found = list(declared or [])
+    candidates = [("best_val_iou", "val IoU (best epoch)", True)]
     for column, label in extra_scores(trials).items():
         if column not in NOT_OBJECTIVES:
-            found.append((column, f"{label} (best epoch)", column not in MINIMISE))
-    return found
+            candidates.append((column, f"{label} (best epoch)", column not in MINIMISE))
+    seen = {c for c, _, _ in found}
+    return found + [o for o in candidates if o[0] not in seen]
 
 
 def importances(exp: Experiment) -> tuple[pd.DataFrame, str]:

@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from emseg_search.dashboard.data import is_categorical, pareto_mask
+from emseg_search.dashboard.data import is_categorical
+from emseg_search.results.pareto import pareto_mask
 
 PALETTE = (
     "#1f77b4",
@@ -91,29 +92,51 @@ def _focus_trace(x: list[Any], y: list[Any], trial_id: str) -> dict[str, Any]:
     }
 
 
+def _arch_traces(
+    archs: np.ndarray,
+    xs: np.ndarray,
+    ys: np.ndarray,
+    trial_ids: np.ndarray,
+    hover: str,
+    size: int,
+    opacity: float,
+) -> list[dict[str, Any]]:
+    """One marker trace per architecture (first-seen order; the colours of ``colors``), each
+    point carrying its trial id; ``{arch}`` in ``hover`` is the architecture's name."""
+    cmap = colors(list(pd.unique(archs)))
+    traces = []
+    for arch in pd.unique(archs):
+        m = archs == arch
+        traces.append(
+            {
+                "type": "scatter",
+                "mode": "markers",
+                "name": arch,
+                "x": _nan_to_none(xs[m].tolist()),
+                "y": _nan_to_none(ys[m].tolist()),
+                "customdata": trial_ids[m].tolist(),
+                "marker": {"size": size, "color": cmap[arch], "opacity": opacity},
+                "hovertemplate": hover.replace("{arch}", arch),
+            }
+        )
+    return traces
+
+
 def best_so_far(bsf: pd.DataFrame, trials: pd.DataFrame, x: str, focus: str | None) -> Figure:
     """Each trial's score and the best so far, against trial number (``x="order"``) or
     cumulative compute in hours (``x="compute_s"``)."""
     if bsf["value"].notna().sum() == 0:
         return empty("no scored trial yet")
     xs = bsf[x].to_numpy(float) / (3600.0 if x == "compute_s" else 1.0)
-    archs = trials["arch"].astype(str).to_numpy()
-    cmap = colors(list(pd.unique(archs)))
-    data = []
-    for arch in pd.unique(archs):
-        m = archs == arch
-        data.append(
-            {
-                "type": "scatter",
-                "mode": "markers",
-                "name": arch,
-                "x": xs[m].tolist(),
-                "y": _nan_to_none(bsf["value"].to_numpy(float)[m].tolist()),
-                "customdata": bsf["trial_id"].to_numpy()[m].tolist(),
-                "marker": {"size": 6, "color": cmap[arch], "opacity": 0.75},
-                "hovertemplate": "trial %{customdata}<br>score %{y:.4f}<extra>" + arch + "</extra>",
-            }
-        )
+    data = _arch_traces(
+        trials["arch"].astype(str).to_numpy(),
+        xs,
+        bsf["value"].to_numpy(float),
+        bsf["trial_id"].to_numpy(),
+        "trial %{customdata}<br>score %{y:.4f}<extra>{arch}</extra>",
+        size=6,
+        opacity=0.75,
+    )
     data.append(
         {
             "type": "scatter",
@@ -273,52 +296,59 @@ def parallel(
 
 
 def pareto(
-    trials: pd.DataFrame, objectives: list[tuple[str, str, bool]], focus: str | None
+    trials: pd.DataFrame,
+    objectives: list[tuple[str, str, bool]],
+    focus: str | None,
+    declared: int = 0,
 ) -> Figure:
-    """The first two objectives against each other, the non-dominated trials joined by a line."""
+    """The first two objectives against each other, the Pareto-optimal trials marked.
+
+    ``declared``: how many objectives the search itself optimised, when these two are among
+    them; the front is then trials.parquet's ``pareto`` column (over the completed trials and
+    every declared objective), joined by a line when there are only these two. Otherwise
+    the trials shown that no other shown trial beats on both, joined by a line.
+    """
     (xc, xl, xmax), (yc, yl, ymax) = objectives[0], objectives[1]
     t = trials.dropna(subset=[xc, yc])
     if len(t) < 2:
         return empty("fewer than 2 trials with both objectives")
-    vals = np.column_stack(
-        [t[xc].astype(float) * (1 if xmax else -1), t[yc].astype(float) * (1 if ymax else -1)]
+    if declared:
+        front = t["pareto"].fillna(False).astype(bool).to_numpy()
+    else:
+        front = pareto_mask(t[[xc, yc]].astype(float).to_numpy(), [xmax, ymax])
+    data = _arch_traces(
+        t["arch"].astype(str).to_numpy(),
+        t[xc].astype(float).to_numpy(),
+        t[yc].astype(float).to_numpy(),
+        t["trial_id"].to_numpy(),
+        "trial %{customdata}<br>%{x:.4g}, %{y:.4g}<extra></extra>",
+        size=7,
+        opacity=0.7,
     )
-    front = pareto_mask(vals)
-    archs = t["arch"].astype(str).to_numpy()
-    cmap = colors(list(pd.unique(archs)))
-    data = []
-    for arch in pd.unique(archs):
-        m = archs == arch
-        data.append(
-            {
-                "type": "scatter",
-                "mode": "markers",
-                "name": arch,
-                "x": t[xc].astype(float).to_numpy()[m].tolist(),
-                "y": t[yc].astype(float).to_numpy()[m].tolist(),
-                "customdata": t["trial_id"].to_numpy()[m].tolist(),
-                "marker": {"size": 7, "color": cmap[arch], "opacity": 0.7},
-                "hovertemplate": "trial %{customdata}<br>%{x:.4g}, %{y:.4g}<extra></extra>",
-            }
-        )
     f = t[front].sort_values(xc)
+    joined = declared in (0, 2)  # a front of more objectives is no line in two of them
     data.append(
         {
             "type": "scatter",
-            "mode": "lines+markers",
+            "mode": "lines+markers" if joined else "markers",
             "name": "Pareto front",
             "x": f[xc].astype(float).tolist(),
             "y": f[yc].astype(float).tolist(),
             "customdata": f["trial_id"].tolist(),
             "line": {"shape": "hv" if not ymax else "linear", "color": "#333", "dash": "dot"},
-            "marker": {"size": 10, "symbol": "diamond-open", "color": "#333"},
+            "marker": {"size": 11, "symbol": "diamond-open", "color": "#333"},
             "hovertemplate": "front: trial %{customdata}<extra></extra>",
         }
     )
     if focus is not None and focus in set(t["trial_id"]):
         row = t[t["trial_id"] == focus].iloc[0]
         data.append(_focus_trace([row[xc]], [row[yc]], focus))
-    title = f"Pareto front ({len(f)} of {len(t)} trials non-dominated)"
+    if declared:
+        done = int((t["status"] == "completed").sum())
+        over = "the search's objectives" if declared == 2 else f"all {declared} objectives"
+        title = f"Pareto front over {over} ({len(f)} of {done} completed)"
+    else:
+        title = f"Pareto front ({len(f)} of {len(t)} trials non-dominated)"
     return {"data": data, "layout": _layout(title, xl, yl)}
 
 

@@ -299,12 +299,14 @@ def leaderboard_table(exp: data.Experiment, trials: pd.DataFrame) -> tuple[list,
             (c, label if "·" in label else f"{label} · best epoch", "numeric")
             for c, label in extra.items()
         ),
+        *([("pareto", "Pareto", "text")] if data.declared_objectives(exp.info) else []),
         ("best_epoch", "best epoch", "numeric"),
         ("epochs_run", "epochs run", "numeric"),
         ("train_seconds", "train s", "numeric"),
         ("error", "error", "text"),
     ]
     ranked = trials.sort_values("score", ascending=False, na_position="last")
+    ranked = ranked.assign(pareto=ranked["pareto"].map({True: "yes", False: ""}))
     frame = pd.DataFrame({"id": ranked["trial_id"].astype(str)})
     frame["rank"] = range(1, len(ranked) + 1)
     for cid, _, _ in cols[1:]:
@@ -320,6 +322,8 @@ def leaderboard_table(exp: data.Experiment, trials: pd.DataFrame) -> tuple[list,
         "last_val_iou": "validation IoU of the trial's last reported epoch",
         "best_val_dice": "Dice of the best epoch",
         "rank": "rank by the selection score (best_val_score, else best_val_iou)",
+        "pareto": "no completed trial is as good on every objective of the search and better "
+        "on one",
     }
     return columns, rows, tooltips
 

@@ -76,7 +76,11 @@ def score_image(
     particle table of its true instances (measured once, for the row and the histogram)."""
     from emseg_search.inference.prediction import segment
     from emseg_search.metrics import COUNT_NAMES, dice, iou, per_image_counts, precision, recall
-    from emseg_search.particles.matching import diameter_distance, match_instances
+    from emseg_search.particles.matching import (
+        diameter_distance,
+        match_instances,
+        median_diameter_error,
+    )
     from emseg_search.particles.measurement import measure_particles
 
     t0 = time.perf_counter()
@@ -86,7 +90,8 @@ def score_image(
     match = match_instances(item.instances, seg.instances)
     true_particles = measure_particles(item.instances, pixel_size=pixel_size, name=item.name)
     true_d = true_particles["equivalent_diameter_px"].to_numpy()
-    size_px = diameter_distance(true_d, seg.particles["equivalent_diameter_px"].to_numpy())
+    pred_d = seg.particles["equivalent_diameter_px"].to_numpy()
+    size_px = diameter_distance(true_d, pred_d)
     row = {
         "name": item.name,
         "height": int(item.image.shape[0]),
@@ -106,6 +111,7 @@ def score_image(
         "panoptic_quality": match["panoptic_quality"],
         "size_wasserstein_px": size_px,
         "size_wasserstein_nm": size_px * pixel_size if pixel_size else None,
+        "median_diameter_error": median_diameter_error(true_d, pred_d),
         "seconds": seconds,
         "working_scale": getattr(predictor, "last_scale", None),
     }
@@ -134,6 +140,11 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, float]:
     part = summarize_instances(matches)
     out.update({f"particle_{k}": v for k, v in part.items() if k != "sum_matched_iou"})
     out["mean_size_wasserstein_px"] = float(np.mean([r["size_wasserstein_px"] for r in rows]))
+    # median over images of |relative error of the image's median diameter| (images where
+    # either side has no particle are left out; NaN when that is every image)
+    errors = [abs(r.get("median_diameter_error", np.nan)) for r in rows]
+    errors = [e for e in errors if np.isfinite(e)]
+    out["median_diameter_error"] = float(np.median(errors)) if errors else float("nan")
     out["images"] = len(rows)
     return out
 

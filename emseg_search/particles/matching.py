@@ -152,6 +152,20 @@ def diameter_distance(true_diameters: np.ndarray, pred_diameters: np.ndarray) ->
     return float(wasserstein_distance(a, b))
 
 
+def median_diameter_error(true_diameters: np.ndarray, pred_diameters: np.ndarray) -> float:
+    """Relative error of the median equivalent diameter: (median pred - median true) / median
+    true, signed (> 0: particles measured too large). What a user reporting a sample's median
+    particle size gets wrong; NaN when either side has no particle (undefined, not 0 or 1)."""
+    a = np.asarray(true_diameters, np.float64).ravel()
+    b = np.asarray(pred_diameters, np.float64).ravel()
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        raise ValueError("diameters must be finite (drop NaN rows, e.g. unknown pixel size)")
+    if a.size == 0 or b.size == 0:
+        return float("nan")
+    true_median = float(np.median(a))
+    return (float(np.median(b)) - true_median) / true_median
+
+
 def _diameters(labels: np.ndarray) -> np.ndarray:
     from skimage.measure import regionprops_table
 

@@ -43,6 +43,10 @@ EPOCH_METRICS: dict[str, pa.DataType] = {
     "val_count_error": pa.float64(),
     # with TrialConfig.val_shifts: mean IoU of the validation images under those shifts
     "val_robust_iou": pa.float64(),
+    # the model's forward pass on the validation images (batch 1, original size, no
+    # post-processing; the first image of each validation not timed): milliseconds per
+    # megapixel on the trial's device, so it depends on the CPU/GPU and on what else ran
+    "val_ms_per_megapixel": pa.float64(),
     # what picks the best epoch: val_iou, or with val_shifts the robust_weight mix
     "val_score": pa.float64(),
     "best_val_iou": pa.float64(),  # val_iou of the best epoch (by val_score)
@@ -66,11 +70,29 @@ TRIAL_COLUMNS: dict[str, pa.DataType] = {
     "last_val_particle_f1": pa.float64(),
     "best_val_panoptic_quality": pa.float64(),
     "best_val_count_error": pa.float64(),
+    "best_val_ms_per_megapixel": pa.float64(),
     "best_epoch": pa.int64(),
     "epochs_run": pa.int64(),
     "train_seconds": pa.float64(),
     "error": pa.string(),
     "model_dir": pa.string(),
+    # a space with `objectives`: whether the trial is Pareto-optimal among the completed
+    # trials over their best_<objective> columns (results/pareto.py); null without objectives
+    "pareto": pa.bool_(),
+}
+
+# What a search may optimise: epoch metric -> the direction that is better. Each has a
+# ``best_<metric>`` column in trials.parquet (its value at the trial's best epoch), which is
+# what a multi-objective search's Pareto front is computed over.
+OBJECTIVES: dict[str, str] = {
+    "val_iou": "max",
+    "val_dice": "max",
+    "val_score": "max",
+    "val_robust_iou": "max",
+    "val_particle_f1": "max",
+    "val_panoptic_quality": "max",
+    "val_count_error": "min",
+    "val_ms_per_megapixel": "min",
 }
 
 
@@ -109,6 +131,9 @@ IMAGE_SCHEMA = pa.schema(
         # 1-Wasserstein distance between true and predicted equivalent diameters
         ("size_wasserstein_px", F64),
         ("size_wasserstein_nm", F64),
+        # (median predicted - median true equivalent diameter) / median true; NaN when a side
+        # has no particle
+        ("median_diameter_error", F64),
         ("seconds", F64),
         # the scale the image ran at (the model's, unless --scale chose another or auto)
         ("working_scale", F64),

@@ -65,12 +65,13 @@ def recorded_budget(experiment_json: Path) -> dict[str, Any] | None:
 def build_search(space: SearchSpace, exp_dir: Path, max_concurrent: int) -> BudgetedSearch:
     """Tune's search algorithm: the Optuna searcher (see ``PruningOptunaSearch``) behind a
     ConcurrencyLimiter, in a SearchGenerator whose trial budget --resume can raise."""
+    objectives = space.objectives or {}  # several: a multi-objective study; ASHA keeps metric
     searcher = PruningOptunaSearch(
         max_epochs=space.scheduler.max_epochs,
         export_to=str(exp_dir / "optuna.db"),
         space=space.define_by_run(),
-        metric=space.metric,
-        mode=space.mode,
+        metric=list(objectives) or space.metric,
+        mode=list(objectives.values()) or space.mode,
         sampler=space.searcher.build_sampler(),
         study_name=space.name,
     )
@@ -161,6 +162,11 @@ class PruningOptunaSearch(OptunaSearch):
     study to SQLite after each finished trial and whenever Tune snapshots the searcher with a
     study that changed (so a trial still running at the end of the search is in the file).
 
+    With several objectives (a ``metric`` list), Optuna is told each completed trial's values
+    at its best epoch (highest val_score, as trials.parquet's ``best_*`` columns and the
+    trial's model), not at its last one, so that the study's Pareto front is the table's; a
+    diverged trial is FAIL.
+
     The study lives in an in-memory storage made here (Optuna's default), inside the searcher
     state that Tune snapshots together with its own, so a resumed search sees both as of one
     moment.
@@ -188,6 +194,8 @@ class PruningOptunaSearch(OptunaSearch):
         self._max_epochs = max_epochs
         self._export_to = export_to
         self._exported: tuple = ()
+        # multi-objective: trial id -> (val_score, objective values) of its best epoch so far
+        self._best_values: dict[str, tuple[float, list[float]]] = {}
 
     def study(self) -> Any:
         """The Optuna study (a handle on this searcher's storage)."""
@@ -211,6 +219,26 @@ class PruningOptunaSearch(OptunaSearch):
         if self._study_key() != getattr(self, "_exported", ()):  # absent in older snapshots
             self.export()
 
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        """An epoch's result: Optuna's intermediate value (one objective), or the trial's
+        best epoch so far (several objectives: Optuna takes no intermediate values then).
+        The intermediate value's step is the epoch (``with_epochs_trained``)."""
+        if not isinstance(self.metric, list):
+            super().on_trial_result(trial_id, with_epochs_trained(result))
+            return
+        self._note_best_epoch(trial_id, result)
+
+    def _note_best_epoch(self, trial_id: str, result: dict) -> None:
+        """Keep the result's objective values if it is the trial's best epoch so far (the
+        first of the highest val_score, else val_iou, as the recorder picks it)."""
+        score = _finite(result.get("val_score"))
+        score = score if score is not None else _finite(result.get("val_iou"))
+        best = getattr(self, "_best_values", {})
+        better = score is not None and (trial_id not in best or score > best[trial_id][0])
+        if better and not result.get("diverged"):
+            best[trial_id] = (score, [_finite(result.get(m)) for m in self.metric])
+        self._best_values = best
+
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
     ) -> None:
@@ -224,17 +252,25 @@ class PruningOptunaSearch(OptunaSearch):
             and not result.get("diverged")
             and result.get("training_iteration", self._max_epochs) < self._max_epochs
         )
-        if stopped_early and trial_id in self._ot_trials and trial_id not in self._completed_trials:
+        untold = trial_id in self._ot_trials and trial_id not in self._completed_trials
+        if isinstance(self.metric, list) and result:
+            # Tune gives the result that ends a trial (ASHA's STOP at max_t) only here
+            self._note_best_epoch(trial_id, result)
+        if stopped_early and untold:
             number = self._ot_trials[trial_id].number
             self.study().tell(number, state=optuna.trial.TrialState.PRUNED)
+            self._completed_trials.add(trial_id)
+        elif isinstance(self.metric, list) and untold and not error:
+            values = getattr(self, "_best_values", {}).get(trial_id, (None, [None]))[1]
+            number = self._ot_trials[trial_id].number
+            if (result or {}).get("diverged") or any(v is None for v in values):
+                self.study().tell(number, state=optuna.trial.TrialState.FAIL)
+            else:
+                self.study().tell(number, values)
             self._completed_trials.add(trial_id)
         else:
             super().on_trial_complete(trial_id, result=result, error=error)
         self.export()
-
-    def on_trial_result(self, trial_id: str, result: dict) -> None:
-        """Report the epoch's value to Optuna at its epoch (``with_epochs_trained``)."""
-        super().on_trial_result(trial_id, with_epochs_trained(result))
 
     def export(self) -> None:
         """Copy the in-memory study to the SQLite file, atomically (temp file + rename)."""
@@ -257,6 +293,15 @@ class PruningOptunaSearch(OptunaSearch):
             (t.number, t.state, len(t.intermediate_values))
             for t in self.study().get_trials(deepcopy=False)
         )
+
+
+def _finite(value: Any) -> float | None:
+    """A float, or None for a missing, NaN or infinite value."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
 
 
 def settle_study_export(path: Path) -> int:

@@ -11,6 +11,7 @@ from ray.tune import Callback
 from ray.tune.experiment import Trial
 
 from emseg_search.results.io import read_rows, write_table
+from emseg_search.results.pareto import pareto_flags
 from emseg_search.results.schemas import EPOCH_METRICS, EPOCH_SCHEMA, trial_schema
 from emseg_search.search.trainable import TRIALS_DIR, SearchContext
 from emseg_search.train.checkpoint import HISTORY_FILE
@@ -77,7 +78,11 @@ class TableRecorder(Callback):
         return row
 
     def _flush(self) -> None:
-        write_table(list(self.trials.values()), self.schema, self.exp_dir / "trials.parquet")
+        rows = list(self.trials.values())
+        # recomputed from every row at each write (a --resume's rows from disk included)
+        for row, flag in zip(rows, pareto_flags(rows, self.space.objectives or {}), strict=True):
+            row["pareto"] = flag
+        write_table(rows, self.schema, self.exp_dir / "trials.parquet")
         rows = sorted(self.epochs.values(), key=lambda r: (r["trial_id"], r["epoch"]))
         write_table(rows, EPOCH_SCHEMA, self.exp_dir / "epochs.parquet")
 
@@ -111,6 +116,7 @@ class TableRecorder(Callback):
                 best_val_particle_f1=_finite(best.get("val_particle_f1")),
                 best_val_panoptic_quality=_finite(best.get("val_panoptic_quality")),
                 best_val_count_error=_finite(best.get("val_count_error")),
+                best_val_ms_per_megapixel=_finite(best.get("val_ms_per_megapixel")),
                 best_epoch=best["epoch"],
                 last_val_iou=_finite(result.get("val_iou")),
                 last_val_particle_f1=_finite(result.get("val_particle_f1")),

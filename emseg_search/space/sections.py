@@ -64,19 +64,29 @@ class Scheduler(Frozen):
 
 
 class Searcher(Frozen):
-    """Optuna TPE (seeded) or random sampling."""
+    """Optuna's samplers, seeded: TPE (``optuna``), NSGA-II (``nsga2``) or random sampling.
 
-    type: Literal["optuna", "random"] = "optuna"
+    Each of them takes one objective or several (the space's ``objectives``).
+    """
+
+    type: Literal["optuna", "nsga2", "random"] = "optuna"
     seed: int = 0
+    # TPE's options
     n_startup_trials: int = Field(5, ge=0)  # random trials before TPE takes over
     constant_liar: bool = True  # parallel trials steer away from each other's pending points
     multivariate: bool = True
     group: bool = True  # multivariate TPE per conditional sub-space (Optuna's `group`)
+    # NSGA-II's: trials per generation (null: Optuna's default, 50)
+    population_size: int | None = Field(None, ge=2)
 
     @model_validator(mode="after")
     def _check(self) -> Searcher:
         if self.group and not self.multivariate:
             raise ValueError("`group: true` needs `multivariate: true`; set group: false")
+        if self.population_size is not None and self.type != "nsga2":
+            raise ValueError(
+                f"`population_size` is NSGA-II's (type: nsga2), got type: {self.type}; remove it"
+            )
         return self
 
     def build_sampler(self) -> optuna.samplers.BaseSampler:
@@ -87,6 +97,11 @@ class Searcher(Frozen):
 
         if self.type == "random":
             return optuna.samplers.RandomSampler(seed=self.seed)
+        if self.type == "nsga2":
+            from emseg_search.space.samplers import NSGAIISampler
+
+            size = {} if self.population_size is None else {"population_size": self.population_size}
+            return NSGAIISampler(seed=self.seed, **size)
         with warnings.catch_warnings():  # `group` is chosen on purpose: no "experimental" noise
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.samplers.TPESampler(

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import yaml
-from pydantic import Field, PrivateAttr, ValidationError, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from emseg_search.config import SYNTHETIC, TrialConfig, yaml_problem
 from emseg_search.space.errors import Problems, SpaceError, format_errors
@@ -32,6 +32,7 @@ INPUT_FIELDS = ("tile_size", "batch_size")  # checked with MODEL_FIELDS per comb
 SMOKE_FIXED = {"tiles_per_image": 1, "batch_size": 2, "val_every": 1}  # + tile_size, warmup
 _MAX_COMBINATIONS = 20_000
 _STRIDED = ("deeplabv3", "deeplabv3plus")  # the archs that take output_stride (build_model)
+_WORD = {"max": "high", "min": "low"}
 
 
 class SearchSpace(Frozen):
@@ -40,8 +41,12 @@ class SearchSpace(Frozen):
     name: str = Field(min_length=1)
     description: str | None = None
     data: str = SYNTHETIC  # a data folder or 'synthetic'; the CLI's --data wins
+    # what is optimised; with `objectives`, the one metric ASHA stops trials on
     metric: str = "val_iou"
     mode: Literal["max", "min"] = "max"
+    # several metrics to optimise at once ({metric: max | min}, or a list: each better-high but
+    # val_count_error and val_ms_per_megapixel); the Pareto front is marked in trials.parquet
+    objectives: dict[str, Literal["max", "min"]] | None = None
     budget: Budget
     resources: Resources = Field(default_factory=Resources)
     scheduler: Scheduler
@@ -50,6 +55,25 @@ class SearchSpace(Frozen):
     parameters: dict[str, ParamSpec] = Field(default_factory=dict)
 
     _source: str = PrivateAttr("space")
+
+    @field_validator("objectives", mode="before")
+    @classmethod
+    def _objectives_mapping(cls, value: Any) -> Any:
+        """A list of metric names is each metric with the direction that is better for it."""
+        from emseg_search.results.schemas import OBJECTIVES
+
+        if not isinstance(value, list | tuple):
+            return value
+        names = [v for v in value if isinstance(v, str)]
+        if len(names) != len(value):
+            raise ValueError(
+                "`objectives` lists metric names or maps each to max | min, e.g. "
+                "{val_iou: max, val_count_error: min}"
+            )
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"`objectives` lists {', '.join(twice)} twice")
+        return {n: OBJECTIVES.get(n, "max") for n in names}
 
     @model_validator(mode="after")
     def _check(self) -> SearchSpace:
@@ -111,7 +135,39 @@ class SearchSpace(Frozen):
                 "metric: val_robust_iou is only reported with `fixed.val_shifts` (the shifts "
                 "to score the validation images under, e.g. [scale_x0.5, scale_x2, dose_20])"
             ]
-        return []
+        better = _better(self.metric)
+        if better not in (None, self.mode):
+            return [
+                f"mode: {self.metric} is better {_WORD[better]}, so `mode: {self.mode}` would "
+                f"search for the worst models; set `mode: {better}`"
+            ]
+        return self._objective_problems(bool(shifts))
+
+    def _objective_problems(self, shifts: bool) -> list[str]:
+        from emseg_search.results.schemas import OBJECTIVES
+
+        if self.objectives is None:
+            return []
+        if len(self.objectives) < 2:
+            return [
+                f"objectives: name 2 or more metrics, got {list(self.objectives)}; a single "
+                "objective is `metric` and `mode`"
+            ]
+        out = []
+        for name, mode in self.objectives.items():
+            if name not in OBJECTIVES:
+                out.append(f"objectives.{name}: not an objective; valid: {', '.join(OBJECTIVES)}")
+            elif mode != OBJECTIVES[name]:
+                out.append(
+                    f"objectives.{name}: {name} is better {_WORD[OBJECTIVES[name]]}, so `{mode}` "
+                    f"would search for the worst models; write `{name}: {OBJECTIVES[name]}`"
+                )
+            elif name == "val_robust_iou" and not shifts:
+                out.append(
+                    "objectives.val_robust_iou: only reported with `fixed.val_shifts` (the "
+                    "shifts to score the validation images under)"
+                )
+        return out
 
     def fixed_config(self) -> dict[str, Any]:
         """The fixed fields plus ``data`` and ``epochs`` (= scheduler.max_epochs)."""
@@ -264,6 +320,13 @@ class _DefineByRun:
     def __call__(self, trial: optuna.Trial) -> None:
         """Suggest each active parameter under its Optuna name; no constants to return."""
         self.space._walk(lambda f, spec, vals: spec.suggest(trial, spec.optuna_name(f, vals), vals))
+
+
+def _better(metric: str) -> str | None:
+    """'max' or 'min' for a metric that is an objective (results.schemas.OBJECTIVES), else None."""
+    from emseg_search.results.schemas import OBJECTIVES
+
+    return OBJECTIVES.get(metric)
 
 
 def _valid_keys(loc: tuple[Any, ...]) -> list[str]:

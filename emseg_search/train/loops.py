@@ -198,6 +198,14 @@ def full_resolution_logits(
     return logits
 
 
+def ms_per_megapixel(timed: list[tuple[float, int]]) -> float:
+    """Forward-pass milliseconds per megapixel from this rank's (seconds, pixels) per image,
+    pooled over ranks (each ran its own shard at the same time); NaN when nothing was timed."""
+    sums = torch.tensor([sum(t for t, _ in timed), sum(n for _, n in timed)], dtype=torch.float64)
+    seconds, pixels = all_reduce_counts(sums).tolist()
+    return 1000.0 * seconds / (pixels / 1e6) if pixels else math.nan
+
+
 @torch.inference_mode()
 def evaluate(
     model: nn.Module,
@@ -215,18 +223,23 @@ def evaluate(
     the model's outputs into a mask and particles (default: the binary target at
     ``threshold``); with ``particles`` its instances are matched to the true ones at IoU >=
     0.5 and ``particle_precision``/``_recall``/``_f1``, ``panoptic_quality`` and
-    ``count_error`` come too (particles.matching, totals summed over images). Under
+    ``count_error`` come too (particles.matching, totals summed over images).
+    ``ms_per_megapixel`` times the model's forward pass (device-dependent). Under
     torch.distributed each rank passes its own disjoint shard and the counts are summed over
     ranks, so every rank gets the scores of the whole validation set.
     """
     model.eval()
     post = post or PostProcess(threshold=threshold)
-    per_image, matches = [], []
+    per_image, matches, timed = [], [], []
     for batch in loader:
         image = batch["image"].to(device)
         target = batch["mask"][0, 0].to(device) > 0.5
         size = tuple(int(v) for v in batch["size"][0])
+        t0 = time.perf_counter()
         logits = full_resolution_logits(model, image, size, tuple(target.shape), amp_dtype)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        timed.append((time.perf_counter() - t0, target.numel()))
         per_image.append(per_image_counts(post.mask(logits[0])[0], target))
         if particles:
             true = batch["instances"][0].numpy()
@@ -234,6 +247,7 @@ def evaluate(
     counts = torch.cat(per_image) if per_image else torch.zeros((0, 4), dtype=torch.int64)
     counts = counts.cpu()
     scores = summarize_distributed(counts.sum(0), counts)
+    scores["ms_per_megapixel"] = ms_per_megapixel(timed[1:] or timed)  # 1st: one-off set-up
     if particles:
         found = summarize_instance_totals(all_reduce_counts(instance_totals(matches)))
         scores.update({name: found[key] for key, name in PARTICLE_METRICS.items()})

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import functools
 import logging
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from emseg_search.data import load_data
 from emseg_search.data.datasets import TileDataset, seed_worker
 from emseg_search.models.precision import autocast_dtype
 from emseg_search.particles.postprocess import PostProcess
+from emseg_search.results.schemas import OBJECTIVES
 from emseg_search.train.checkpoint import load_checkpoint, save_checkpoint
 from emseg_search.train.data import PreparedData, build_datasets, build_shifted_val
 from emseg_search.train.loops import (
@@ -281,6 +283,9 @@ def train_epochs(run: TrainingRun, progress: Progress, session: Session) -> None
                     "epoch": epoch,
                     "diverged": True,
                     "stop_reason": str(exc),
+                    # every objective a searcher may read is in the report (Tune refuses a
+                    # result without them); the scores it never reached are NaN
+                    **dict.fromkeys(OBJECTIVES, math.nan),
                     "val_iou": 0.0,
                     "val_score": 0.0,
                     "best_val_iou": max(progress.best_iou, 0.0),

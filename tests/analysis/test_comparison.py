@@ -118,3 +118,14 @@ def test_importances_come_from_the_persisted_study(tmp_path: Path) -> None:
     assert "4 trials, pruned ones with their last IoU" in note
     empty, why = param_importances(tmp_path / "absent.db")
     assert empty.empty and "missing" in why
+
+    # a multi-objective study (objectives: in the space): the first objective's importances
+    multi = optuna.create_study(
+        study_name="m",
+        storage=f"sqlite:///{tmp_path / 'multi.db'}",
+        directions=["maximize", "minimize"],
+        sampler=optuna.samplers.RandomSampler(seed=0),
+    )
+    multi.optimize(lambda t: (objective(t), 1.0), n_trials=12)
+    frame, note = param_importances(tmp_path / "multi.db")
+    assert frame.iloc[0]["param"] == "lr" and "the first of the study's 2 objectives" in note

@@ -103,6 +103,32 @@ def test_report_without_final_says_validation_and_draws_every_figure(experiment:
     assert any("scored" in m and "validation images" in m for m in lines)
 
 
+def test_report_of_a_multi_objective_search_shows_its_pareto_front(experiment: Path) -> None:
+    """objectives in experiment.json: a section with the front's figure and its trials (the
+    table predates the `pareto` column, so the report computes it)."""
+    from emseg_search.results.io import read_table
+
+    trials = read_table(experiment / "trials.parquet").to_pandas()
+    trials["best_val_particle_f1"] = [0.9, 0.3, 0.4, 0.99]  # t3 is pruned: not compared
+    trials = trials.drop(columns="pareto")
+    write_table(
+        trials.to_dict("records"),
+        trial_schema(["arch", "lr"]).remove(trial_schema([]).get_field_index("pareto")),
+        experiment / "trials.parquet",
+    )
+    info = json.loads((experiment / "experiment.json").read_text())
+    info["space"]["objectives"] = {"val_iou": "max", "val_particle_f1": "max"}
+    (experiment / "experiment.json").write_text(json.dumps(info))
+    index = build_report(experiment, grid_images=2, log=lambda _: None)
+    text = index.read_text()
+    assert "pareto.png" in referenced_images(index)
+    assert (index.parent / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    section = text.split("<h2>Objectives: the Pareto front", 1)[1].split("<h2>", 1)[0]
+    assert "2 of the 3 completed trials" in section
+    front = re.findall(r"<tr><td>(t\d)</td>", section)
+    assert front == ["t2", "t0"]  # by the first objective, best first
+
+
 def test_report_with_final_shows_intervals_and_test_images(experiment: Path) -> None:
     rng = np.random.default_rng(0)
     names = [f"img{i:02d}" for i in range(8)]

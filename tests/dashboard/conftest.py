@@ -81,6 +81,11 @@ def fake_rows(
                 "best_val_particle_f1": f1s[best] if robust else None,
                 "last_val_particle_f1": f1s[-1] if robust else None,
                 "best_val_count_error": 1 - f1s[best] if robust else None,
+                "best_val_ms_per_megapixel": (
+                    20.0 + 25.0 * ((k // 2) % 2) + 10.0 * (arch == "unet") + 5 * rng.random()
+                    if robust
+                    else None
+                ),
                 "best_epoch": best,
                 "epochs_run": run,
                 "train_seconds": 4.5 * run,
@@ -106,11 +111,17 @@ def write_experiment(
     seed: int = 0,
     robust: bool = False,
     finished: bool = True,
+    objectives: dict[str, str] | None = None,
 ) -> Path:
-    """results/<name>/ with trials.parquet, epochs.parquet and experiment.json."""
+    """results/<name>/ with trials.parquet, epochs.parquet and experiment.json; with
+    ``objectives`` (needs ``robust``), a multi-objective search with its `pareto` column."""
+    from emseg_search.results.pareto import pareto_flags
+
     path = root / name
     path.mkdir(parents=True, exist_ok=True)
     trials, epochs = fake_rows(n_trials, n_epochs, seed, robust=robust)
+    for row, flag in zip(trials, pareto_flags(trials, objectives or {}), strict=True):
+        row["pareto"] = flag
     write_table(trials, trial_schema(PARAMS), path / "trials.parquet")
     write_table(epochs, EPOCH_SCHEMA, path / "epochs.parquet")
     info = {
@@ -119,6 +130,7 @@ def write_experiment(
             "name": name,
             "description": f"fake search {name}",
             "budget": {"num_samples": n_trials},
+            "objectives": objectives,
             "fixed": {"tile_size": 128},
             "parameters": {
                 "lr": {"type": "float", "low": 3e-4, "high": 3e-3, "log": True},

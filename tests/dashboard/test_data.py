@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from emseg_search.dashboard import data, figures
+from emseg_search.dashboard import data, figures, pages
 from emseg_search.dashboard.data import ResultsError, TableCache
 
 
@@ -109,11 +109,6 @@ def test_best_so_far_and_compute() -> None:
     assert bsf["compute_s"].tolist() == [22.0, 22.0, 27.0]
 
 
-def test_pareto_mask_known_answer() -> None:
-    values = np.array([[0.9, 0.1], [0.5, 0.5], [0.4, 0.4], [0.1, 0.9], [np.nan, 1.0]])
-    assert data.pareto_mask(values).tolist() == [True, True, False, True, False]
-
-
 def test_robust_and_particle_scores_become_objectives(tmp_path: Path, fake: Any) -> None:
     fake.write_experiment(tmp_path, "r", n_trials=6, n_epochs=2, robust=True)
     exp = data.load(tmp_path, "r", TableCache())
@@ -122,12 +117,52 @@ def test_robust_and_particle_scores_become_objectives(tmp_path: Path, fake: Any)
         "best_val_robust_iou",
         "best_val_particle_f1",
         "best_val_count_error",
+        "best_val_ms_per_megapixel",
     ]
     assert ("best_val_count_error", "count error (best epoch)", False) in data.objectives(
         exp.trials
     )
     fig = figures.pareto(exp.trials, data.objectives(exp.trials), None)
     assert fig["data"][-1]["name"] == "Pareto front"
+
+
+def test_a_multi_objective_search_shows_its_own_front(tmp_path: Path, fake: Any) -> None:
+    """Declared objectives come first, the front is trials.parquet's `pareto` column, joined
+    only when the search had two objectives; other pairs stay exploratory fronts."""
+    two = {"val_iou": "max", "val_ms_per_megapixel": "min"}
+    fake.write_experiment(tmp_path, "m", n_trials=20, n_epochs=3, robust=True, objectives=two)
+    exp = data.load(tmp_path, "m", TableCache())
+    declared = data.declared_objectives(exp.info)
+    assert declared == [
+        ("best_val_iou", "val IoU (best epoch)", True),
+        ("best_val_ms_per_megapixel", "ms per megapixel (best epoch)", False),
+    ]
+    found = data.objectives(exp.trials, declared)
+    assert found[:2] == declared and len({c for c, _, _ in found}) == len(found)
+    fig = figures.pareto(exp.trials, declared, None, declared=2)
+    front = fig["data"][-1]
+    marked = set(exp.trials.loc[exp.trials["pareto"].fillna(False).astype(bool), "trial_id"])
+    assert front["name"] == "Pareto front" and set(front["customdata"]) == marked
+    assert front["mode"] == "lines+markers"
+    done = int((exp.trials["status"] == "completed").sum())
+    title = f"Pareto front over the search's objectives ({len(marked)} of {done} completed)"
+    assert fig["layout"]["title"]["text"] == title
+    assert set(exp.trials.loc[exp.trials["status"] != "completed", "trial_id"]).isdisjoint(marked)
+
+    three = {**two, "val_particle_f1": "max"}
+    fake.write_experiment(tmp_path, "m3", n_trials=20, n_epochs=3, robust=True, objectives=three)
+    exp3 = data.load(tmp_path, "m3", TableCache())
+    fig = figures.pareto(exp3.trials, data.declared_objectives(exp3.info)[:2], None, declared=3)
+    assert fig["data"][-1]["mode"] == "markers"  # a 3-objective front is no line in 2 of them
+    assert "over all 3 objectives" in fig["layout"]["title"]["text"]
+    columns, rows, _ = pages.leaderboard_table(exp3, exp3.trials)
+    assert "pareto" in [c["id"] for c in columns]
+    yes = {r["trial_id"] for r in rows if r["pareto"] == "yes"}
+    assert yes == set(exp3.trials.loc[exp3.trials["pareto"].fillna(False).astype(bool), "trial_id"])
+    fake.write_experiment(tmp_path, "one", n_trials=5, n_epochs=2, robust=True)
+    one = data.load(tmp_path, "one", TableCache())
+    assert "pareto" not in [c["id"] for c in pages.leaderboard_table(one, one.trials)[0]]
+    assert data.declared_objectives({"space": {"objectives": None}}) == []
 
 
 @pytest.mark.parametrize("n", [12, 150])

@@ -76,7 +76,11 @@ def test_particle_scores_of_a_perfect_and_of_a_half_prediction(setup: tuple[Path
     assert (row["n_pred"], row["particle_tp"]) == (1, 1)
     assert row["particle_precision"] == 1.0 and row["particle_recall"] == 0.5
     assert row["size_wasserstein_px"] > 0
+    assert perfect["median_diameter_error"] == 0.0
+    d = np.sqrt(np.bincount(item.instances.ravel())[1:] * 4 / np.pi)  # equivalent diameters
+    assert row["median_diameter_error"] == pytest.approx((d[-1] - np.median(d)) / np.median(d))
     both = summarize([perfect, row])
+    assert both["median_diameter_error"] == pytest.approx(abs(row["median_diameter_error"]) / 2)
     assert both["particle_recall"] == pytest.approx(3 / 4)  # from summed particle counts
     assert both["particle_precision"] == 1.0
 

@@ -12,7 +12,11 @@ from helpers import disk
 
 from emseg_search.data.synth.generator import generate_sample
 from emseg_search.particles.labelling import label_particles
-from emseg_search.particles.matching import diameter_distance, size_distribution_distance
+from emseg_search.particles.matching import (
+    diameter_distance,
+    median_diameter_error,
+    size_distribution_distance,
+)
 from emseg_search.particles.measurement import concat_particles, measure_particles, write_particles
 from emseg_search.results.schemas import PARTICLE_COLUMNS, PARTICLE_SCHEMA
 
@@ -174,3 +178,12 @@ def test_size_distance_with_an_empty_side() -> None:
     assert d == size_distribution_distance(empty, labels) == pytest.approx(16.0, rel=0.02)
     assert size_distribution_distance(empty, empty) == 0.0
     assert diameter_distance([], [3.0, 5.0]) == 4.0
+
+
+def test_median_diameter_error_is_signed_relative_and_undefined_without_particles() -> None:
+    assert median_diameter_error([10.0, 20.0, 30.0], [22.0]) == pytest.approx(0.1)
+    assert median_diameter_error([10.0, 20.0], [9.0, 12.0]) == pytest.approx(-0.3)
+    assert np.isnan(median_diameter_error([10.0], []))
+    assert np.isnan(median_diameter_error([], [10.0]))
+    with pytest.raises(ValueError, match="finite"):
+        median_diameter_error([np.nan], [1.0])

@@ -180,3 +180,45 @@ def test_study_export_shows_every_trial_and_settles_those_the_search_cut(tmp_pat
     assert trials["cut"].value == pytest.approx(0.55)
     assert settle_study_export(db) == 0
     assert settle_study_export(tmp_path / "missing.db") == 0
+
+
+MULTI = space_from_dict(
+    {
+        **SPACE.to_dict(),
+        "objectives": {"val_iou": "max", "val_count_error": "min"},
+        "searcher": {"type": "nsga2", "seed": 0, "population_size": 4},
+    }
+)
+
+
+def test_several_objectives_tell_optuna_the_best_epoch(tmp_path: Path) -> None:
+    """A multi-objective study: a completed trial's values are those of its best epoch (by
+    val_score, as trials.parquet's best_* columns), a stopped one is PRUNED, a diverged one
+    FAIL; the exported study's Pareto front follows."""
+    search = build_search(MULTI, tmp_path, max_concurrent=2).searcher.searcher
+    assert isinstance(search._study_sampler, optuna.samplers.NSGAIISampler)
+    epochs = {  # (val_score, val_iou, val_count_error) per epoch
+        "last": [(0.1, 0.1, 0.9), (0.2, 0.2, 0.9), (0.3, 0.3, 0.9), (0.99, 0.99, 0.35)],
+        "good": [(0.5, 0.5, 0.4), (0.7, 0.7, 0.3), (0.6, 0.6, 0.1), (0.65, 0.65, 0.2)],
+        "few": [(0.9, 0.9, 0.5), (0.8, 0.8, 0.6), (0.7, 0.7, 0.1), (0.9, 0.9, 0.0)],
+        "short": [(0.95, 0.95, 0.0)],
+        "nan": [(0.2, 0.2, 0.1)] * 3 + [(float("nan"), 0.0, float("nan"))],
+    }
+    for trial_id, rows in epochs.items():
+        search.suggest(trial_id)
+        for step, (score, iou, count) in enumerate(rows, 1):
+            result = {"val_score": score, "val_iou": iou, "val_count_error": count}
+            if step < len(rows):  # Tune hands the last result to on_trial_complete only
+                search.on_trial_result(trial_id, {**result, "training_iteration": step})
+        last = {**result, "training_iteration": len(rows), "diverged": trial_id == "nan"}
+        search.on_trial_complete(trial_id, last)
+    study = optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    got = {t.user_attrs["tune_trial_id"]: (t.state.name, t.values) for t in study.trials}
+    assert got == {
+        "last": ("COMPLETE", [0.99, 0.35]),  # its best epoch is the one that ended it
+        "good": ("COMPLETE", [0.7, 0.3]),
+        "few": ("COMPLETE", [0.9, 0.5]),  # its first best epoch; the tie later does not count
+        "short": ("PRUNED", None),
+        "nan": ("FAIL", None),
+    }
+    assert {t.user_attrs["tune_trial_id"] for t in study.best_trials} == {"last", "good"}

@@ -231,3 +231,46 @@ def test_particle_scores_of_the_best_and_last_epoch_and_tables_from_before(
     assert pd.isna(trials.loc["old", "best_val_particle_f1"])
     epochs = pd.read_parquet(tmp_path / "epochs.parquet")
     assert len(epochs) == 3 and epochs["val_particle_f1"].isna().sum() == 1
+
+
+def test_pareto_column_marks_the_front_of_the_completed_trials(
+    tmp_path: Path, make_context
+) -> None:
+    """objectives val_iou (max) and val_count_error (min): `pareto` over the completed trials'
+    best epochs; pruned trials are never on it; a resumed recorder recomputes it from disk.
+    Without objectives the column is null."""
+    space = space_from_dict(
+        {**SPACE.to_dict(), "objectives": {"val_iou": "max", "val_count_error": "min"}}
+    )
+    rec = TableRecorder(tmp_path, make_context(space, tmp_path))
+    # (val_iou, val_count_error) per epoch; the best epoch is the one of highest val_iou
+    runs = {
+        "accurate": [(0.6, 0.1), (0.8, 0.5)],  # front: best IoU
+        "counts": [(0.7, 0.2), (0.5, 0.9)],  # front: best count error at its best epoch (0.2)
+        "dominated": [(0.6, 0.3), (0.65, 0.6)],
+        "pruned": [(0.99, 0.0)],  # better than all, but stopped early
+    }
+    for trial_id, rows in runs.items():
+        trial = _trial(trial_id)
+        rec.on_trial_start(0, [], trial)
+        for epoch, (iou, count) in enumerate(rows):
+            rec.on_trial_result(0, [], trial, {**_epoch(epoch, iou), "val_count_error": count})
+        rec.on_trial_complete(0, [], trial)
+    trials = pd.read_parquet(tmp_path / "trials.parquet").set_index("trial_id")
+    assert trials.loc["counts", "best_val_count_error"] == 0.2
+    expected = {"accurate": True, "counts": True, "dominated": False, "pruned": False}
+    assert trials["pareto"].to_dict() == expected
+
+    again = TableRecorder(tmp_path, make_context(space, tmp_path))  # --resume
+    better = _trial("better")
+    again.on_trial_start(0, [], better)
+    for epoch, iou in enumerate((0.85, 0.9)):
+        again.on_trial_result(0, [], better, {**_epoch(epoch, iou), "val_count_error": 0.15})
+    again.on_trial_complete(0, [], better)
+    trials = pd.read_parquet(tmp_path / "trials.parquet").set_index("trial_id")
+    assert trials["pareto"].to_dict() == {**dict.fromkeys(expected, False), "better": True}
+
+    single = tmp_path / "single"
+    plain = TableRecorder(single, make_context(SPACE, single))
+    plain.on_trial_start(0, [], _trial("a"))
+    assert pd.read_parquet(single / "trials.parquet")["pareto"].isna().all()

@@ -316,3 +316,37 @@ def test_ray_job_submit(data: Path, tmp_path: Path) -> None:
         current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
         if current.is_file() and current.read_text().strip().endswith(f":{port}"):
             current.unlink()
+
+
+def test_multi_objective_search_marks_its_pareto_front(data: Path, tmp_path: Path) -> None:
+    """Three objectives (two scores and the forward pass's speed) with NSGA-II: trials.parquet's
+    `pareto` column is an independent dominance check over its own best_* columns, and the
+    exported Optuna study's Pareto front is the same trials."""
+    space = tiny_space(tmp_path / "tiny.yaml", data, num_samples=3, max_epochs=1)
+    spec = yaml.safe_load(space.read_text())
+    spec["objectives"] = {
+        "val_iou": "max",
+        "val_particle_f1": "max",
+        "val_ms_per_megapixel": "min",
+    }
+    spec["searcher"] = {"type": "nsga2", "seed": 0, "population_size": 2}
+    space.write_text(yaml.safe_dump(spec, sort_keys=False))
+    results = tmp_path / "results"
+    out = run_cli(str(space), "--results", str(results))
+    assert out.returncode == 0, out.stderr[-3000:]
+    trials = load_experiment(results / "tiny")["trials"]
+    assert len(trials) == 3 and set(trials["status"]) == {"completed"}, trials
+    columns = ["best_val_iou", "best_val_particle_f1", "best_val_ms_per_megapixel"]
+    assert trials[columns].notna().all().all() and (trials["best_val_ms_per_megapixel"] > 0).all()
+    # x dominates y: no worse on every objective, better on one (IoU and F1 up, ms down)
+    pts = trials[columns].to_numpy() * [1, 1, -1]
+    dominated = [
+        any((pts[j] >= pts[i]).all() and (pts[j] > pts[i]).any() for j in range(len(pts)))
+        for i in range(len(pts))
+    ]
+    assert trials["pareto"].tolist() == [not d for d in dominated]
+    assert trials["pareto"].any()
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{results / 'tiny/optuna.db'}")
+    assert len(study.directions) == 3
+    front = {t.user_attrs["tune_trial_id"] for t in study.best_trials}
+    assert front == set(trials.loc[trials["pareto"], "trial_id"])

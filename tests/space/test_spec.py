@@ -166,6 +166,41 @@ ERRORS = {
         with_changes(metric="val_robust_iou"),
         r"metric: val_robust_iou is only reported with `fixed.val_shifts`",
     ),
+    "metric better low, mode max": (
+        with_changes(metric="val_count_error"),
+        r"mode: val_count_error is better low, so `mode: max` would search for the worst "
+        r"models; set `mode: min`",
+    ),
+    "one objective": (
+        with_changes(objectives=["val_particle_f1"]),
+        r"objectives: name 2 or more metrics, got \['val_particle_f1'\]; a single objective "
+        r"is `metric` and `mode`",
+    ),
+    "unknown objective": (
+        with_changes(objectives={"val_iou": "max", "val_f1": "max"}),
+        r"objectives\.val_f1: not an objective; valid: val_iou, val_dice, val_score",
+    ),
+    "objective the wrong way": (
+        with_changes(objectives={"val_iou": "max", "val_ms_per_megapixel": "max"}),
+        r"objectives\.val_ms_per_megapixel: val_ms_per_megapixel is better low, so `max` would "
+        r"search for the worst models; write `val_ms_per_megapixel: min`",
+    ),
+    "objective misspelt direction": (
+        with_changes(objectives={"val_iou": "maximize", "val_dice": "max"}),
+        r"objectives\.val_iou: Input should be 'max' or 'min' \(got 'maximize'\)",
+    ),
+    "objective twice": (
+        with_changes(objectives=["val_iou", "val_dice", "val_iou"]),
+        r"objectives: `objectives` lists val_iou twice",
+    ),
+    "robust objective without shifts": (
+        with_changes(objectives=["val_iou", "val_robust_iou"]),
+        r"objectives\.val_robust_iou: only reported with `fixed\.val_shifts`",
+    ),
+    "population without NSGA-II": (
+        with_changes(searcher={"type": "optuna", "population_size": 8}),
+        r"searcher: `population_size` is NSGA-II's \(type: nsga2\), got type: optuna",
+    ),
     "unknown validation shift": (
         with_changes(fixed__val_shifts=["scale_x0.5", "blur"]),
         r"fixed\.val_shifts: unknown shift\(s\) blur; valid: scale_x0\.25, scale_x0\.5",
@@ -414,6 +449,45 @@ def test_define_by_run_with_real_tpe(space: SearchSpace, builder: str) -> None:
         assert "encoder" not in trial.params and f"encoder|arch={arch}" in trial.params
         check_conditionals(space.sampled_params(trial.params))
     assert seen_arch == {"unet", "deeplabv3plus", "fpn"}
+
+
+def test_objectives_as_a_list_take_each_metric_s_better_direction() -> None:
+    listed = space_from_dict(
+        with_changes(objectives=["val_particle_f1", "val_count_error", "val_ms_per_megapixel"])
+    )
+    mapped = {"val_particle_f1": "max", "val_count_error": "min", "val_ms_per_megapixel": "min"}
+    assert listed.objectives == mapped
+    assert list(listed.objectives) == list(mapped)  # file order: the first is the x axis
+    assert space_from_dict(listed.to_dict()).objectives == mapped
+    assert space_from_dict(BASE).objectives is None
+
+
+@pytest.mark.parametrize("kind", ["optuna", "nsga2", "random"])
+def test_every_sampler_searches_several_objectives_and_pickles(kind: str) -> None:
+    """Each searcher type drives a 2-objective study over the conditional space, and survives
+    the pickling Tune snapshots it with (optuna 5's NSGA-II holds a lock that does not)."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    extra = {"population_size": 4} if kind == "nsga2" else {}
+    space = space_from_dict(
+        with_changes(objectives=["val_iou", "val_count_error"], searcher={"type": kind, **extra})
+    )
+    study = optuna.create_study(
+        sampler=space.searcher.build_sampler(), directions=["maximize", "minimize"]
+    )
+    define = space.define_by_run()
+
+    def objective(trial: optuna.Trial) -> tuple[float, float]:
+        define(trial)
+        cfg = space.trial_config(trial.params)
+        return float(cfg.arch == "unet") + cfg.lr, cfg.lr
+
+    study.optimize(objective, n_trials=6)
+    study.sampler = pickle.loads(pickle.dumps(study.sampler))
+    study.optimize(objective, n_trials=6)
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    for trial in study.trials:
+        check_conditionals(space.sampled_params(trial.params))
+    assert study.best_trials
 
 
 def test_ray_optuna_search_suggests_without_ray_init(space: SearchSpace) -> None:

@@ -21,6 +21,7 @@ from emseg_search.train.loops import (
     build_scheduler,
     evaluate,
     lr_factor,
+    ms_per_megapixel,
     train_one_epoch,
 )
 
@@ -123,7 +124,14 @@ def test_evaluation_is_at_original_resolution() -> None:
     )
     scores = evaluate(Oracle(), val, torch.device("cpu"))
     assert scores["iou"] > 0.9
+    assert 0 < scores["ms_per_megapixel"] < math.inf  # the forward pass, timed
     half = DataLoader(
         WholeImageDataset(items, mean=0.5, std=0.3, stride=16, scale=0.5), batch_size=1
     )
     assert evaluate(Oracle(), half, torch.device("cpu"))["iou"] > 0.75
+
+
+def test_ms_per_megapixel_pools_seconds_and_pixels() -> None:
+    """0.75 s over 1.5 megapixels is 500 ms per megapixel; nothing timed is NaN."""
+    assert ms_per_megapixel([(0.5, 1_000_000), (0.25, 500_000)]) == pytest.approx(500.0)
+    assert math.isnan(ms_per_megapixel([]))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import torch
 
 from emseg_search.config import TrialConfig
 from emseg_search.data.synth.default_set import ensure_synthetic_data
+from emseg_search.results.schemas import OBJECTIVES
 from emseg_search.train import worker
 from emseg_search.train.checkpoint import latest_checkpoint, load_checkpoint, read_best
 from emseg_search.train.data import PreparedData, prepare_data
@@ -152,6 +154,9 @@ def test_a_nan_loss_reports_divergence_and_stops(synth: Path, tmp_path: Path) ->
     assert len(calls) == steps + 2  # stopped at the bad step: no further batches
     first, diverged = session.reports
     assert first["diverged"] is False
+    # every objective a multi-objective search reads is there (Tune checks), NaN if never reached
+    unscored = {m: diverged.pop(m) for m in OBJECTIVES if m not in ("val_iou", "val_score")}
+    assert all(math.isnan(v) for v in unscored.values()), unscored
     assert diverged == {
         "epoch": 1,
         "diverged": True,

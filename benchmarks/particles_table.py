@@ -1,0 +1,212 @@
+"""Particles, side by side: each model's particle scores on the same held-out images, and the
+overlays of the same touching agglomerates for each model. Issue 16's table: particle F1 (IoU
+>= 0.5), precision / recall, panoptic quality, count error and median-diameter error beside
+pixel IoU, for binary models + watershed and instance-aware targets alike (each model's own
+post-processing, as recorded in its artifact).
+
+    python benchmarks/particles_table.py \\
+        binary-unet=results/emps_unet_papers/model \\
+        boundary-unet=results/emps_unet_boundary_papers/model \\
+        --data ../shared/data/emps-train --split configs/splits/emps_test_papers.csv \\
+        --ood ../shared/data/ood-msa-tem --name emps
+
+Every model is scored with `evaluate` (full resolution, --split-touching) on --split; a model
+whose tables already exist under --out is read back, not scored again (delete them to
+re-score). The figure shows the --figure-images images whose ground truth has the most
+particles in touching groups (chosen on the true masks only, the same for every model): green
+true outlines, magenta predicted ones. Writes benchmarks/results/particles[-NAME].md and .png.
+About 2-4 minutes per EMPS model on a 2-core CPU for 82 images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from _report import RESULTS, write_report
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def scored(model: Path, data: Path, split: str, out: Path, overlays: Path | None) -> dict:
+    """Run `evaluate` unless its summary exists; the summary JSON."""
+    summary = out.with_suffix(".json")
+    if not summary.is_file():
+        cmd = [sys.executable, "-m", "emseg_search", "evaluate", str(model), "--data", str(data)]
+        cmd += ["--split", split, "--out", str(out), "--split-touching", "--quiet"]
+        if overlays is not None:
+            cmd += ["--overlays", str(overlays)]
+        print("==", " ".join(cmd), flush=True)
+        done = subprocess.run(cmd, cwd=REPO)
+        if done.returncode != 0:
+            raise SystemExit(f"evaluate of {model} failed with exit code {done.returncode}")
+    return json.loads(summary.read_text())
+
+
+def touching_images(
+    data: Path, split: str, count: int, window: int
+) -> list[tuple[str, tuple[slice, slice]]]:
+    """The ``count`` images of ``split`` with the most true particles in touching groups (a
+    4-connected component of the true mask holding two or more instances), each with a
+    ``window`` px square crop centred on the middle of its touching groups."""
+    from scipy import ndimage
+
+    from emseg_search.data import load_data
+    from emseg_search.inference.evaluation import select
+
+    loaded = load_data(data)
+    names, _ = select(loaded, split, None)  # not "val": main() asks for one split for all
+    wanted = set(names)
+    ranked = []
+    for item in loaded.items:
+        if item.name not in wanted:
+            continue
+        groups, n = ndimage.label(item.instances > 0)
+        touching, where = 0, np.zeros(groups.shape, bool)
+        for g in range(1, n + 1):
+            inside = groups == g
+            ids = np.unique(item.instances[inside])
+            if len(ids) > 1:
+                touching += len(ids)
+                where |= inside
+        ranked.append((touching, item.name, crop(where, window)))
+    ranked.sort(key=lambda t: (-t[0], t[1]))
+    return [(name, box) for _, name, box in ranked[:count]]
+
+
+def crop(where: np.ndarray, window: int) -> tuple[slice, slice]:
+    """A square of ``window`` px (clipped to the image) centred on the pixels of ``where``."""
+    h, w = where.shape
+    ys, xs = np.nonzero(where)
+    cy, cx = (int(np.median(ys)), int(np.median(xs))) if ys.size else (h // 2, w // 2)
+    side_y, side_x = min(window, h), min(window, w)
+    y0 = min(max(cy - side_y // 2, 0), h - side_y)
+    x0 = min(max(cx - side_x // 2, 0), w - side_x)
+    return slice(y0, y0 + side_y), slice(x0, x0 + side_x)
+
+
+def figure(
+    models: list[str],
+    folders: list[Path],
+    images: list[tuple[str, tuple[slice, slice]]],
+    png: Path,
+) -> Path:
+    """Rows: images; columns: models; each cell the model's overlay of that image's crop."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    fig, axes = plt.subplots(
+        len(images), len(models), figsize=(3.6 * len(models), 3.6 * len(images)), squeeze=False
+    )
+    for r, (name, box) in enumerate(images):
+        for c, (model, folder) in enumerate(zip(models, folders, strict=True)):
+            ax = axes[r, c]
+            ax.imshow(np.asarray(Image.open(folder / f"{name}.png"))[box])
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(model, fontsize=10)
+            if c == 0:
+                ax.set_ylabel(f"{name} [{box[0].start}:, {box[1].start}:]", fontsize=8)
+    fig.suptitle("green: true particles, magenta: predicted (each model's own post-processing)")
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return png
+
+
+def training_minutes(model: Path) -> str:
+    """Summed epoch + validation seconds of the run that wrote ``model``, in minutes."""
+    epochs = model.parent / "epochs.parquet"
+    if not epochs.is_file():
+        return "?"
+    table = pd.read_parquet(epochs)
+    seconds = table["epoch_seconds"].fillna(0).sum() + table["val_seconds"].fillna(0).sum()
+    return f"{seconds / 60:.0f}"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("models", nargs="+", help="LABEL=artifact folder, e.g. unet=results/x/model")
+    p.add_argument("--data", type=Path, required=True, help="labelled data the split names")
+    p.add_argument(
+        "--split",
+        required=True,
+        help="images every model is scored on: a split file (one name per line), test or all",
+    )
+    p.add_argument("--ood", type=Path, help="a labelled folder from elsewhere (never trained on)")
+    p.add_argument("--figure-images", type=int, default=4, help="images in the figure (4)")
+    p.add_argument("--window", type=int, default=320, help="crop of each image, px (320)")
+    p.add_argument("--out", type=Path, default=REPO / "results" / "particles")
+    p.add_argument("--name", default="", help="suffix of the results files")
+    args = p.parse_args()
+    if args.split == "val":
+        raise SystemExit("error: --split val differs per model; name a split file, test or all")
+    labels, paths = [], []
+    for spec in args.models:
+        label, sep, path = spec.partition("=")
+        if not sep or not label or not Path(path, "artifact.json").is_file():
+            raise SystemExit(f"error: {spec!r}: expected LABEL=<model artifact folder>")
+        labels.append(label)
+        paths.append(Path(path))
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows, folders = [], []
+    for label, model in zip(labels, paths, strict=True):
+        overlays = args.out / f"{label}_overlays"
+        s = scored(model, args.data, args.split, args.out / f"{label}.parquet", overlays)
+        folders.append(overlays)
+        target = json.loads((model / "artifact.json").read_text()).get("target", "binary")
+        row = [
+            label,
+            target,
+            f"{s['iou']:.4f}",
+            f"**{s['particle_f1']:.3f}** ({s['particle_precision']:.3f} / "
+            f"{s['particle_recall']:.3f})",
+            f"{s['particle_panoptic_quality']:.3f}",
+            f"{100 * s['particle_count_error']:.1f} %",
+            f"{100 * s.get('median_diameter_error', float('nan')):.1f} %",
+        ]
+        if args.ood:
+            o = scored(model, args.ood, "all", args.out / f"{label}_ood.parquet", None)
+            row.append(f"{o['iou']:.4f} / {o['particle_f1']:.3f}")
+        row.append(training_minutes(model))
+        rows.append(row)
+    columns = [
+        "model",
+        "target",
+        "pixel IoU",
+        "particle F1 (P / R)",
+        "PQ",
+        "count error",
+        "median-diameter error",
+        *(["ood IoU / F1"] if args.ood else []),
+        "training min (as run)",
+    ]
+    suffix = f"-{args.name}" if args.name else ""
+    images = touching_images(args.data, args.split, args.figure_images, args.window)
+    png = figure(labels, folders, images, RESULTS / f"particles{suffix}.png")
+    names = [name for name, _ in images]
+    head = (
+        f"Particles on `{args.split}` of {args.data.name} ({s['images']} images; evaluate "
+        f"--split-touching at full resolution), {platform.machine()}. Count error: sum over "
+        "images of |predicted - true count| / true count; median-diameter error: median over "
+        "images of |median predicted - median true equivalent diameter| / median true. "
+        f"Figure: {png.name}, {args.window} px crops of images {', '.join(names)} (most true "
+        "particles in touching groups; crops centred on them)."
+    )
+    write_report(f"particles{suffix}", head, columns, rows)
+    print(f"wrote {png}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
