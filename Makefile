@@ -1,4 +1,4 @@
-# Two commands: `make run` and `make test` (`make test-slow`: the fault-injection suite). Each
+# Two commands: `make run` and `make test` (`make test-slow`: only the fault-injection suite). Each
 # creates/refreshes the virtual environment (re-installing only when pyproject.toml changed), then
 # runs.
 # VENV may live outside the checkout (CI keys a cached one by the hash of pyproject.toml).
@@ -43,10 +43,10 @@ run: venv
 	@echo "held-out comparison with intervals: $(PY) -m emseg_search final results/$(EXPERIMENT) --test-data $(SYNTH_DIR)"
 	@echo "live dashboard over every result (then open http://127.0.0.1:8050/e/$(EXPERIMENT)): $(PY) -m emseg_search.dashboard results"
 
-# tests/faults (docs/faults.md) runs real searches that it kills and resumes: `make test-slow`
 test: venv
-	"$(PY)" -m pytest --ignore=tests/faults $(PYTEST_ARGS)
+	"$(PY)" -m pytest $(PYTEST_ARGS)
 
+# only the fault-injection suite (docs/faults.md): real searches killed and resumed, ~8 min
 test-slow: venv
 	"$(PY)" -m pytest tests/faults $(PYTEST_ARGS)
 
