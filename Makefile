@@ -46,7 +46,8 @@ run: venv
 test: venv
 	"$(PY)" -m pytest $(PYTEST_ARGS)
 
-# only the fault-injection suite (docs/faults.md): real searches killed and resumed, ~8 min
+# only the fault-injection suite (docs/faults.md): real searches killed and resumed, 8-9 min
+# on 2 cores
 test-slow: venv
 	"$(PY)" -m pytest tests/faults $(PYTEST_ARGS)
 
