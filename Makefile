@@ -1,5 +1,6 @@
-# Two commands: `make run` and `make test`. Each creates/refreshes the virtual environment
-# (re-installing only when pyproject.toml changed), then runs.
+# Two commands: `make run` and `make test` (`make test-slow`: only the fault-injection suite). Each
+# creates/refreshes the virtual environment (re-installing only when pyproject.toml changed), then
+# runs.
 # VENV may live outside the checkout (CI keys a cached one by the hash of pyproject.toml).
 PYTHON ?= python3
 VENV ?= .venv
@@ -11,7 +12,7 @@ SYNTH_DIR ?= data/synthetic
 export HF_HUB_OFFLINE ?= 1
 export NO_ALBUMENTATIONS_UPDATE ?= 1
 
-.PHONY: venv run test lint format clean
+.PHONY: venv run test test-slow lint format clean
 
 venv:
 	@if [ ! -f "$(VENV_ABS)/.deps-$(HASH)" ]; then \
@@ -44,6 +45,11 @@ run: venv
 
 test: venv
 	"$(PY)" -m pytest $(PYTEST_ARGS)
+
+# only the fault-injection suite (docs/faults.md): real searches killed and resumed, 8-9 min
+# on 2 cores
+test-slow: venv
+	"$(PY)" -m pytest tests/faults $(PYTEST_ARGS)
 
 lint: venv
 	"$(PY)" -m ruff check emseg_search tests benchmarks

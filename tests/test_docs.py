@@ -33,6 +33,7 @@ COMMANDS = {
     "final",
     "report",
     "dashboard",
+    "audit",
 }
 FENCE = re.compile(r"```.*?```", flags=re.S)
 

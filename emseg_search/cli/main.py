@@ -31,6 +31,10 @@ COMMANDS = {
         "emseg_search.cli.export",
         "export a model artifact to TorchScript or ONNX, verified",
     ),
+    "audit": (
+        "emseg_search.cli.audit",
+        "check a search's folder: no trial or epoch lost or duplicated, optuna.db agreeing",
+    ),
     "dashboard": (
         "emseg_search.cli.dashboard",
         "serve a live web dashboard over the results folder (read-only, offline)",

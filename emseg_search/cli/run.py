@@ -4,6 +4,7 @@ Parquet tables, print the leaderboard."""
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import shutil
@@ -105,6 +106,13 @@ def open_storage(exp_dir: Path, uri: str | None, resume: bool) -> Any:
     return Storage.open(exp_dir, uri or recorded)
 
 
+def cannot_write(exc: BaseException) -> bool:
+    """Whether ``exc`` says a file could not be written: no permission, a read-only
+    filesystem, no space left (tests/faults: the results folder turns read-only mid-search)."""
+    codes = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+    return isinstance(exc, OSError) and exc.errno in codes
+
+
 def leaderboard(trials, top: int, objectives: dict[str, str] | None = None) -> str:  # noqa: ANN001
     """The best trials by validation IoU, with their sampled parameters; with several
     ``objectives``, their columns and the Pareto-optimal trials first."""
@@ -183,6 +191,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.verbose:
             traceback.print_exc()
         more = "" if args.verbose else " (--verbose shows the traceback)"
+        if cannot_write(exc):
+            print(
+                f"error: cannot write the results in {exp_dir.absolute()}: {exc}. The tables "
+                "keep every result written before; make the folder writable (or free space), "
+                f"then continue with --resume{more}",
+                file=sys.stderr,
+            )
+            return 1
         print(f"error: the search failed: {type(exc).__name__}: {exc}{more}", file=sys.stderr)
         return 1
     print(f"\nleaderboard ({len(trials)} trials; {exp_dir / 'trials.parquet'}):")

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
+from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter, SearchGenerator
 from ray.tune.search.optuna import OptunaSearch
 from ray.tune.stopper import Stopper
@@ -97,6 +98,33 @@ class BudgetedSearch(SearchGenerator):
         budget = recorded_budget(Path(self.experiment_json)) or {}
         wanted = int(budget.get("num_samples") or 0)
         super().set_state({**state, "total_samples": max(state["total_samples"], wanted)})
+
+
+def with_epochs_trained(result: dict | None) -> dict | None:
+    """``result`` with ``training_iteration`` = the epochs the trial has trained (its reported
+    ``epoch`` + 1; results without one as they are).
+
+    Tune counts the reports of a trial's current process: a trial retried after a crash
+    (--max-failures) or restored by --resume continues from its own checkpoint while Tune's
+    count starts again at 1, so a trial that trained every epoch looked stopped early (PRUNED in
+    optuna.db) and ASHA ranked its epochs at the wrong rungs (found by tests/faults/).
+    """
+    if result is None or result.get("epoch") is None:
+        return result
+    return {**result, "training_iteration": int(result["epoch"]) + 1}
+
+
+class EpochASHA(ASHAScheduler):
+    """ASHA over the epochs a trial has trained (``with_epochs_trained``), not over Tune's
+    count of its reports, which restarts when a trial is retried or resumed."""
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        """ASHA's decision at the trial's epoch."""
+        return super().on_trial_result(tune_controller, trial, with_epochs_trained(result))
+
+    def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
+        """ASHA's bookkeeping of the trial's last epoch."""
+        super().on_trial_complete(tune_controller, trial, with_epochs_trained(result))
 
 
 class TimeBudget(Stopper):
@@ -193,9 +221,10 @@ class PruningOptunaSearch(OptunaSearch):
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         """An epoch's result: Optuna's intermediate value (one objective), or the trial's
-        best epoch so far (several objectives: Optuna takes no intermediate values then)."""
+        best epoch so far (several objectives: Optuna takes no intermediate values then).
+        The intermediate value's step is the epoch (``with_epochs_trained``)."""
         if not isinstance(self.metric, list):
-            super().on_trial_result(trial_id, result)
+            super().on_trial_result(trial_id, with_epochs_trained(result))
             return
         self._note_best_epoch(trial_id, result)
 
@@ -216,6 +245,7 @@ class PruningOptunaSearch(OptunaSearch):
         """Tell Optuna how the trial ended, then export the study."""
         import optuna
 
+        result = with_epochs_trained(result)
         stopped_early = (
             not error
             and result is not None
@@ -299,13 +329,11 @@ def settle_study_export(path: Path) -> int:
 
 
 def build_scheduler(space: SearchSpace) -> Any:
-    """ASHA over epochs, or None (FIFO)."""
-    from ray.tune.schedulers import ASHAScheduler
-
+    """ASHA over epochs (``EpochASHA``), or None (FIFO)."""
     sch = space.scheduler
     if sch.type == "none":
         return None
-    return ASHAScheduler(
+    return EpochASHA(
         time_attr="training_iteration",
         max_t=sch.max_epochs,
         grace_period=sch.grace_period,

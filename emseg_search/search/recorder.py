@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from emseg_search.results.io import read_rows, write_table
 from emseg_search.results.pareto import pareto_flags
 from emseg_search.results.schemas import EPOCH_METRICS, EPOCH_SCHEMA, trial_schema
 from emseg_search.search.trainable import TRIALS_DIR, SearchContext
+from emseg_search.train.checkpoint import HISTORY_FILE
 
 
 def end_status(last_result: dict[str, Any], epochs_run: int, max_epochs: int) -> str:
@@ -97,6 +99,7 @@ class TableRecorder(Callback):
             return
         row = self._row(trial)
         epoch = int(result["epoch"])
+        self._backfill(trial.trial_id, epoch)
         self.epochs[(trial.trial_id, epoch)] = {
             "trial_id": trial.trial_id,
             **{k: result.get(k) for k in EPOCH_METRICS},
@@ -123,6 +126,36 @@ class TableRecorder(Callback):
         if result.get("diverged"):
             row["error"] = result.get("stop_reason")
         self._flush()
+
+    def _backfill(self, trial_id: str, epoch: int) -> None:
+        """Add the rows of the trial's epochs before ``epoch`` that the table lacks, from the
+        epoch history of its latest checkpoint.
+
+        A trial keeps training for a moment after the search's driver dies: an epoch it
+        checkpointed then never reached the table, and the resumed trial continues after it
+        (tests/faults: the driver SIGKILLed during a trial).
+        """
+        if all((trial_id, e) in self.epochs for e in range(epoch)):
+            return
+        for past in self._checkpoint_history(trial_id):
+            done = int(past.get("epoch", epoch))
+            if done < epoch and (trial_id, done) not in self.epochs:
+                self.epochs[(trial_id, done)] = {
+                    "trial_id": trial_id,
+                    **{k: past.get(k) for k in EPOCH_METRICS},
+                }
+
+    def _checkpoint_history(self, trial_id: str) -> list[dict[str, Any]]:
+        """The epoch history of the trial's latest checkpoint ([] when none or unreadable)."""
+        checkpoint = self.storage.latest_checkpoint(f"{TRIALS_DIR}/{trial_id}")
+        if checkpoint is None:
+            return []
+        try:
+            with self.storage.fs.open_input_stream(f"{checkpoint}/{HISTORY_FILE}") as f:
+                history = json.loads(f.read())
+        except (OSError, ValueError):
+            return []
+        return [h for h in history if isinstance(h, dict)] if isinstance(history, list) else []
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         """Completed all epochs, or stopped early by the scheduler (pruned)."""
@@ -216,4 +249,4 @@ def trial_error_text(trial: Any) -> str:
     except OSError:
         text = ""
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return lines[-1][:500] if lines else "trial failed (see the Tune logs under tune/)"
+    return lines[-1][:1000] if lines else "trial failed (see the Tune logs under tune/)"

@@ -21,13 +21,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from emseg_search.models.state_dict import load_tensor_file
+from emseg_search.models.state_dict import TensorFileError, load_tensor_file
 
 CHECKPOINT_PREFIX = "checkpoint_"
 STATE_FILE = "state.pt"
 BEST_FILE = "best_model.pt"
 HISTORY_FILE = "history.json"
 COMPLETE_FILE = HISTORY_FILE  # written last
+
+
+class CheckpointError(TensorFileError):
+    """A checkpoint folder holds a file that cannot be loaded (truncated, damaged, or holding
+    pickled code); the message names the file and what the user can do."""
 
 
 @dataclass(frozen=True)
@@ -108,8 +113,15 @@ def save_checkpoint(
 
 
 def read_history(folder: str | Path) -> list[dict[str, Any]]:
-    """The epoch history of a checkpoint folder."""
-    return json.loads((Path(folder) / HISTORY_FILE).read_text(encoding="utf-8"))
+    """The epoch history of a checkpoint folder (CheckpointError naming the file when it is
+    not valid JSON: truncated or damaged)."""
+    path = Path(folder) / HISTORY_FILE
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        raise CheckpointError(
+            f"{path}: not a readable epoch history (truncated or damaged?): {exc}"
+        ) from None
 
 
 def read_best(folder: str | Path) -> dict[str, torch.Tensor]:
@@ -118,7 +130,18 @@ def read_best(folder: str | Path) -> dict[str, torch.Tensor]:
 
 
 def load_checkpoint(folder: str | Path, device: torch.device | str = "cpu") -> Checkpoint:
-    """Everything a resumed run needs from a checkpoint folder."""
+    """Everything a resumed run needs from a checkpoint folder.
+
+    A file of it that cannot be loaded raises CheckpointError naming the file: a resumed run
+    stops there rather than train again from scratch over the epochs it has recorded (a
+    silent restart would overwrite them); deleting the folder is the user's explicit choice.
+    """
     folder = Path(folder)
-    state = load_tensor_file(folder / STATE_FILE, device)
-    return Checkpoint(state, read_best(folder), read_history(folder))
+    try:
+        state = load_tensor_file(folder / STATE_FILE, device)
+        return Checkpoint(state, read_best(folder), read_history(folder))
+    except TensorFileError as exc:
+        raise CheckpointError(
+            f"cannot resume from the checkpoint {folder.name} (delete it to train again from an "
+            f"older checkpoint or from the start): {exc}"
+        ) from None

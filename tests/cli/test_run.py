@@ -89,6 +89,26 @@ def test_a_crash_in_the_search_is_exit_1_with_its_message(
     assert "Traceback" in capsys.readouterr().err
 
 
+def test_results_that_cannot_be_written_are_exit_1_saying_what_to_do(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    data: Path,
+) -> None:
+    """The results folder turned read-only (or the disk filled) mid-search: tests/faults."""
+    import errno
+
+    def crash(*args: object, **kwargs: object) -> None:
+        raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "r/x/.t.tmp"))
+
+    monkeypatch.setattr(cluster, "init_ray", crash)
+    args = [str(space_file(tmp_path)), "--data", str(data), "--results", str(tmp_path / "r")]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "error: cannot write the results in " in err and "Permission denied" in err
+    assert "--resume" in err and "Traceback" not in err
+
+
 def test_an_extended_budget_passes_the_resume_check(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,

@@ -16,10 +16,13 @@ from ray.tune.search.optuna import OptunaSearch
 from emseg_search.search.algorithms import (
     OPTUNA_SEARCH_PRIVATE,
     BudgetedSearch,
+    EpochASHA,
     PruningOptunaSearch,
     TimeBudget,
+    build_scheduler,
     build_search,
     settle_study_export,
+    with_epochs_trained,
 )
 from emseg_search.space.spec import space_from_dict
 
@@ -68,6 +71,25 @@ def test_pruned_and_completed_trials_reach_optuna_and_its_export(tmp_path: Path)
     states = {t.user_attrs["tune_trial_id"]: t.state.name for t in study.trials}
     assert states == {"short": "PRUNED", "full": "COMPLETE"}
     assert not list(tmp_path.glob(".optuna.db*"))  # the temporary file was renamed
+
+
+def test_a_retried_trial_that_trained_every_epoch_is_complete_not_pruned(tmp_path: Path) -> None:
+    """A trial killed after epoch 0 and retried from its checkpoint reports epochs 1..3 with
+    Tune's count starting again at 1: Optuna and ASHA go by the epochs trained (tests/faults)."""
+    search = searcher(tmp_path)
+    search.suggest("a")
+    search.on_trial_result("a", {"val_iou": 0.1, "epoch": 0, "training_iteration": 1})
+    for epoch in (1, 2, 3):  # the retry
+        result = {"val_iou": 0.1 * (epoch + 1), "epoch": epoch, "training_iteration": epoch}
+        search.on_trial_result("a", result)
+    search.on_trial_complete("a", result)
+    (trial,) = search.study().trials
+    assert trial.state.name == "COMPLETE" and trial.value == pytest.approx(0.4)
+    assert sorted(trial.intermediate_values) == [1, 2, 3, 4]
+    asha = build_scheduler(SPACE)
+    assert isinstance(asha, EpochASHA)
+    assert with_epochs_trained(result)["training_iteration"] == 4
+    assert with_epochs_trained({"training_iteration": 2}) == {"training_iteration": 2}
 
 
 def test_a_restored_searcher_keeps_one_study(tmp_path: Path) -> None:

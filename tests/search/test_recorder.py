@@ -59,6 +59,26 @@ def test_statuses_best_values_and_resume_dedup(tmp_path: Path, make_context) -> 
     assert len(epochs) == 3 and not epochs.duplicated(["trial_id", "epoch"]).any()
 
 
+def test_an_epoch_checkpointed_but_never_recorded_is_taken_from_the_checkpoint(
+    tmp_path: Path, make_context
+) -> None:
+    """The driver died after the trial checkpointed epoch 1 but before it recorded it; the
+    resumed trial reports epoch 2 next: epoch 1's row comes from the checkpoint's history."""
+    from emseg_search.train.checkpoint import checkpoint_name, save_checkpoint
+
+    rec = TableRecorder(tmp_path, make_context(SPACE, tmp_path))
+    trial = _trial("a")
+    rec.on_trial_result(0, [], trial, _epoch(0, 0.5))
+    folder = tmp_path / "trials" / "a" / checkpoint_name(1)
+    folder.mkdir(parents=True)
+    save_checkpoint(folder, {"epoch": 1}, {}, [_epoch(0, 0.5), _epoch(1, 0.6)])
+    rec.on_trial_result(0, [], trial, _epoch(2, 0.7))
+    epochs = pd.read_parquet(tmp_path / "epochs.parquet")
+    assert list(epochs["epoch"]) == [0, 1, 2] and list(epochs["val_iou"]) == [0.5, 0.6, 0.7]
+    trials = pd.read_parquet(tmp_path / "trials.parquet")
+    assert trials["epochs_run"].tolist() == [3]
+
+
 def test_trial_unknown_to_tune_after_resume_is_marked_not_dropped(
     tmp_path: Path, make_context
 ) -> None:
@@ -120,7 +140,8 @@ def test_broken_checkpoint_is_recorded_not_fatal(tmp_path: Path, make_context) -
     rec.on_trial_complete(0, [], t)  # must not raise: the search goes on
     row = pd.read_parquet(tmp_path / "trials.parquet").iloc[0]
     assert row["status"] == "pruned" and pd.isna(row["model_dir"])
-    assert row["error"].startswith("model artifact not written: JSONDecodeError")
+    assert row["error"].startswith("model artifact not written: CheckpointError")
+    assert "history.json: not a readable epoch history" in row["error"]
     assert row["best_val_iou"] == 0.4
 
 

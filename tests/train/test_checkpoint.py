@@ -97,3 +97,17 @@ def test_a_checkpoint_with_pickled_code_is_refused_naming_the_file(tmp_path: Pat
         with pytest.raises(TensorFileError, match=rf"{poisoned}: refused"):
             load_checkpoint(folder)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("damaged", ["state.pt", "best_model.pt", "history.json"])
+def test_a_truncated_checkpoint_file_is_an_error_naming_it(tmp_path: Path, damaged: str) -> None:
+    """A checkpoint cut short on disk (a node lost mid-upload, a full disk) stops a resumed run
+    with the file's name, never a JSON or zip traceback (tests/faults: checkpoint truncated)."""
+    from emseg_search.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+
+    save_checkpoint(tmp_path, {"epoch": 1}, {"w": torch.zeros(1)}, [{"epoch": 1}])
+    file = tmp_path / damaged
+    file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="truncated or damaged") as info:
+        load_checkpoint(tmp_path)
+    assert str(file) in str(info.value) and "delete it" in str(info.value)
