@@ -1,13 +1,16 @@
 """Test helpers shared by the test modules (``from helpers import ...``; tests/ is on the
-pytest pythonpath): tiny hand-made data folders and model artifacts."""
+pytest pythonpath): tiny hand-made data folders, model artifacts and search spaces, and the
+environment of the CLI subprocesses."""
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from PIL import Image
 
 
@@ -93,4 +96,57 @@ class RunsCode:
 def write_poisoned(path: Path, marker: Path) -> Path:
     """A torch file whose tensors come with a pickle that would create ``marker``."""
     torch.save({"weight": torch.zeros(2), "payload": RunsCode(marker)}, path)
+    return path
+
+
+def cli_env() -> dict[str, str]:
+    """Environment of a CLI subprocess: this venv first on PATH, offline, no Ray token auth (a
+    local Ray of the test's own), never another Ray's address."""
+    e = dict(os.environ)
+    e["PATH"] = f"{Path(sys.executable).parent}:{e['PATH']}"
+    e.update(HF_HUB_OFFLINE="1", NO_ALBUMENTATIONS_UPDATE="1", RAY_AUTH_MODE="disabled")
+    e.pop("RAY_ADDRESS", None)
+    return e
+
+
+def write_tiny_space(
+    path: Path,
+    data: Path,
+    *,
+    name: str = "tiny",
+    num_samples: int = 2,
+    max_epochs: int = 2,
+    workers: int = 1,
+    archs: tuple[str, ...] = ("unet", "deeplabv3plus"),
+    scheduler: dict | None = None,
+    budget: dict | None = None,
+) -> Path:
+    """A CPU search space small enough for CI (64 px tiles of 64 px synthetic images, resnet18,
+    arch and lr searched by TPE), written to ``path``. ``scheduler`` defaults to ASHA stopping
+    after 1 epoch at rate 2; ``budget`` adds to num_samples (e.g. max_concurrent_trials)."""
+    space = {
+        "name": name,
+        "data": str(data),
+        "budget": {"num_samples": num_samples, **(budget or {})},
+        "resources": {"workers": workers, "cpus_per_worker": 1},
+        "scheduler": {
+            "max_epochs": max_epochs,
+            **(scheduler or {"type": "asha", "grace_period": 1, "reduction_factor": 2}),
+        },
+        "searcher": {"type": "optuna", "seed": 0, "n_startup_trials": 2},
+        "fixed": {
+            "tile_size": 64,
+            "tiles_per_image": 2,
+            "batch_size": 4,
+            "encoder": "resnet18",
+            "augment": "flips",
+            "warmup_epochs": 0,
+        },
+        "parameters": {
+            "arch": {"type": "categorical", "choices": list(archs)},
+            "lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+        },
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(space, sort_keys=False))
     return path

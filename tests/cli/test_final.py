@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import cli_env
 
 from emseg_search.data.synth.default_set import ensure_synthetic_data
 from emseg_search.results.io import read_table
@@ -17,20 +18,11 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
 
 
-def env() -> dict[str, str]:
-    import os
-
-    e = dict(os.environ)
-    e.update(HF_HUB_OFFLINE="1", NO_ALBUMENTATIONS_UPDATE="1", RAY_AUTH_MODE="disabled")
-    e.pop("RAY_ADDRESS", None)
-    return e
-
-
 def cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", *args],
         cwd=REPO,
-        env=env(),
+        env=cli_env(),
         capture_output=True,
         text=True,
         timeout=600,

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
+from helpers import cli_env, write_tiny_space
 
 from emseg_search.analysis.audit import AuditReport, audit_experiment
 from emseg_search.results.io import read_table
@@ -60,41 +60,19 @@ class FaultResult:
 def write_space(
     path: Path, data: Path, num_samples: int = 2, epochs: int = 2, workers: int = 1
 ) -> Path:
-    """A CPU space small enough for CI: 64 px tiles on 64 px images, one trial at a time (each
-    fault then hits a known moment), no early stopping."""
-    space = {
-        "name": NAME,
-        "data": str(data),
-        "budget": {"num_samples": num_samples, "max_concurrent_trials": 1},
-        "resources": {"workers": workers, "cpus_per_worker": 1},
-        "scheduler": {"type": "none", "max_epochs": epochs},
-        "searcher": {"type": "optuna", "seed": 0, "n_startup_trials": 2},
-        "fixed": {
-            "tile_size": 64,
-            "tiles_per_image": 2,
-            "batch_size": 4,
-            "encoder": "resnet18",
-            "augment": "flips",
-            "warmup_epochs": 0,
-        },
-        "parameters": {
-            "arch": {"type": "categorical", "choices": ["unet", "fpn"]},
-            "lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
-        },
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(space, sort_keys=False))
-    return path
-
-
-def env() -> dict[str, str]:
-    """Subprocess environment: this venv first on PATH, offline, no Ray token auth (a local
-    Ray of the test's own), never another Ray's address."""
-    e = dict(os.environ)
-    e["PATH"] = f"{Path(sys.executable).parent}:{e['PATH']}"
-    e.update(HF_HUB_OFFLINE="1", NO_ALBUMENTATIONS_UPDATE="1", RAY_AUTH_MODE="disabled")
-    e.pop("RAY_ADDRESS", None)
-    return e
+    """The tiny CI space with one trial at a time (each fault then hits a known moment) and no
+    early stopping."""
+    return write_tiny_space(
+        path,
+        data,
+        name=NAME,
+        num_samples=num_samples,
+        max_epochs=epochs,
+        workers=workers,
+        archs=("unet", "fpn"),
+        scheduler={"type": "none"},
+        budget={"max_concurrent_trials": 1},
+    )
 
 
 def _without_root_override() -> list[str]:
@@ -115,7 +93,7 @@ def start_search(
     return subprocess.Popen(
         [*cmd, "--results", str(results), *extra],
         cwd=REPO,
-        env=env(),
+        env=cli_env(),
         start_new_session=True,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -220,6 +198,26 @@ def epoch_rows(exp: Path) -> pd.DataFrame:
         return pd.DataFrame(columns=["trial_id", "epoch"])
 
 
+def finish_timing_recovery(
+    proc: subprocess.Popen, recovered: Callable[[], bool], since: float
+) -> tuple[subprocess.CompletedProcess, float | None]:
+    """Wait for the search to end while watching for ``recovered()`` to become true; the
+    finished process and the seconds from ``since`` (the fault) until it did, or None."""
+    seconds: list[float] = []
+
+    def watch() -> None:
+        while proc.poll() is None and not seconds:
+            if recovered():
+                seconds.append(time.monotonic() - since)
+            time.sleep(0.3)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    out = finish(proc)
+    watcher.join(timeout=5)
+    return out, seconds[0] if seconds else None
+
+
 # --- the scenarios -------------------------------------------------------------------------
 
 
@@ -245,25 +243,16 @@ def trial_process_killed(work: Path, data: Path) -> FaultResult:
     os.kill(int(pid), signal.SIGKILL)
     killed_at = time.monotonic()
     rows = len(before[1])
-    recovered: list[float] = []
-
-    def watch() -> None:
-        while proc.poll() is None and not recovered:
-            mine = epoch_rows(exp)
-            if (mine["trial_id"] == trial_id).sum() > sum(t == trial_id for t, _ in before[1]):
-                recovered.append(time.monotonic() - killed_at)
-            time.sleep(0.3)
-
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    out = finish(proc)
-    watcher.join(timeout=5)
+    mine_before = sum(t == trial_id for t, _ in before[1])
+    out, recovered = finish_timing_recovery(
+        proc, lambda: (epoch_rows(exp)["trial_id"] == trial_id).sum() > mine_before, killed_at
+    )
     attempts = sorted(p.name for p in fault_dir.iterdir() if p.name.startswith(trial_id))
     return measure(
         "Ray trial process SIGKILLed",
         exp,
         before,
-        recovered[0] if recovered else None,
+        recovered,
         [out],
         trial_id=trial_id,
         attempts=attempts,
@@ -284,23 +273,14 @@ def train_worker_killed(work: Path, data: Path) -> FaultResult:
     before = snapshot(exp)
     os.kill(pids[-1], signal.SIGKILL)
     killed_at = time.monotonic()
-    recovered: list[float] = []
-
-    def watch() -> None:
-        while proc.poll() is None and not recovered:
-            if len(epoch_rows(exp)) > len(before[1]):
-                recovered.append(time.monotonic() - killed_at)
-            time.sleep(0.3)
-
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    out = finish(proc)
-    watcher.join(timeout=5)
+    out, recovered = finish_timing_recovery(
+        proc, lambda: len(epoch_rows(exp)) > len(before[1]), killed_at
+    )
     return measure(
         "Ray Train worker SIGKILLed (2 workers)",
         exp,
         before,
-        recovered[0] if recovered else None,
+        recovered,
         [out],
         killed=pids[-1],
     )

@@ -17,6 +17,7 @@ import optuna
 import pandas as pd
 import pytest
 import yaml
+from helpers import cli_env, write_tiny_space
 
 from emseg_search.data.synth.default_set import ensure_synthetic_data
 from emseg_search.results.io import load_experiment, read_table
@@ -27,49 +28,16 @@ REPO = Path(__file__).resolve().parents[2]
 
 def tiny_space(path: Path, data: Path, num_samples: int, max_epochs: int, workers: int = 1) -> Path:
     """A CPU space small enough for CI: 64 px tiles on 64 px synthetic images."""
-    space = {
-        "name": "tiny",
-        "data": str(data),
-        "budget": {"num_samples": num_samples},
-        "resources": {"workers": workers, "cpus_per_worker": 1},
-        "scheduler": {
-            "type": "asha",
-            "max_epochs": max_epochs,
-            "grace_period": 1,
-            "reduction_factor": 2,
-        },
-        "searcher": {"type": "optuna", "seed": 0, "n_startup_trials": 2},
-        "fixed": {
-            "tile_size": 64,
-            "tiles_per_image": 2,
-            "batch_size": 4,
-            "encoder": "resnet18",
-            "augment": "flips",
-            "warmup_epochs": 0,
-        },
-        "parameters": {
-            "arch": {"type": "categorical", "choices": ["unet", "deeplabv3plus"]},
-            "lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
-        },
-    }
-    path.write_text(yaml.safe_dump(space, sort_keys=False))
-    return path
-
-
-def env() -> dict[str, str]:
-    """Subprocess environment: this venv first on PATH, offline, no Ray token auth locally."""
-    e = dict(os.environ)
-    e["PATH"] = f"{Path(sys.executable).parent}:{e['PATH']}"
-    e.update(HF_HUB_OFFLINE="1", NO_ALBUMENTATIONS_UPDATE="1", RAY_AUTH_MODE="disabled")
-    e.pop("RAY_ADDRESS", None)
-    return e
+    return write_tiny_space(
+        path, data, num_samples=num_samples, max_epochs=max_epochs, workers=workers
+    )
 
 
 def run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "emseg_search.run", *args],
         cwd=REPO,
-        env=env(),
+        env=cli_env(),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -88,7 +56,7 @@ def test_killed_search_resumes_without_losing_or_duplicating(data: Path, tmp_pat
     proc = subprocess.Popen(
         [sys.executable, "-m", "emseg_search.run", str(space), "--results", str(results)],
         cwd=REPO,
-        env=env(),
+        env=cli_env(),
         start_new_session=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -257,7 +225,7 @@ def test_ray_job_submit(data: Path, tmp_path: Path) -> None:
             "--num-cpus=2",
             "--disable-usage-stats",
         ],
-        env=env(),
+        env=cli_env(),
         stdout=(head_log := (tmp_path / "head.log").open("w")),
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -288,7 +256,7 @@ def test_ray_job_submit(data: Path, tmp_path: Path) -> None:
         deadline = time.time() + 300
         while True:
             submit = subprocess.run(
-                submit_cmd, env=env(), capture_output=True, text=True, timeout=600
+                submit_cmd, env=cli_env(), capture_output=True, text=True, timeout=600
             )
             # Until the head's dashboard and agent are up, a submission is refused and nothing
             # is submitted (cluster/README.md tells users to retry too); once a job was
