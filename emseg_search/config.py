@@ -113,6 +113,14 @@ class TrialConfig(BaseModel):
         lt=1.0,
         description="maskrcnn: detections scoring below it are not particles",
     )
+    min_relative_area: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="particles smaller than this fraction of the image's area-weighted median "
+        "particle area are dropped (panel letters, scale-bar ticks, specks beside large "
+        "particles); 0: off",
+    )
 
     # loss and augmentation (maskrcnn: loss and its options are ignored; it trains its own
     # RPN + box + class + mask losses)

@@ -83,6 +83,7 @@ FLAGS: dict[str, tuple[list[str], object]] = {
     "target_weight": (["--target-weight", "0.7"], 0.7),
     "seed_threshold": (["--seed-threshold", "0.6"], 0.6),
     "score_threshold": (["--score-threshold", "0.3"], 0.3),
+    "min_relative_area": (["--min-relative-area", "0.05"], 0.05),
     "augment": (["--augment", "em"], "em"),
     "augment_strength": (["--augment-strength", "1.5"], 1.5),
     "optimizer": (["--optimizer", "sgd"], "sgd"),

@@ -8,6 +8,7 @@ import functools
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +111,15 @@ def add_inference_options(p: argparse.ArgumentParser) -> None:
         "your pixel size over the training data's, when both are known); default: the model's",
     )
     p.add_argument(
+        "--min-relative-area",
+        type=float,
+        default=None,
+        metavar="FRACTION",
+        help="drop particles smaller than this fraction of the image's area-weighted median "
+        "particle area (panel letters, scale-bar ticks, specks beside large particles); "
+        "default: the model's (0, off, unless it was trained with min_relative_area)",
+    )
+    p.add_argument(
         "--scale-tta",
         default=None,
         metavar="FACTORS",
@@ -163,7 +173,10 @@ def load_predictor(args: argparse.Namespace) -> Any:
 
     if args.pixel_size is not None and not args.pixel_size > 0:
         raise UsageError(f"--pixel-size must be > 0 nm per px, got {args.pixel_size}")
-    return Predictor.from_dir(
+    fraction = getattr(args, "min_relative_area", None)
+    if fraction is not None and not 0.0 <= fraction < 1.0:
+        raise UsageError(f"--min-relative-area must lie in [0, 1), got {fraction}")
+    predictor = Predictor.from_dir(
         args.model,
         tile_size=args.tile_size,
         tta=args.tta,
@@ -171,6 +184,9 @@ def load_predictor(args: argparse.Namespace) -> Any:
         scale=parse_scale(args.scale),
         scale_tta=parse_factors(args.scale_tta),
     )
+    if fraction is not None:
+        predictor.post = replace(predictor.post, min_relative_area=fraction)
+    return predictor
 
 
 def inference_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -180,4 +196,5 @@ def inference_options(args: argparse.Namespace) -> dict[str, Any]:
         "scale": args.scale or "model",
         "scale_tta": list(parse_factors(args.scale_tta)),
         "tile_size": args.tile_size,
+        "min_relative_area": getattr(args, "min_relative_area", None),
     }

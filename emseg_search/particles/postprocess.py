@@ -24,7 +24,10 @@ Outputs are logits (C, H, W) (or batches (N, C, H, W)) at the image's resolution
   ``score_threshold`` before its mask head, so only higher thresholds change them here.
 
 A mask component without any seed (a particle too small for a core) is a particle of its own;
-particles smaller than ``min_area`` px are dropped (the specks a network leaves).
+particles smaller than ``min_area`` px are dropped (the specks a network leaves), and with
+``min_relative_area`` > 0 also those smaller than that fraction of the image's area-weighted
+median particle area (the area of the particle holding the median particle pixel): the panel
+letters, scale-bar ticks and specks a network marks beside a few large particles.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ class PostProcess:
     split_touching: bool = True  # binary: watershed-split touching particles
     min_area: int = 4  # px; smaller particles are dropped
     score_threshold: float = 0.5  # instances: detections scoring less are not particles
+    min_relative_area: float = 0.0  # drop particles < it x the area-weighted median area
 
     def __post_init__(self) -> None:
         if self.target not in TARGET_CHANNELS:
@@ -64,6 +68,10 @@ class PostProcess:
                 raise ValueError(f"`{name}` must lie in (0, 1), got {value}")
         if self.min_area < 0:
             raise ValueError(f"`min_area` must be >= 0, got {self.min_area}")
+        if not 0.0 <= self.min_relative_area < 1.0:
+            raise ValueError(
+                f"`min_relative_area` must lie in [0, 1), got {self.min_relative_area}"
+            )
 
     @classmethod
     def of(cls, cfg: TrialConfig, split_touching: bool = True) -> PostProcess:
@@ -74,6 +82,7 @@ class PostProcess:
             cfg.seed_threshold,
             split_touching,
             score_threshold=cfg.score_threshold,
+            min_relative_area=cfg.min_relative_area,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -128,10 +137,14 @@ class PostProcess:
     def label_mask(self, mask: np.ndarray) -> np.ndarray:
         """Particles (H, W) int32 of a binary target's particle mask (H, W) bool: its
         components, watershed-split with ``split_touching`` (``label_particles``)."""
-        return label_particles(mask, split_touching=self.split_touching, min_area=self.min_area)
+        labels = label_particles(mask, split_touching=self.split_touching, min_area=self.min_area)
+        return drop_relatively_small(labels, self.min_relative_area)
 
     def instances(self, outputs: torch.Tensor | np.ndarray) -> np.ndarray:
         """Particles (H, W) int32, ids 1..N, 0 = background, of one image's outputs (C, H, W)."""
+        return drop_relatively_small(self._instances(outputs), self.min_relative_area)
+
+    def _instances(self, outputs: torch.Tensor | np.ndarray) -> np.ndarray:
         x = torch.as_tensor(outputs).float()
         if x.dim() != 3:
             raise ValueError(f"expected one image's outputs (C, H, W), got {tuple(x.shape)}")
@@ -172,3 +185,15 @@ def seeded_watershed(
         markers[extra > 0] = extra[extra > 0] + markers.max()
     labels = watershed(np.asarray(surface, np.float64), markers, mask=fg)
     return drop_small(labels, min_area)
+
+
+def drop_relatively_small(labels: np.ndarray, fraction: float) -> np.ndarray:
+    """``labels`` (H, W) without the particles smaller than ``fraction`` x the image's
+    area-weighted median particle area (the area of the particle that holds the median
+    particle pixel; robust to many specks beside a few large particles); ids stay 1..N."""
+    if fraction <= 0 or labels.max() == 0:
+        return labels
+    areas = np.bincount(np.asarray(labels).ravel())[1:]
+    ordered = np.sort(areas[areas > 0])
+    weighted_median = ordered[np.searchsorted(np.cumsum(ordered), ordered.sum() / 2)]
+    return drop_small(labels, int(math.ceil(fraction * weighted_median)))

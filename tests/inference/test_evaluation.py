@@ -128,6 +128,25 @@ def test_scale_options_run_and_are_recorded(setup: tuple[Path, Path], tmp_path: 
     assert (pd.read_parquet(out)["working_scale"] == 2.0).all()
 
 
+def test_min_relative_area_drops_particles_and_is_recorded(
+    setup: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """--min-relative-area overrides the artifact's post-processing: never more particles
+    than without it, fewer where the image has small ones beside larger ones."""
+    model, data = setup
+    out = tmp_path / "rel.parquet"
+    argv = [str(model), "--data", str(data), "--out", str(out), "--quiet"]
+    assert main(argv) == 0
+    plain = pd.read_parquet(out)
+    assert json.loads(out.with_suffix(".json").read_text())["options"]["min_relative_area"] is None
+    assert main([*argv, "--min-relative-area", "0.9"]) == 0
+    filtered = pd.read_parquet(out)
+    options = json.loads(out.with_suffix(".json").read_text())["options"]
+    assert options["min_relative_area"] == 0.9
+    assert (filtered["n_pred"] <= plain["n_pred"]).all()
+    assert (filtered["n_pred"] >= (plain["n_pred"] > 0)).all()  # the largest always stays
+
+
 @pytest.mark.parametrize(
     ("option", "message"),
     [
@@ -135,6 +154,7 @@ def test_scale_options_run_and_are_recorded(setup: tuple[Path, Path], tmp_path: 
         (["--scale", "-1"], "--scale must be 'auto' or a number"),
         (["--scale-tta", "1,x"], "--scale-tta must be a comma list of factors"),
         (["--scale-tta", "0,1"], "--scale-tta must be a comma list of factors"),
+        (["--min-relative-area", "1.5"], "--min-relative-area must lie in [0, 1), got 1.5"),
     ],
 )
 def test_bad_scale_options_exit_2_before_reading_data(

@@ -11,7 +11,11 @@ from emseg_search.config import TrialConfig
 from emseg_search.data.targets import derive_target
 from emseg_search.particles.labelling import label_particles
 from emseg_search.particles.matching import match_instances
-from emseg_search.particles.postprocess import PostProcess, seeded_watershed
+from emseg_search.particles.postprocess import (
+    PostProcess,
+    drop_relatively_small,
+    seeded_watershed,
+)
 
 
 def _touching_disks() -> np.ndarray:
@@ -94,6 +98,7 @@ def test_postprocess_of_a_config_and_its_checks() -> None:
         "seed_threshold": 0.3,
         "split_touching": False,
         "min_area": 4,
+        "min_relative_area": 0.0,
     }
     assert post.channels == cfg.classes == 2
     with pytest.raises(ValueError, match="unknown target"):
@@ -102,3 +107,43 @@ def test_postprocess_of_a_config_and_its_checks() -> None:
         PostProcess("boundary", seed_threshold=1.0)
     with pytest.raises(ValueError, match=r"needs outputs \(\.\.\., 3, H, W\)"):
         PostProcess("boundary").instances(torch.zeros(1, 8, 8))
+
+
+def test_relative_size_filter_drops_letters_beside_a_large_particle_only() -> None:
+    """One large particle (a disk of radius 30, ~2800 px) with a panel letter and scale-bar
+    ticks (40-60 px) beside it: 5 % of the area-weighted median area (141 px) drops them. A field of
+    many small particles and one large one keeps every particle: the area-weighted median is
+    then the small ones' size."""
+    yy, xx = np.mgrid[:128, :160]
+    lab = np.zeros((128, 160), np.int32)
+    lab[(yy - 64) ** 2 + (xx - 80) ** 2 <= 900] = 1
+    lab[5:13, 5:11] = 2  # the panel letter, 48 px
+    lab[120:124, 100:115] = 3  # a scale-bar tick, 60 px
+    lab[120:124, 130:140] = 4  # another, 40 px
+    kept = drop_relatively_small(lab, 0.05)
+    assert drop_relatively_small(lab, 0.02).max() == 2  # 57 px: the 60 px tick stays
+    assert kept.max() == 1 and (kept > 0).sum() == (lab == 1).sum()
+    np.testing.assert_array_equal(drop_relatively_small(lab, 0.0), lab)
+
+    field = np.zeros((128, 160), np.int32)
+    k = 0
+    for r in range(8, 120, 14):
+        for c in range(8, 100, 14):
+            k += 1
+            field[(yy - r) ** 2 + (xx - c) ** 2 <= 16] = k  # radius 4: ~50 px each
+    field[(yy - 64) ** 2 + (xx - 135) ** 2 <= 400] = k + 1  # radius 20: ~1250 px
+    assert drop_relatively_small(field, 0.05).max() == k + 1
+
+
+def test_postprocess_applies_its_relative_size_filter_for_every_target() -> None:
+    lab = _touching_disks()  # three disks of ~250 px, a 3x3 particle, a 2x2 speck
+    for target in ("binary", "boundary", "distance"):
+        out = _outputs(lab, target)
+        assert PostProcess(target).instances(out).max() == 5
+        # 5 % of ~250 px = 13 px: the 3x3 particle and the 2x2 speck go, the disks stay
+        found = PostProcess(target, min_relative_area=0.05).instances(out)
+        assert found.max() == 3 and found[51, 11] == 0 and found[5, 70] == 0
+    with pytest.raises(ValueError, match="min_relative_area"):
+        PostProcess("binary", min_relative_area=1.0)
+    cfg = TrialConfig(target="boundary", min_relative_area=0.05)
+    assert PostProcess.of(cfg).to_dict()["min_relative_area"] == 0.05

@@ -100,6 +100,7 @@ def test_a_target_trains_validates_evaluates_predicts_and_exports(
         "seed_threshold": 0.5,
         "split_touching": True,
         "min_area": 4,
+        "min_relative_area": 0.0,
     }
     # evaluate scores the validation images with validation's post-processing: same numbers
     predictor = Predictor(art, tile_size=64)

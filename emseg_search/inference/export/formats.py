@@ -201,8 +201,11 @@ def build_info(art: ModelArtifact, fmt: str, model_path: Path, notes: list[str])
             f"logits = model(x), shape (N, {post.channels}, Hp, Wp); crop to [:H, :W]",
             "if scale != 1: resize the logits bilinearly (half-pixel centres) to (H0, W0)",
             *POSTPROCESSING[post.target],
-            "particles smaller than postprocess.min_area px are dropped "
-            "(emseg_search.particles.postprocess.PostProcess.instances does all of this)",
+            "particles smaller than postprocess.min_area px are dropped; with "
+            "postprocess.min_relative_area > 0 also those smaller than it x the image's "
+            "area-weighted median particle area (the area of the particle holding the median "
+            "particle pixel) (emseg_search.particles.postprocess.PostProcess.instances does "
+            "all of this)",
         ],
         "arch": art.meta["arch"],
         "encoder": art.meta["encoder"],
