@@ -111,6 +111,13 @@ def add_inference_options(p: argparse.ArgumentParser) -> None:
         "your pixel size over the training data's, when both are known); default: the model's",
     )
     p.add_argument(
+        "--seed-threshold",
+        type=float,
+        default=None,
+        help="boundary/distance models: interior probability / normalised distance above "
+        "which pixels seed a particle of the watershed; default: the model's",
+    )
+    p.add_argument(
         "--min-relative-area",
         type=float,
         default=None,
@@ -176,6 +183,9 @@ def load_predictor(args: argparse.Namespace) -> Any:
     fraction = getattr(args, "min_relative_area", None)
     if fraction is not None and not 0.0 <= fraction < 1.0:
         raise UsageError(f"--min-relative-area must lie in [0, 1), got {fraction}")
+    seed = getattr(args, "seed_threshold", None)
+    if seed is not None and not 0.0 < seed < 1.0:
+        raise UsageError(f"--seed-threshold must lie in (0, 1), got {seed}")
     predictor = Predictor.from_dir(
         args.model,
         tile_size=args.tile_size,
@@ -186,6 +196,13 @@ def load_predictor(args: argparse.Namespace) -> Any:
     )
     if fraction is not None:
         predictor.post = replace(predictor.post, min_relative_area=fraction)
+    if seed is not None:
+        if predictor.post.target not in ("boundary", "distance"):
+            raise UsageError(
+                f"--seed-threshold: the model's target is {predictor.post.target!r}; only "
+                "boundary and distance models seed a watershed"
+            )
+        predictor.post = replace(predictor.post, seed_threshold=seed)
     return predictor
 
 
@@ -196,5 +213,6 @@ def inference_options(args: argparse.Namespace) -> dict[str, Any]:
         "scale": args.scale or "model",
         "scale_tta": list(parse_factors(args.scale_tta)),
         "tile_size": args.tile_size,
+        "seed_threshold": getattr(args, "seed_threshold", None),
         "min_relative_area": getattr(args, "min_relative_area", None),
     }

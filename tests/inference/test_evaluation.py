@@ -145,6 +145,8 @@ def test_min_relative_area_drops_particles_and_is_recorded(
     assert options["min_relative_area"] == 0.9
     assert (filtered["n_pred"] <= plain["n_pred"]).all()
     assert (filtered["n_pred"] >= (plain["n_pred"] > 0)).all()  # the largest always stays
+    # the tiny artifact is a binary model: no watershed seeds to set
+    assert main([*argv, "--seed-threshold", "0.7"]) == 2
 
 
 @pytest.mark.parametrize(
@@ -155,6 +157,7 @@ def test_min_relative_area_drops_particles_and_is_recorded(
         (["--scale-tta", "1,x"], "--scale-tta must be a comma list of factors"),
         (["--scale-tta", "0,1"], "--scale-tta must be a comma list of factors"),
         (["--min-relative-area", "1.5"], "--min-relative-area must lie in [0, 1), got 1.5"),
+        (["--seed-threshold", "0"], "--seed-threshold must lie in (0, 1), got 0.0"),
     ],
 )
 def test_bad_scale_options_exit_2_before_reading_data(

@@ -110,6 +110,26 @@ def test_a_target_trains_validates_evaluates_predicts_and_exports(
     assert summary["particle_f1"] == pytest.approx(art.meta["metrics"]["val_particle_f1"])
     assert summary["particle_count_error"] == pytest.approx(art.meta["metrics"]["val_count_error"])
 
+    if target != "binary":  # evaluate's overrides of the recorded post-processing
+        from dataclasses import replace
+
+        from emseg_search.cli.evaluate import main as evaluate_main
+
+        split, out = tmp_path / "val.txt", tmp_path / "eval.parquet"
+        split.write_text("\n".join(prepared.val) + "\n")
+        argv = [str(outcome.model_dir), "--data", str(synth), "--split", str(split)]
+        argv += ["--out", str(out), "--quiet", "--tile-size", "64"]
+        argv += ["--seed-threshold", "0.9", "--min-relative-area", "0.05"]
+        assert evaluate_main(argv) == 0
+        got = json.loads(out.with_suffix(".json").read_text())
+        assert got["options"]["seed_threshold"] == 0.9
+        assert got["options"]["min_relative_area"] == 0.05
+        changed = Predictor(art, tile_size=64)
+        changed.post = replace(art.postprocess, seed_threshold=0.9, min_relative_area=0.05)
+        rows = evaluate_images(changed, data.subset(prepared.val), progress=False).rows
+        assert got["particle_f1"] == pytest.approx(summarize(rows)["particle_f1"])
+        assert got["particle_count_error"] == pytest.approx(summarize(rows)["particle_count_error"])
+
     image = data.subset(prepared.val)[0].image
     outputs = predictor.predict_outputs(image)
     assert outputs.shape == (cfg.classes, *image.shape)
