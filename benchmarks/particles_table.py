@@ -2,11 +2,13 @@
 overlays of the same touching agglomerates for each model. Issue 16's table: particle F1 (IoU
 >= 0.5), precision / recall, panoptic quality, count error and median-diameter error beside
 pixel IoU, for binary models + watershed and instance-aware targets alike (each model's own
-post-processing, as recorded in its artifact).
+post-processing, as recorded in its artifact, or changed with --options).
 
     python benchmarks/particles_table.py \\
         binary-unet=results/emps_unet_papers/model \\
         boundary-unet=results/emps_unet_boundary_papers/model \\
+        boundary-unet-pp=results/emps_unet_boundary_papers/model \\
+        --options boundary-unet-pp="--seed-threshold 0.7 --min-relative-area 0.1" \\
         --data ../shared/data/emps-train --split configs/splits/emps_test_papers.csv \\
         --ood ../shared/data/ood-msa-tem --name emps
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -34,12 +37,19 @@ from _report import RESULTS, write_report
 REPO = Path(__file__).resolve().parents[1]
 
 
-def scored(model: Path, data: Path, split: str, out: Path, overlays: Path | None) -> dict:
-    """Run `evaluate` unless its summary exists; the summary JSON."""
+def scored(
+    model: Path,
+    data: Path,
+    split: str,
+    out: Path,
+    overlays: Path | None,
+    options: list[str] = (),
+) -> dict:
+    """Run `evaluate` (with extra ``options``) unless its summary exists; the summary JSON."""
     summary = out.with_suffix(".json")
     if not summary.is_file():
         cmd = [sys.executable, "-m", "emseg_search", "evaluate", str(model), "--data", str(data)]
-        cmd += ["--split", split, "--out", str(out), "--split-touching", "--quiet"]
+        cmd += ["--split", split, "--out", str(out), "--split-touching", "--quiet", *options]
         if overlays is not None:
             cmd += ["--overlays", str(overlays)]
         print("==", " ".join(cmd), flush=True)
@@ -144,6 +154,14 @@ def main() -> int:
         help="images every model is scored on: a split file (one name per line), test or all",
     )
     p.add_argument("--ood", type=Path, help="a labelled folder from elsewhere (never trained on)")
+    p.add_argument(
+        "--options",
+        action="append",
+        default=[],
+        metavar='LABEL="OPTIONS"',
+        help="extra evaluate options for one model, e.g. "
+        'boundary-unet-pp="--seed-threshold 0.7 --min-relative-area 0.1" (repeatable)',
+    )
     p.add_argument("--figure-images", type=int, default=4, help="images in the figure (4)")
     p.add_argument("--window", type=int, default=320, help="crop of each image, px (320)")
     p.add_argument("--out", type=Path, default=REPO / "results" / "particles")
@@ -158,16 +176,23 @@ def main() -> int:
             raise SystemExit(f"error: {spec!r}: expected LABEL=<model artifact folder>")
         labels.append(label)
         paths.append(Path(path))
+    options: dict[str, list[str]] = {}
+    for spec in args.options:
+        label, sep, text = spec.partition("=")
+        if not sep or label not in labels:
+            raise SystemExit(f'error: --options {spec!r}: expected LABEL="OPTIONS" of a model')
+        options[label] = shlex.split(text)
     args.out.mkdir(parents=True, exist_ok=True)
     rows, folders = [], []
     for label, model in zip(labels, paths, strict=True):
         overlays = args.out / f"{label}_overlays"
-        s = scored(model, args.data, args.split, args.out / f"{label}.parquet", overlays)
+        extra = options.get(label, [])
+        s = scored(model, args.data, args.split, args.out / f"{label}.parquet", overlays, extra)
         folders.append(overlays)
         target = json.loads((model / "artifact.json").read_text()).get("target", "binary")
         row = [
             label,
-            target,
+            " ".join([target, *extra]),
             f"{s['iou']:.4f}",
             f"**{s['particle_f1']:.3f}** ({s['particle_precision']:.3f} / "
             f"{s['particle_recall']:.3f})",
@@ -176,13 +201,13 @@ def main() -> int:
             f"{100 * s.get('median_diameter_error', float('nan')):.1f} %",
         ]
         if args.ood:
-            o = scored(model, args.ood, "all", args.out / f"{label}_ood.parquet", None)
+            o = scored(model, args.ood, "all", args.out / f"{label}_ood.parquet", None, extra)
             row.append(f"{o['iou']:.4f} / {o['particle_f1']:.3f}")
         row.append(training_minutes(model))
         rows.append(row)
     columns = [
         "model",
-        "target",
+        "target (and evaluate options)",
         "pixel IoU",
         "particle F1 (P / R)",
         "PQ",
