@@ -1,5 +1,6 @@
 """What a trained model's particle post-processing does to its particle scores: the seed
-threshold of the watershed (boundary and distance targets), the smallest particle kept in px,
+threshold of the watershed (boundary and distance targets) or Mask R-CNN's detection score and
+NMS thresholds (one forward pass per pair), the smallest particle kept in px,
 and the relative size filter `min_relative_area` (particles smaller than a fraction of the
 image's area-weighted median particle area are dropped: the panel letters, scale-bar ticks and
 specks a network marks beside a few large particles).
@@ -24,6 +25,7 @@ import itertools
 import os
 import platform
 import time
+from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -64,6 +66,18 @@ def main() -> None:
     chosen.add_argument("--split", type=Path, help="score the images this file names")
     chosen.add_argument("--not-in", type=Path, help="score every image this file does not name")
     parser.add_argument("--seed-thresholds", type=floats, default=floats("0.3,0.5,0.7"))
+    parser.add_argument(
+        "--score-thresholds",
+        type=floats,
+        default=floats("0.3,0.5"),
+        help="maskrcnn: detection score thresholds (each one forward pass per NMS threshold)",
+    )
+    parser.add_argument(
+        "--nms-thresholds",
+        type=floats,
+        default=floats("0.5,0.7"),
+        help="maskrcnn: box IoU above which the weaker of two detections is suppressed",
+    )
     parser.add_argument("--min-areas", type=floats, default=floats("4,16,64"))
     parser.add_argument("--relative-areas", type=floats, default=floats("0,0.02,0.05,0.1"))
     parser.add_argument("--limit", type=int, default=0, help="at most this many images")
@@ -73,9 +87,15 @@ def main() -> None:
 
     predictor = Predictor.from_dir(args.model, threads=args.threads)
     post = predictor.post
-    if post.target not in ("boundary", "distance", "binary"):
-        raise SystemExit(f"target {post.target!r}: nothing to sweep (no watershed)")
-    seeds = args.seed_thresholds if post.target != "binary" else [post.seed_threshold]
+    instances = post.target == "instances"
+    if instances:  # Mask R-CNN: its detector's score and NMS thresholds, one pass per pair
+        heads = predictor.model.detector.roi_heads
+        default_first = (post.score_threshold, heads.nms_thresh)
+        seeds = list(itertools.product(args.score_thresholds, args.nms_thresholds))
+    elif post.target == "binary":
+        default_first, seeds = post.seed_threshold, [post.seed_threshold]
+    else:
+        default_first, seeds = post.seed_threshold, args.seed_thresholds
     data = load_data(args.data)
     listed = set(read_split_file(args.split or args.not_in))
     items = [i for i in data.items if (i.name in listed) == (args.split is not None)]
@@ -86,12 +106,17 @@ def main() -> None:
     diam = {s: [] for s in settings}
     t0 = time.perf_counter()
     for k, item in enumerate(items, 1):
-        outputs = predictor.predict_outputs(item.image)
-        x = torch.from_numpy(outputs)
-        fg = post.mask(x)[0].numpy()
+        if not instances:
+            outputs = predictor.predict_outputs(item.image)
+            x = torch.from_numpy(outputs)
+            fg = post.mask(x)[0].numpy()
         true_d = equivalent_diameters(item.instances)
         for seed in seeds:
-            if post.target == "binary":
+            if instances:
+                heads.score_thresh, heads.nms_thresh = seed
+                detected = replace(post, score_threshold=seed[0], min_area=0)
+                base = detected.instances(predictor.predict_outputs(item.image))
+            elif post.target == "binary":
                 base = post.label_mask(fg)
             elif post.target == "boundary":
                 p = torch.softmax(x, dim=0).numpy()
@@ -113,7 +138,7 @@ def main() -> None:
                     diam[(seed, min_area, rel)].append(abs(e))
         print(f"{k}/{len(items)} images, {time.perf_counter() - t0:.0f} s", flush=True)
 
-    default = (post.seed_threshold, float(post.min_area), 0.0)
+    default = (default_first, float(post.min_area), 0.0)
     rows = []
     for s in settings:
         n_true, n_pred, tp, miscount = totals[s]
@@ -123,7 +148,7 @@ def main() -> None:
         rows.append((s, f1, p, r, miscount / max(n_true, 1), float(np.median(diam[s]))))
     best = max(rows, key=lambda row: row[1])[0]
     columns = [
-        "seed threshold",
+        "score / NMS threshold" if instances else "seed threshold",
         "min area (px)",
         "relative area",
         "particle F1 (P / R)",
@@ -133,7 +158,13 @@ def main() -> None:
     table = []
     for s, f1, p, r, count, d in rows:
         mark = " **best F1**" if s == best else " (artifact's)" if s == default else ""
-        seed = f"{s[0]:g}" if post.target != "binary" else "-"
+        seed = (
+            f"{s[0][0]:g} / {s[0][1]:g}"
+            if instances
+            else f"{s[0]:g}"
+            if post.target != "binary"
+            else "-"
+        )
         table.append(
             [
                 seed,

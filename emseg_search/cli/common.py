@@ -118,6 +118,12 @@ def add_inference_options(p: argparse.ArgumentParser) -> None:
         "which pixels seed a particle of the watershed; default: the model's",
     )
     p.add_argument(
+        "--score-threshold",
+        type=float,
+        default=None,
+        help="maskrcnn: keep detections scoring at least this; default: the model's",
+    )
+    p.add_argument(
         "--min-relative-area",
         type=float,
         default=None,
@@ -186,6 +192,9 @@ def load_predictor(args: argparse.Namespace) -> Any:
     seed = getattr(args, "seed_threshold", None)
     if seed is not None and not 0.0 < seed < 1.0:
         raise UsageError(f"--seed-threshold must lie in (0, 1), got {seed}")
+    score = getattr(args, "score_threshold", None)
+    if score is not None and not 0.0 < score < 1.0:
+        raise UsageError(f"--score-threshold must lie in (0, 1), got {score}")
     predictor = Predictor.from_dir(
         args.model,
         tile_size=args.tile_size,
@@ -203,6 +212,14 @@ def load_predictor(args: argparse.Namespace) -> Any:
                 "boundary and distance models seed a watershed"
             )
         predictor.post = replace(predictor.post, seed_threshold=seed)
+    if score is not None:
+        if predictor.post.target != "instances":
+            raise UsageError(
+                f"--score-threshold: the model's target is {predictor.post.target!r}; only "
+                "maskrcnn models score detections"
+            )
+        predictor.model.set_score_threshold(score)
+        predictor.post = replace(predictor.post, score_threshold=score)
     return predictor
 
 
@@ -214,5 +231,6 @@ def inference_options(args: argparse.Namespace) -> dict[str, Any]:
         "scale_tta": list(parse_factors(args.scale_tta)),
         "tile_size": args.tile_size,
         "seed_threshold": getattr(args, "seed_threshold", None),
+        "score_threshold": getattr(args, "score_threshold", None),
         "min_relative_area": getattr(args, "min_relative_area", None),
     }

@@ -202,6 +202,13 @@ class MaskRCNNSegmenter(nn.Module):
         self.detector = detector
         self.mask_threshold = float(mask_threshold)
 
+    def set_score_threshold(self, threshold: float) -> None:
+        """Keep detections scoring at least ``threshold`` from now on (a lower one than the
+        trained ``score_threshold`` lets weaker detections reach the mask head)."""
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"score threshold must lie in (0, 1), got {threshold}")
+        self.detector.roi_heads.score_thresh = float(threshold)
+
     @property
     def encoder(self) -> nn.Module:
         """The MobileNetV2 blocks the FPN reads."""

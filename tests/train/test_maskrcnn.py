@@ -170,3 +170,24 @@ def test_two_ray_train_workers_train_it_data_parallel(tmp_path: Path) -> None:
     epochs = pd.read_parquet(tmp_path / "run" / "epochs.parquet")
     assert list(epochs["epoch"]) == [0] and epochs["val_particle_f1"].notna().all()
     assert load_artifact(outcome.model_dir).config.arch == "maskrcnn"
+
+
+def test_evaluate_with_a_lower_score_threshold_finds_at_least_as_many(
+    trained: dict[str, Any], tmp_path: Path
+) -> None:
+    """`evaluate --score-threshold` lowers the detector's threshold for that run: never fewer
+    particles, recorded in the summary; refused for a semantic model's option."""
+    import json
+
+    from emseg_search.cli.evaluate import main as evaluate_main
+
+    out = tmp_path / "eval.parquet"
+    argv = [str(trained["outcome"].model_dir), "--data", str(trained["data"]), "--quiet"]
+    argv += ["--out", str(out)]
+    assert evaluate_main([*argv, "--score-threshold", "0.5"]) == 0
+    strict = json.loads(out.with_suffix(".json").read_text())
+    assert strict["options"]["score_threshold"] == 0.5
+    assert evaluate_main([*argv, "--score-threshold", "0.01"]) == 0
+    loose = json.loads(out.with_suffix(".json").read_text())
+    assert loose["particle_n_pred"] >= strict["particle_n_pred"]
+    assert evaluate_main([*argv, "--seed-threshold", "0.6"]) == 2  # no watershed seeds
