@@ -163,6 +163,11 @@ def main() -> int:
         'boundary-unet-pp="--seed-threshold 0.7 --min-relative-area 0.1" (repeatable)',
     )
     p.add_argument("--figure-images", type=int, default=4, help="images in the figure (4)")
+    p.add_argument(
+        "--figure-models",
+        default="",
+        help="comma list of the labels drawn in the figure (default: every model)",
+    )
     p.add_argument("--window", type=int, default=320, help="crop of each image, px (320)")
     p.add_argument("--out", type=Path, default=REPO / "results" / "particles")
     p.add_argument("--name", default="", help="suffix of the results files")
@@ -218,7 +223,12 @@ def main() -> int:
     ]
     suffix = f"-{args.name}" if args.name else ""
     images = touching_images(args.data, args.split, args.figure_images, args.window)
-    png = figure(labels, folders, images, RESULTS / f"particles{suffix}.png")
+    drawn = [x for x in args.figure_models.split(",") if x] or labels
+    unknown = sorted(set(drawn) - set(labels))
+    if unknown:
+        raise SystemExit(f"error: --figure-models names no model: {', '.join(unknown)}")
+    chosen = [folders[labels.index(x)] for x in drawn]
+    png = figure(drawn, chosen, images, RESULTS / f"particles{suffix}.png")
     names = [name for name, _ in images]
     head = (
         f"Particles on `{args.split}` of {args.data.name} ({s['images']} images; evaluate "
