@@ -152,8 +152,8 @@ class PostProcess:
         if self.target == "instances":
             ids = torch.round(x[1]).to(torch.int64).cpu().numpy()
             return drop_small(np.where(fg, ids, 0), self.min_area)
-        if self.target == "binary":
-            return self.label_mask(fg)
+        if self.target == "binary":  # label_mask without its relative filter (applied once)
+            return label_particles(fg, split_touching=self.split_touching, min_area=self.min_area)
         if self.target == "boundary":
             p = torch.softmax(x, dim=0).cpu().numpy()
             seeds, surface = p[1] > self.seed_threshold, p[2] - p[1]
