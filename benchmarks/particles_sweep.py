@@ -32,29 +32,23 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 from _report import write_report  # noqa: E402
 
 from emseg_search.data import load_data  # noqa: E402
 from emseg_search.data.layout import read_split_file  # noqa: E402
 from emseg_search.inference.predictor import Predictor  # noqa: E402
 from emseg_search.particles.labelling import drop_small  # noqa: E402
-from emseg_search.particles.matching import match_instances, median_diameter_error  # noqa: E402
-from emseg_search.particles.postprocess import (  # noqa: E402
-    drop_relatively_small,
-    seeded_watershed,
+from emseg_search.particles.matching import (  # noqa: E402
+    equivalent_diameters,
+    match_instances,
+    median_diameter_error,
 )
+from emseg_search.particles.postprocess import drop_relatively_small  # noqa: E402
 
 
 def floats(text: str) -> list[float]:
     """'0.4,0.5' -> [0.4, 0.5]."""
     return [float(v) for v in text.split(",") if v.strip()]
-
-
-def equivalent_diameters(labels: np.ndarray) -> np.ndarray:
-    """Equivalent diameters (px) of the particles of an instance map."""
-    areas = np.bincount(labels.ravel())[1:]
-    return np.sqrt(4 * areas[areas > 0] / np.pi)
 
 
 def main() -> None:
@@ -108,22 +102,18 @@ def main() -> None:
     for k, item in enumerate(items, 1):
         if not instances:
             outputs = predictor.predict_outputs(item.image)
-            x = torch.from_numpy(outputs)
-            fg = post.mask(x)[0].numpy()
         true_d = equivalent_diameters(item.instances)
         for seed in seeds:
+            # the model's post-processing with this seed (or score), keeping every particle:
+            # the size filters below are the swept ones, not the artifact's
             if instances:
                 heads.score_thresh, heads.nms_thresh = seed
-                detected = replace(post, score_threshold=seed[0], min_area=0)
-                base = detected.instances(predictor.predict_outputs(item.image))
-            elif post.target == "binary":
-                base = post.label_mask(fg)
-            elif post.target == "boundary":
-                p = torch.softmax(x, dim=0).numpy()
-                base = seeded_watershed(fg, p[1] > seed, p[2] - p[1], 0)
+                outputs = predictor.predict_outputs(item.image)
+                changed = {"score_threshold": seed[0]}
             else:
-                d = torch.sigmoid(x[1]).numpy()
-                base = seeded_watershed(fg, d > seed, -d, 0)
+                changed = {"seed_threshold": seed}
+            unfiltered = replace(post, min_area=0, min_relative_area=0.0, **changed)
+            base = unfiltered.instances(outputs)
             for min_area, rel in itertools.product(args.min_areas, args.relative_areas):
                 labels = drop_relatively_small(drop_small(base, int(min_area)), rel)
                 m = match_instances(item.instances, labels)

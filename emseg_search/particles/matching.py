@@ -166,7 +166,8 @@ def median_diameter_error(true_diameters: np.ndarray, pred_diameters: np.ndarray
     return (float(np.median(b)) - true_median) / true_median
 
 
-def _diameters(labels: np.ndarray) -> np.ndarray:
+def equivalent_diameters(labels: np.ndarray) -> np.ndarray:
+    """Equivalent diameters (px) of the particles of an (H, W) instance map, in id order."""
     from skimage.measure import regionprops_table
 
     props = regionprops_table(labels, properties=("equivalent_diameter_area",))
@@ -181,6 +182,6 @@ def size_distribution_distance(
     In px, or nm when ``pixel_size`` (nm per px) is given; empty sides as `diameter_distance`.
     """
     scale = check_pixel_size(pixel_size) if pixel_size is not None else 1.0
-    t = _diameters(check_labels(true_labels, "true_labels"))
-    p = _diameters(check_labels(pred_labels, "pred_labels"))
+    t = equivalent_diameters(check_labels(true_labels, "true_labels"))
+    p = equivalent_diameters(check_labels(pred_labels, "pred_labels"))
     return diameter_distance(t, p) * scale

@@ -191,9 +191,11 @@ def drop_relatively_small(labels: np.ndarray, fraction: float) -> np.ndarray:
     """``labels`` (H, W) without the particles smaller than ``fraction`` x the image's
     area-weighted median particle area (the area of the particle that holds the median
     particle pixel; robust to many specks beside a few large particles); ids stay 1..N."""
+    from emseg_search.data.fingerprint import area_weighted_diameters
+
     if fraction <= 0 or labels.max() == 0:
         return labels
     areas = np.bincount(np.asarray(labels).ravel())[1:]
-    ordered = np.sort(areas[areas > 0])
-    weighted_median = ordered[np.searchsorted(np.cumsum(ordered), ordered.sum() / 2)]
+    (diameter,) = area_weighted_diameters(areas[areas > 0], [50])
+    weighted_median = round(math.pi * diameter**2 / 4)  # the particle's area, an integer
     return drop_small(labels, int(math.ceil(fraction * weighted_median)))
