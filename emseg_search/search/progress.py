@@ -16,6 +16,9 @@ from emseg_search.search.algorithms import recorded_budget
 from emseg_search.search.recorder import end_status, trial_error_text
 from emseg_search.space.spec import SearchSpace
 
+# Tune's statuses of a trial that will not run again
+FINISHED = ("TERMINATED", "ERROR")
+
 LABELS = {
     "val_iou": "val IoU",
     "val_dice": "val Dice",
@@ -93,8 +96,23 @@ class ConsoleProgress(Callback):
     def _better(self, value: float, than: float) -> bool:
         return value > than if self.space.mode == "max" else value < than
 
+    def _count_restored(self, trials: list) -> None:
+        """Trials a --resume restored already ended (Tune never starts them again): their best
+        score counts for the best so far, and they have no epochs left."""
+        for t in trials:
+            if t.trial_id in self.started or getattr(t, "status", None) not in FINISHED:
+                continue
+            self.ended.add(t.trial_id)
+            last = getattr(t, "last_result", None) or {}
+            best = last.get(f"best_{self.space.metric}")
+            if best is None or last.get("diverged") or not math.isfinite(float(best)):
+                continue
+            if self.best is None or self._better(float(best), self.best[0]):
+                self.best = (float(best), self._number(trials, t))
+
     def _status(self, trials: list, left: bool = True) -> str:
         """'best val IoU 0.81 (trial 3), 2m10s elapsed, ~4m left at most'."""
+        self._count_restored(trials)
         parts = []
         if self.best is not None:
             parts.append(f"best {self._label} {self.best[0]:.4f} (trial {self.best[1]})")

@@ -117,3 +117,23 @@ def test_resuming_a_finished_search_cuts_nothing(capsys: pytest.CaptureFixture[s
     progress.on_trial_start(0, [running], running)
     progress.on_experiment_end([trial("a"), running])
     assert "1 stopped by the end of the search" in capsys.readouterr().out
+
+
+def test_a_resumed_search_counts_the_trials_that_ended_before(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """--resume: the trials that ended before the interruption are restored finished and never
+    start again; their best score is the best so far, and they have no epochs left."""
+    progress = ConsoleProgress(SPACE)
+    progress.setup(total_num_samples=3)
+    done = trial("a", **epoch(1, 0.8, 0.9))
+    done.status = "TERMINATED"
+    r = trial("b", epoch=0, val_iou=0.3)
+    r.status = "RUNNING"
+    trials = [done, r]
+    progress.on_trial_start(0, trials, r)
+    progress.on_trial_result(0, trials, r, epoch(1, 0.6, 0.6))
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert "best val IoU 0.9000 (trial 1)" in line
+    # 1 epoch run in the elapsed time; left: none of a's, none of b's, 2 of the third trial's
+    assert progress.time_left(trials, 10.0) == pytest.approx(20.0)
