@@ -76,6 +76,7 @@ class ConsoleProgress(Callback):
         self.ended: set[str] = set()
         self.started: set[str] = set()  # started or resumed by this process
         self.best: tuple[float, int] | None = None  # (metric, trial number)
+        self.trial_bests: dict[str, float] = {}  # metrics the worker keeps no best of
 
     def _say(self, text: str) -> None:
         print(f"[{format_seconds(time.monotonic() - self.start):>6}] {text}", flush=True)
@@ -104,7 +105,9 @@ class ConsoleProgress(Callback):
                 continue
             self.ended.add(t.trial_id)
             last = getattr(t, "last_result", None) or {}
-            best = last.get(f"best_{self.space.metric}")
+            # the worker keeps a best of val_iou / val_score only; for the others, the last
+            # epoch's value (a lower bound of the trial's best)
+            best = last.get(f"best_{self.space.metric}", last.get(self.space.metric))
             if best is None or last.get("diverged") or not math.isfinite(float(best)):
                 continue
             if self.best is None or self._better(float(best), self.best[0]):
@@ -134,6 +137,17 @@ class ConsoleProgress(Callback):
         if not self.epochs_run:
             return None if math.isinf(capped) else capped
         return min(epochs_left * elapsed / self.epochs_run, capped)
+
+    def _trial_best(self, trial_id: str, result: dict, value: float) -> float:
+        """The trial's best score so far: the worker's ``best_<metric>`` where it reports one
+        (val_iou, val_score), else the best this process has seen (the particle metrics)."""
+        reported = result.get(f"best_{self.space.metric}")
+        if reported is not None:
+            return float(reported)
+        seen = self.trial_bests.get(trial_id)
+        if seen is None or self._better(value, seen):
+            self.trial_bests[trial_id] = value
+        return self.trial_bests[trial_id]
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         """'trial 2/8 started: arch=unet encoder=resnet18 ...'."""
@@ -167,10 +181,8 @@ class ConsoleProgress(Callback):
             value = float(value)
             if self.best is None or self._better(value, self.best[0]):
                 self.best = (value, self._number(trials, trial))
-            trial_best = result.get(f"best_{self.space.metric}")
-            score = f"{self._label} {value:.4f}" + (
-                f" (trial best {float(trial_best):.4f})" if trial_best is not None else ""
-            )
+            trial_best = self._trial_best(trial.trial_id, result, value)
+            score = f"{self._label} {value:.4f} (trial best {trial_best:.4f})"
         seconds = result.get("epoch_seconds")
         took = f" in {float(seconds):.1f} s" if seconds is not None else ""
         self._say(f"{name}: {score}{took} | {self._status(trials)}")
@@ -185,7 +197,7 @@ class ConsoleProgress(Callback):
             "pruned": f"pruned after {epochs}/{max_epochs} epochs",
             "completed": "completed",
         }[end_status(last, epochs, max_epochs)]
-        best = last.get(f"best_{self.space.metric}")
+        best = last.get(f"best_{self.space.metric}", self.trial_bests.get(trial.trial_id))
         if best is not None and not last.get("diverged"):
             how += f", best {self._label} {float(best):.4f}"
         self._say(f"{self._name(trials, trial)} {how} | {self._status(trials)}")

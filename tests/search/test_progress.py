@@ -137,3 +137,30 @@ def test_a_resumed_search_counts_the_trials_that_ended_before(
     assert "best val IoU 0.9000 (trial 1)" in line
     # 1 epoch run in the elapsed time; left: none of a's, none of b's, 2 of the third trial's
     assert progress.time_left(trials, 10.0) == pytest.approx(20.0)
+
+
+def test_the_trial_best_of_a_metric_the_worker_keeps_no_best_of(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A particle objective: the worker reports no best_val_particle_f1, the console keeps it."""
+    space = space_from_dict(
+        {
+            "name": "p",
+            "metric": "val_particle_f1",
+            "budget": {"num_samples": 1},
+            "scheduler": {"type": "asha", "max_epochs": 3},
+            "fixed": {"tile_size": 64},
+            "parameters": {"lr": {"type": "float", "low": 1e-4, "high": 1e-2}},
+        }
+    )
+    progress = ConsoleProgress(space)
+    t = trial("t")
+    t.config = {"lr": 0.001}
+    progress.on_trial_start(0, [t], t)
+    for e, f1 in enumerate((0.5, 0.8, 0.6)):
+        progress.on_trial_result(0, [t], t, {"epoch": e, "val_epoch": e, "val_particle_f1": f1})
+    t.last_result = {"epoch": 2, "val_epoch": 2, "val_particle_f1": 0.6}
+    progress.on_trial_complete(0, [t], t)
+    lines = capsys.readouterr().out.splitlines()
+    assert "val particle F1 0.6000 (trial best 0.8000)" in lines[3]
+    assert "completed, best val particle F1 0.8000" in lines[4]
