@@ -244,8 +244,12 @@ def test_shipped_configs_load_and_build(path: Path) -> None:
 @pytest.mark.parametrize("path", [p for p in CONFIGS if p.stem.startswith("emps_")])
 def test_emps_recipes_name_no_split_so_the_final_model_sees_every_image(path: Path) -> None:
     """The train command trains a config that names no split on every image; the recipes'
-    validation run adds --val-file configs/splits/emps_val.csv (named in the file's header)."""
+    validation run adds --val-file with a committed split (named in the file's header: the
+    image-level emps_val.csv or the held-out papers' emps_test_papers.csv)."""
     cfg = TrialConfig.from_yaml(path)
     assert not {"val_file", "val_fraction"} & cfg.model_fields_set
     assert cfg.encoder_weights == "imagenet-offline"
-    assert "--val-file configs/splits/emps_val.csv" in path.read_text(encoding="utf-8")
+    named = re.findall(r"--val-file (configs/splits/\S+\.csv)", path.read_text(encoding="utf-8"))
+    assert named, f"{path.name} names no validation split in its header"
+    for split in named:
+        assert (path.parents[1] / split).is_file(), split
