@@ -37,6 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.models.detection.roi_heads import expand_boxes, expand_masks
 
 from emseg_search.config import TrialConfig
 
@@ -47,7 +48,6 @@ ASPECT_RATIOS = (0.5, 1.0, 2.0)
 FPN_CHANNELS = 128
 RETURN_BLOCKS = {"3": "0", "6": "1", "13": "2", "17": "3"}  # MobileNetV2 blocks at stride 4-32
 MAX_DETECTIONS = 500  # per image (EMPS micrographs hold up to a few hundred particles)
-_LOGIT_CLAMP = 1e-6  # probabilities are clamped to [eps, 1 - eps] before the logit
 
 
 def instance_targets(instances: Tensor | np.ndarray) -> dict[str, Tensor]:
@@ -247,36 +247,77 @@ def detections_to_maps(
     of any detection), below logit(mask_threshold). So keeping only detections scoring at
     least s afterwards (``PostProcess``) is exact: a pixel whose owner scores below s is
     covered by no detection scoring s or more.
-    """
-    from torchvision.models.detection.roi_heads import expand_boxes, expand_masks
 
-    h, w = size
+    TorchScript compiles it as it is (``script_for_export``): the exported model pastes the
+    same way.
+    """
+    h, w = size[0], size[1]
     ids = torch.zeros((h, w), dtype=torch.float32)
     score = torch.zeros((h, w), dtype=torch.float32)
     owned = torch.zeros((h, w), dtype=torch.float32)  # probability of the owner
     most = torch.zeros((h, w), dtype=torch.float32)  # largest probability of any detection
     scores = detection["scores"].detach().float().cpu()
-    if len(scores):
-        masks, scale = expand_masks(detection["masks"].detach().float().cpu(), padding=1)
+    if scores.numel() > 0:
+        masks, scale = expand_masks(detection["masks"].detach().float().cpu(), 1)
         boxes = expand_boxes(detection["boxes"].detach().float().cpu(), scale).to(torch.int64)
-        for rank, k in enumerate(scores.argsort(descending=True).tolist(), start=1):
-            x0, y0, x1, y1 = boxes[k].tolist()
+        order: list[int] = scores.argsort(descending=True).tolist()
+        for rank, k in enumerate(order):
+            box: list[int] = boxes[k].tolist()
+            x0, y0, x1, y1 = box[0], box[1], box[2], box[3]
             bw, bh = max(x1 - x0 + 1, 1), max(y1 - y0 + 1, 1)
             cx0, cx1, cy0, cy1 = max(x0, 0), min(x1 + 1, w), max(y0, 0), min(y1 + 1, h)
             if cx1 <= cx0 or cy1 <= cy0:
                 continue
             prob = F.interpolate(
-                masks[k][None], size=(bh, bw), mode="bilinear", align_corners=False
+                masks[k][None], size=[bh, bw], mode="bilinear", align_corners=False
             )[0, 0]
             prob = prob[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0]
-            region = (slice(cy0, cy1), slice(cx0, cx1))
-            take = (ids[region] == 0) & (prob > mask_threshold)
-            ids[region][take] = float(rank)
-            score[region][take] = float(scores[k])
-            owned[region][take] = prob[take]
-            most[region] = torch.maximum(most[region], prob)
-    prob = torch.where(ids > 0, owned, most).clamp(_LOGIT_CLAMP, 1 - _LOGIT_CLAMP)
+            # views of the box's region: the in-place writes land in the maps
+            region_ids = ids[cy0:cy1, cx0:cx1]
+            region_score = score[cy0:cy1, cx0:cx1]
+            region_owned = owned[cy0:cy1, cx0:cx1]
+            region_most = most[cy0:cy1, cx0:cx1]
+            take = (region_ids == 0) & (prob > mask_threshold)
+            region_ids.masked_fill_(take, float(rank + 1))
+            region_score.masked_fill_(take, float(scores[k]))
+            region_owned.copy_(torch.where(take, prob, region_owned))
+            region_most.copy_(torch.maximum(region_most, prob))
+    eps = 1e-6  # probabilities are clamped to [eps, 1 - eps] before the logit
+    prob = torch.where(ids > 0, owned, most).clamp(eps, 1 - eps)
     return torch.stack([torch.logit(prob), ids, score])
+
+
+class ExportedMaskRCNN(nn.Module):
+    """The eval path of ``MaskRCNNSegmenter`` in a form TorchScript compiles: (N, 1, H, W)
+    normalised grey images -> (N, 3, H, W) maps (``detections_to_maps``)."""
+
+    def __init__(self, detector: nn.Module, mask_threshold: float) -> None:
+        super().__init__()
+        self.detector = detector
+        self.mask_threshold = float(mask_threshold)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """The maps of each image, as ``MaskRCNNSegmenter`` in eval mode gives them."""
+        batch = [images[i].float() for i in range(images.shape[0])]
+        # scripted, torchvision's detector returns (losses, detections)
+        _, detections = self.detector(batch)
+        size = (images.shape[-2], images.shape[-1])
+        maps = [detections_to_maps(d, size, self.mask_threshold) for d in detections]
+        return torch.stack(maps)
+
+
+def script_for_export(model: MaskRCNNSegmenter) -> torch.jit.ScriptModule:
+    """``model``'s eval path compiled by TorchScript (a copy; ``model`` is left as it is), with
+    its current score threshold. Scripting, not tracing: the number of detections is the
+    data's, which a trace would freeze to its example's."""
+    import copy
+    import warnings
+
+    detector = copy.deepcopy(model.detector).eval()
+    with warnings.catch_warnings():
+        # torchvision warns that a scripted detector returns (losses, detections): it is read so
+        warnings.filterwarnings("ignore", "RCNN always returns", UserWarning)
+        return torch.jit.script(ExportedMaskRCNN(detector, model.mask_threshold))
 
 
 def maskrcnn_unused_parameters(model: MaskRCNNSegmenter, size: int = 64) -> list[str]:

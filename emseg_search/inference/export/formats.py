@@ -9,10 +9,12 @@
 - onnx: torch's dynamo exporter (needs ``onnxscript``), opset 18, dynamic N, H and W, checked
   with onnxruntime (``pip install 'emseg-search[export]'``). pspnet and upernet do not export:
   their adaptive pooling to fixed bins has no ONNX form for a dynamic input size.
-- maskrcnn (the instance model) does not export, in either format (ExportError): its
-  detections are a data-dependent number of boxes whose masks are pasted one by one in Python
-  (models.maskrcnn.detections_to_maps), which a trace would freeze to the example's count;
-  use ``predict``, or load the artifact in Python (inference.artifact.load_artifact).
+- maskrcnn (the instance model) exports to TorchScript by ``torch.jit.script``, not a trace: its
+  detections are a data-dependent number of boxes whose masks are pasted one by one
+  (models.maskrcnn.detections_to_maps, compiled as it is), which a trace would freeze to the
+  example's count. Its output is the eval model's (N, 3, H, W) maps: particle logit, instance
+  id, detection score. ONNX is refused for it (ExportError): torchvision's detection ops and
+  the pasting loop have no dynamic-size ONNX form here.
 
 Every export is verified against the artifact's eager model (``verify``: the same masks
 at two sizes); ``export.json`` beside the model says how to preprocess an image.
@@ -37,6 +39,7 @@ from emseg_search.atomic import atomic_path, write_text
 from emseg_search.inference.artifact import ModelArtifact, load_artifact
 from emseg_search.inference.export.errors import ExportError, ExportSetupError
 from emseg_search.inference.export.verify import (
+    JIT_DEPRECATED,
     LOGIT_TIE,
     SizeCheck,
     check_inputs,
@@ -89,6 +92,19 @@ def to_torchscript(model: Any, example: np.ndarray, path: Path) -> list[str]:
             if issubclass(w.category, torch.jit.TracerWarning)
         }
     )
+
+
+def instances_to_torchscript(model: Any, example: np.ndarray, path: Path) -> list[str]:
+    """Script an instance model (Mask R-CNN) and save it; no notes (``example`` unused:
+    nothing is traced)."""
+    import torch
+
+    from emseg_search.models.maskrcnn import script_for_export
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", JIT_DEPRECATED, FutureWarning)  # torch >= 2.10
+        torch.jit.save(script_for_export(model), str(path))
+    return []
 
 
 def _require_onnx() -> None:
@@ -152,7 +168,20 @@ POSTPROCESSING: dict[str, tuple[str, ...]] = {
         "particles = watershed of -d from the seeds over the mask (4-connected); a mask "
         "component without a seed is one particle",
     ),
+    "instances": (
+        "channels: particle logit, instance id (1 = the highest-scoring detection, 0 = none), "
+        "that detection's score",
+        "particles = the pixels of each instance id; with postprocess.score_threshold above "
+        "the exported one, drop the ids whose score is below it",
+    ),
 }
+
+
+def _exporter_name(fmt: str, target: str) -> str:
+    """What wrote the model file."""
+    if fmt == "onnx":
+        return f"torch.onnx.export(dynamo=True), opset {ONNX_OPSET}"
+    return "torch.jit.script" if target == "instances" else "torch.jit.trace"
 
 
 def build_info(art: ModelArtifact, fmt: str, model_path: Path, notes: list[str]) -> dict[str, Any]:
@@ -167,15 +196,21 @@ def build_info(art: ModelArtifact, fmt: str, model_path: Path, notes: list[str])
     t, stride = art.threshold, int(art.meta["stride"])
     cut = math.log(t / (1.0 - t))
     post = art.postprocess
+    instances = post.target == "instances"
+    out_name = "maps" if instances else "logits"
+    # instance ids cannot be interpolated (inference.predictor does the same)
+    resize = "nearest-neighbour" if instances else "bilinearly (half-pixel centres)"
     return {
         "format": EXPORT_FORMAT,
         "model_format": fmt,
         "model_file": model_path.name,
-        "exporter": "torch.jit.trace"
-        if fmt == "torchscript"
-        else f"torch.onnx.export(dynamo=True), opset {ONNX_OPSET}",
+        "exporter": _exporter_name(fmt, post.target),
         "input": {"name": "image", "shape": ["N", 1, "H", "W"], "dtype": "float32"},
-        "output": {"name": "logits", "shape": ["N", post.channels, "H", "W"], "dtype": "float32"},
+        "output": {
+            "name": out_name,
+            "shape": ["N", post.channels, "H", "W"],
+            "dtype": "float32",
+        },
         "target": post.target,
         "postprocess": post.to_dict(),
         "mean": art.mean,
@@ -198,8 +233,8 @@ def build_info(art: ModelArtifact, fmt: str, model_path: Path, notes: list[str])
             "x = (x - mean) / std as float32, shape (N, 1, Hp, Wp)",
         ],
         "postprocessing": [
-            f"logits = model(x), shape (N, {post.channels}, Hp, Wp); crop to [:H, :W]",
-            "if scale != 1: resize the logits bilinearly (half-pixel centres) to (H0, W0)",
+            f"{out_name} = model(x), shape (N, {post.channels}, Hp, Wp); crop to [:H, :W]",
+            f"if scale != 1: resize the {out_name} {resize} to (H0, W0)",
             *POSTPROCESSING[post.target],
             "particles smaller than postprocess.min_area px are dropped; with "
             "postprocess.min_relative_area > 0 also those smaller than it x the image's "
@@ -231,6 +266,8 @@ def output_path(out: str | Path | None, model_dir: Path, fmt: str) -> Path:
 def _run_exporter(fmt: str, art: ModelArtifact, example: np.ndarray, path: Path) -> list[str]:
     """Export with the format's exporter; its errors become one ExportError line."""
     exporter = to_torchscript if fmt == "torchscript" else to_onnx
+    if art.postprocess.target == "instances":
+        exporter = instances_to_torchscript
     try:
         return exporter(art.model, example, path)
     except ExportError:
@@ -262,12 +299,11 @@ def export_model(
     if fmt == "onnx":
         _require_onnx()  # before the slow part
     art = load_artifact(model_dir)
-    if art.postprocess.target == "instances":
+    if art.postprocess.target == "instances" and fmt != "torchscript":
         raise ExportError(
             f"{fmt} export of arch {art.meta['arch']!r} is not supported: its detections are "
-            "a data-dependent number of boxes whose masks are pasted in Python, which neither "
-            "a trace nor ONNX keeps; use `predict`, or load the artifact in Python "
-            "(emseg_search.inference.artifact.load_artifact)"
+            "a data-dependent number of boxes whose masks are pasted one by one, which has no "
+            "ONNX form here; use --format torchscript"
         )
     out = output_path(out, art.path, fmt)
     trace_size, *_ = defaults = default_sizes(art)
@@ -281,7 +317,9 @@ def export_model(
     tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out.parent))
     try:
         notes = _run_exporter(fmt, art, example, tmp / out.name)
-        checks = verify_export(tmp / out.name, fmt, inputs, reference, art.threshold)
+        checks = verify_export(
+            tmp / out.name, fmt, inputs, reference, art.threshold, art.postprocess.target
+        )
         info = build_info(art, fmt, out, notes)
         info["verification"] = {
             "ok": all(c.ok for c in checks),
