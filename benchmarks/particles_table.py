@@ -10,14 +10,17 @@ post-processing, as recorded in its artifact, or changed with --options).
         boundary-unet-pp=results/emps_unet_boundary_papers/model \\
         --options boundary-unet-pp="--seed-threshold 0.7 --min-relative-area 0.1" \\
         --data ../shared/data/emps-train --split configs/splits/emps_test_papers.csv \\
-        --ood ../shared/data/ood-msa-tem --name emps
+        --ood ../shared/data/ood-msa-tem --group-by metadata.csv:doi --name emps
 
 Every model is scored with `evaluate` (full resolution, --split-touching) on --split; a model
 whose tables already exist under --out is read back, not scored again (delete them to
-re-score). The figure shows the --figure-images images whose ground truth has the most
-particles in touching groups (chosen on the true masks only, the same for every model): green
-true outlines, magenta predicted ones. Writes benchmarks/results/particles[-NAME].md and .png.
-About 2-4 minutes per EMPS model on a 2-core CPU for 82 images.
+re-score). A second table gives each model's particle F1 and pixel IoU with 95 % intervals
+and its F1 minus the best model's (or --compare-to's), paired, by the project's group
+bootstrap (--group-by: the groups resampled, EMPS papers). The figure shows the
+--figure-images images whose ground truth has the most particles in touching groups (chosen on
+the true masks only, the same for every model): green true outlines, magenta predicted ones.
+Writes benchmarks/results/particles[-NAME].md and .png. About 2-4 minutes per EMPS model on a
+2-core CPU for 82 images.
 """
 
 from __future__ import annotations
@@ -134,6 +137,43 @@ def figure(
     return png
 
 
+def intervals(
+    frames: dict[str, pd.DataFrame], groups: dict[str, str], reference: str
+) -> tuple[list[str], list[list[str]]]:
+    """Each model's particle F1 and pixel IoU with 95 % intervals, and its F1 minus the
+    ``reference`` model's (paired), all by the project's own group bootstrap
+    (emseg_search.analysis.intervals: resampling groups -- EMPS papers --, not images)."""
+    from emseg_search.analysis.intervals import architecture_interval, paired_difference
+
+    def ci(d: dict) -> str:
+        return f"{d['estimate']:.3f} [{d['ci_low']:.3f}, {d['ci_high']:.3f}]"
+
+    tables = {
+        label: frame.assign(group=frame["name"].map(groups), seed=0)
+        for label, frame in frames.items()
+    }
+    rows = []
+    for label, frame in tables.items():
+        row = [label, ci(architecture_interval(frame, "particle_f1"))]
+        row.append(ci(architecture_interval(frame, "iou")))
+        if label == reference:
+            row += ["(reference)", "", ""]
+        else:
+            d = paired_difference(frame, tables[reference], "particle_f1")
+            row += [f"{d['estimate']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"]
+            row += [f"{d['prob_superiority']:.2f}", f"{d['wilcoxon_p']:.3g}"]
+        rows.append(row)
+    columns = [
+        "model",
+        "particle F1 [95 % CI]",
+        "pixel IoU [95 % CI]",
+        f"F1 minus {reference} [95 % CI]",
+        "P(better on an image)",
+        "Wilcoxon p (per group)",
+    ]
+    return columns, rows
+
+
 def training_minutes(model: Path) -> str:
     """Summed epoch + validation seconds of the run that wrote ``model``, in minutes."""
     epochs = model.parent / "epochs.parquet"
@@ -168,6 +208,18 @@ def main() -> int:
         default="",
         help="comma list of the labels drawn in the figure (default: every model)",
     )
+    p.add_argument(
+        "--group-by",
+        default="",
+        help="CSV:COLUMN or regex:PATTERN (as `train --group-by`): the groups the intervals "
+        "resample (EMPS: metadata.csv:doi, the paper); default: each image its own group",
+    )
+    p.add_argument(
+        "--compare-to",
+        default="",
+        help="the label every model's particle F1 is compared with, paired (default: the "
+        "model with the highest particle F1)",
+    )
     p.add_argument("--window", type=int, default=320, help="crop of each image, px (320)")
     p.add_argument("--out", type=Path, default=REPO / "results" / "particles")
     p.add_argument("--name", default="", help="suffix of the results files")
@@ -188,11 +240,15 @@ def main() -> int:
             raise SystemExit(f'error: --options {spec!r}: expected LABEL="OPTIONS" of a model')
         options[label] = shlex.split(text)
     args.out.mkdir(parents=True, exist_ok=True)
-    rows, folders = [], []
+    if args.compare_to and args.compare_to not in labels:
+        raise SystemExit(f"error: --compare-to {args.compare_to!r} names no model")
+    rows, folders, frames, f1s = [], [], {}, {}
     for label, model in zip(labels, paths, strict=True):
         overlays = args.out / f"{label}_overlays"
         extra = options.get(label, [])
         s = scored(model, args.data, args.split, args.out / f"{label}.parquet", overlays, extra)
+        frames[label] = pd.read_parquet(args.out / f"{label}.parquet")
+        f1s[label] = s["particle_f1"]
         folders.append(overlays)
         target = json.loads((model / "artifact.json").read_text()).get("target", "binary")
         row = [
@@ -238,7 +294,29 @@ def main() -> int:
         f"Figure: {png.name}, {args.window} px crops of images {', '.join(names)} (most true "
         "particles in touching groups; crops centred on them)."
     )
-    write_report(f"particles{suffix}", head, columns, rows)
+    text = write_report(f"particles{suffix}", head, columns, rows)
+    names_all = sorted({n for f in frames.values() for n in f["name"]})
+    if args.group_by:
+        from emseg_search.data.splits import read_groups
+
+        groups = read_groups(args.data, names_all, args.group_by)
+        unit = f"groups of {args.group_by}"
+    else:
+        groups, unit = {n: n for n in names_all}, "images (no --group-by)"
+    reference = args.compare_to or max(f1s, key=f1s.get)
+    icolumns, irows = intervals(frames, groups, reference)
+    ihead = (
+        f"Intervals ({len(set(groups.values()))} {unit}; one training run per model, so they "
+        "cover the choice of images, not of training seeds): "
+        "emseg_search.analysis.intervals, paired group bootstrap (9,999 resamples, BCa 95 %); "
+        "P(better on an image): share of images where the model's F1 is higher than the "
+        "reference's, ties 1/2; Wilcoxon signed-rank over the groups' mean per-image differences."
+    )
+    lines = [ihead, "", "| " + " | ".join(icolumns) + " |", "|" + "---|" * len(icolumns)]
+    lines += ["| " + " | ".join(row) + " |" for row in irows]
+    extra = "\n".join(lines) + "\n"
+    print(extra)
+    (RESULTS / f"particles{suffix}.md").write_text(text + "\n" + extra)
     print(f"wrote {png}")
     return 0
 
