@@ -8,11 +8,22 @@ from pathlib import Path
 RESULTS = Path(__file__).parent / "results"
 
 
-def write_report(name: str, head: str, columns: Sequence[str], rows: Sequence[Sequence]) -> str:
-    """Print ``head`` and a Markdown table of ``rows``; write both to results/<name>.md."""
+Table = tuple[str, Sequence[str], Sequence[Sequence]]  # head, columns, rows
+
+
+def markdown(head: str, columns: Sequence[str], rows: Sequence[Sequence]) -> str:
+    """``head``, a blank line and a Markdown table of ``rows``."""
     lines = [head, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    text = "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n"
+
+
+def write_report(
+    name: str, head: str, columns: Sequence[str], rows: Sequence[Sequence], *more: Table
+) -> str:
+    """Print ``head`` and a Markdown table of ``rows`` (then each further (head, columns,
+    rows) table); write them all to results/<name>.md."""
+    text = "\n".join(markdown(*table) for table in ((head, columns, rows), *more))
     print(text)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.md").write_text(text)

@@ -294,7 +294,6 @@ def main() -> int:
         f"Figure: {png.name}, {args.window} px crops of images {', '.join(names)} (most true "
         "particles in touching groups; crops centred on them)."
     )
-    text = write_report(f"particles{suffix}", head, columns, rows)
     names_all = sorted({n for f in frames.values() for n in f["name"]})
     if args.group_by:
         from emseg_search.data.splits import read_groups
@@ -312,11 +311,7 @@ def main() -> int:
         "P(better on an image): share of images where the model's F1 is higher than the "
         "reference's, ties 1/2; Wilcoxon signed-rank over the groups' mean per-image differences."
     )
-    lines = [ihead, "", "| " + " | ".join(icolumns) + " |", "|" + "---|" * len(icolumns)]
-    lines += ["| " + " | ".join(row) + " |" for row in irows]
-    extra = "\n".join(lines) + "\n"
-    print(extra)
-    (RESULTS / f"particles{suffix}.md").write_text(text + "\n" + extra)
+    write_report(f"particles{suffix}", head, columns, rows, (ihead, icolumns, irows))
     print(f"wrote {png}")
     return 0
 
