@@ -20,6 +20,7 @@ from emseg_search.space.errors import SpaceError
 from emseg_search.space.spec import SearchSpace, load_space, space_from_dict
 
 SPACES = sorted((Path(__file__).resolve().parents[2] / "search_spaces").glob("*.yaml"))
+EMPS_SPACES = [p for p in SPACES if "emps" in str(load_space(p).data)]
 PAIRS = list(COMBINATIONS[:3])
 BASE: dict[str, Any] = {
     "name": "t",
@@ -81,6 +82,21 @@ def check_conditionals(params: dict[str, Any]) -> None:
 def test_shipped_spaces_exist() -> None:
     names = {p.name for p in SPACES}
     assert {"quick.yaml", "unet_vs_deeplabv3plus.yaml", "emps_cpu.yaml", "full.yaml"} <= names
+
+
+def test_emps_spaces_are_found() -> None:
+    assert {p.name for p in EMPS_SPACES} >= {"emps_cpu.yaml", "emps_robust_cpu.yaml", "full.yaml"}
+
+
+@pytest.mark.parametrize("path", EMPS_SPACES, ids=lambda p: p.name)
+def test_emps_spaces_never_select_on_the_held_out_papers(path: Path) -> None:
+    """Every shipped EMPS space splits by paper and keeps the held-out papers (the split the
+    recipes are measured on) out of training and of the validation it selects on."""
+    space = load_space(path)
+    assert space.fixed.get("group_by") == "metadata.csv:doi"
+    test_file = space.fixed.get("test_file")
+    assert test_file == "configs/splits/emps_test_papers.csv"
+    assert (path.parents[1] / test_file).is_file()
 
 
 @pytest.mark.parametrize("path", SPACES, ids=lambda p: p.name)
