@@ -72,7 +72,7 @@ def build_search(space: SearchSpace, exp_dir: Path, max_concurrent: int) -> Budg
         space=space.define_by_run(),
         metric=list(objectives) or space.metric,
         mode=list(objectives.values()) or space.mode,
-        sampler=space.searcher.build_sampler(),
+        sampler=space.build_sampler(),
         study_name=space.name,
     )
     return BudgetedSearch(

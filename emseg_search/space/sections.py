@@ -3,7 +3,7 @@ searcher (each a frozen pydantic model; unknown keys are errors)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -64,12 +64,13 @@ class Scheduler(Frozen):
 
 
 class Searcher(Frozen):
-    """Optuna's samplers, seeded: TPE (``optuna``), NSGA-II (``nsga2``) or random sampling.
+    """Optuna's samplers, seeded: TPE (``optuna``), NSGA-II (``nsga2``), random sampling, or
+    every combination of categorical choices once (``grid``: a small, planned comparison).
 
     Each of them takes one objective or several (the space's ``objectives``).
     """
 
-    type: Literal["optuna", "nsga2", "random"] = "optuna"
+    type: Literal["optuna", "nsga2", "random", "grid"] = "optuna"
     seed: int = 0
     # TPE's options
     n_startup_trials: int = Field(5, ge=0)  # random trials before TPE takes over
@@ -89,12 +90,19 @@ class Searcher(Frozen):
             )
         return self
 
-    def build_sampler(self) -> optuna.samplers.BaseSampler:
-        """The Optuna sampler these settings describe."""
+    def build_sampler(
+        self, grid: dict[str, list[Any]] | None = None
+    ) -> optuna.samplers.BaseSampler:
+        """The Optuna sampler these settings describe; ``grid`` ({Optuna name: values}, from
+        ``SearchSpace.grid``) is what type ``grid`` walks through."""
         import warnings
 
         import optuna
 
+        if self.type == "grid":
+            if not grid:
+                raise ValueError("searcher type grid needs the space's grid (SearchSpace.grid)")
+            return optuna.samplers.GridSampler(grid, seed=self.seed)
         if self.type == "random":
             return optuna.samplers.RandomSampler(seed=self.seed)
         if self.type == "nsga2":

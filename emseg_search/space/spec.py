@@ -83,6 +83,7 @@ class SearchSpace(Frozen):
             or check_values(self)
             or check_references(self)
             or check_models(self, (*MODEL_FIELDS, *INPUT_FIELDS))
+            or self._grid_problems()
         )
         if problems:
             raise Problems(problems)
@@ -102,6 +103,29 @@ class SearchSpace(Frozen):
                         f"parameters.{name}: also in `fixed`, but always sampled; keep one "
                         "(a fixed value is the fallback of a `when`/`depends_on` parameter)"
                     )
+        return out
+
+    def _grid_problems(self) -> list[str]:
+        """A ``grid`` search walks every combination of categorical choices once."""
+        if self.searcher.type != "grid":
+            return []
+        out = [
+            f"parameters.{field}: searcher type grid takes categorical parameters without "
+            f"`when`/`depends_on` (a list of `choices`), got type {spec.type}"
+            + (" with a condition" if spec.type == "categorical" else "")
+            for field, spec in self.parameters.items()
+            if not isinstance(spec, CategoricalParam) or spec.parents
+        ]
+        if not self.parameters:
+            out.append("parameters: searcher type grid needs at least one parameter")
+        if out:
+            return out
+        points = math.prod(len(spec.choices) for spec in self.parameters.values())
+        if self.budget.num_samples != points:
+            out.append(
+                f"budget.num_samples: the grid has {points} combinations, each run once; "
+                f"set num_samples: {points} (got {self.budget.num_samples})"
+            )
         return out
 
     def _base_problems(self) -> list[str]:
@@ -189,6 +213,16 @@ class SearchSpace(Frozen):
             if spec.active(values):
                 values[field] = drawn[field] = pick(field, spec, values)
         return drawn
+
+    def grid(self) -> dict[str, list[Any]] | None:
+        """{parameter: choices} a ``grid`` searcher walks through (None for other searchers)."""
+        if self.searcher.type != "grid":
+            return None
+        return {field: list(spec.choices) for field, spec in self.parameters.items()}
+
+    def build_sampler(self) -> optuna.samplers.BaseSampler:
+        """The Optuna sampler of ``searcher`` for this space."""
+        return self.searcher.build_sampler(self.grid())
 
     def define_by_run(self) -> Callable[[optuna.Trial], dict[str, Any] | None]:
         """Optuna define-by-run function (OptunaSearch(space=...)): suggests, returns None."""

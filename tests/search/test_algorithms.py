@@ -222,3 +222,35 @@ def test_several_objectives_tell_optuna_the_best_epoch(tmp_path: Path) -> None:
         "nan": ("FAIL", None),
     }
     assert {t.user_attrs["tune_trial_id"] for t in study.best_trials} == {"last", "good"}
+
+
+GRID = space_from_dict(
+    {
+        "name": "g",
+        "budget": {"num_samples": 4},
+        "scheduler": {"type": "asha", "max_epochs": 4},
+        "searcher": {"type": "grid", "seed": 3},
+        "fixed": {"tile_size": 64},
+        "parameters": {
+            "augment": {"type": "categorical", "choices": ["em", "robust"]},
+            "synthetic_mix": {"type": "categorical", "choices": [0.0, 0.5]},
+        },
+    }
+)
+
+
+def test_a_grid_search_runs_every_combination_once_across_a_restore(tmp_path: Path) -> None:
+    """searcher type grid: two trials at once, one stopped early, the searcher snapshotted and
+    restored as Tune does on --resume; the four trials still cover the four combinations."""
+    search = build_search(GRID, tmp_path, max_concurrent=2).searcher.searcher
+    seen = [search.suggest("a"), search.suggest("b")]
+    search.on_trial_result("a", {"val_iou": 0.2, "training_iteration": 1})
+    search.on_trial_complete("a", {"val_iou": 0.2, "training_iteration": 1})  # ASHA stopped it
+    search.save(str(tmp_path / "searcher.pkl"))
+    restored = PruningOptunaSearch.__new__(PruningOptunaSearch)
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    seen.append(restored.suggest("c"))
+    restored.on_trial_complete("b", {"val_iou": 0.5, "training_iteration": 4})
+    seen.append(restored.suggest("d"))
+    combos = {(GRID.trial_config(p).augment, GRID.trial_config(p).synthetic_mix) for p in seen}
+    assert combos == {("em", 0.0), ("em", 0.5), ("robust", 0.0), ("robust", 0.5)}

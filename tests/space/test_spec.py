@@ -774,3 +774,67 @@ def test_fuzzed_space_files_raise_only_space_errors(tmp_path: Path) -> None:
 
     check()
     assert refused  # the fuzzing reached the error paths
+
+
+# ---- grid searcher -----------------------------------------------------------------------------
+
+GRID_PARAMS = {
+    "arch": {"type": "categorical", "choices": ["unet", "fpn"]},
+    "loss": {"type": "categorical", "choices": ["bce", "dice", "lovasz+bce"]},
+}
+
+
+def test_a_grid_space_samples_each_combination_once() -> None:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space = space_from_dict(
+        with_changes(searcher={"type": "grid"}, budget={"num_samples": 6}, parameters=GRID_PARAMS)
+    )
+    assert space.grid() == {"arch": ["unet", "fpn"], "loss": ["bce", "dice", "lovasz+bce"]}
+    study = optuna.create_study(sampler=space.build_sampler(), direction="maximize")
+    define = space.define_by_run()
+
+    def objective(trial: optuna.Trial) -> float:
+        define(trial)
+        return 0.5
+
+    study.optimize(objective, n_trials=6)
+    pairs = [(t.params["arch"], t.params["loss"]) for t in study.trials]
+    assert sorted(pairs) == sorted(
+        (a, b) for a in ("unet", "fpn") for b in GRID_PARAMS["loss"]["choices"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (
+            {"budget": {"num_samples": 4}},
+            r"budget.num_samples: the grid has 6 combinations.*num_samples: 6",
+        ),
+        (
+            {"parameters": {**GRID_PARAMS, "lr": {"type": "float", "low": 1e-4, "high": 1e-2}}},
+            r"parameters.lr: searcher type grid takes categorical parameters.*got type float",
+        ),
+        ({"parameters": {}}, r"parameters: searcher type grid needs at least one parameter"),
+        (
+            {
+                "parameters": {
+                    **GRID_PARAMS,
+                    "augment": {
+                        "type": "categorical",
+                        "choices": ["em", "robust"],
+                        "when": {"arch": ["fpn"]},
+                    },
+                }
+            },
+            r"parameters.augment: .*got type categorical with a condition",
+        ),
+    ],
+)
+def test_a_grid_space_is_refused_up_front(changes: dict[str, Any], message: str) -> None:
+    values = with_changes(
+        searcher={"type": "grid"}, budget={"num_samples": 6}, parameters=GRID_PARAMS
+    )
+    values.update(changes)
+    with pytest.raises(SpaceError, match=message):
+        space_from_dict(values, source="g.yaml")
