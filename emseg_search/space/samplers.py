@@ -18,3 +18,14 @@ class NSGAIISampler(optuna.samplers.NSGAIISampler):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._thread_lock = threading.Lock()
+
+
+class GridSampler(optuna.samplers.GridSampler):
+    """Optuna's grid, told trials the way Tune tells them (``study.tell`` outside
+    ``study.optimize``). Optuna's stops the study when the grid's last trial ends, which
+    outside ``optimize`` raises RuntimeError: a pruned last trial then broke the search, a
+    completed one logged a warning. Here the search's ``num_samples`` (the grid's size)
+    ends it instead."""
+
+    def after_trial(self, *args: Any, **kwargs: Any) -> None:
+        return None

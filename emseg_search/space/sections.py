@@ -102,7 +102,9 @@ class Searcher(Frozen):
         if self.type == "grid":
             if not grid:
                 raise ValueError("searcher type grid needs the space's grid (SearchSpace.grid)")
-            return optuna.samplers.GridSampler(grid, seed=self.seed)
+            from emseg_search.space.samplers import GridSampler
+
+            return GridSampler(grid, seed=self.seed)
         if self.type == "random":
             return optuna.samplers.RandomSampler(seed=self.seed)
         if self.type == "nsga2":

@@ -4,8 +4,10 @@ the Ray internals PruningOptunaSearch relies on, and budgets a --resume may exte
 from __future__ import annotations
 
 import json
+import logging
 import pickle
 import time
+import warnings
 from pathlib import Path
 
 import optuna
@@ -239,7 +241,9 @@ GRID = space_from_dict(
 )
 
 
-def test_a_grid_search_runs_every_combination_once_across_a_restore(tmp_path: Path) -> None:
+def test_a_grid_search_runs_every_combination_once_across_a_restore(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """searcher type grid: two trials at once, one stopped early, the searcher snapshotted and
     restored as Tune does on --resume; the four trials still cover the four combinations."""
     search = build_search(GRID, tmp_path, max_concurrent=2).searcher.searcher
@@ -254,3 +258,12 @@ def test_a_grid_search_runs_every_combination_once_across_a_restore(tmp_path: Pa
     seen.append(restored.suggest("d"))
     combos = {(GRID.trial_config(p).augment, GRID.trial_config(p).synthetic_mix) for p in seen}
     assert combos == {("em", 0.0), ("em", 0.5), ("robust", 0.0), ("robust", 0.5)}
+    # the grid's last trial ends without an error, also when ASHA stops it (Optuna's own
+    # GridSampler stops the study then, which outside study.optimize raises)
+    restored.on_trial_complete("c", {"val_iou": 0.4, "training_iteration": 4})
+    with warnings.catch_warnings(), caplog.at_level(logging.WARNING):
+        warnings.simplefilter("error")
+        restored.on_trial_complete("d", {"val_iou": 0.4, "training_iteration": 2})
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    states = {t.user_attrs["tune_trial_id"]: t.state.name for t in restored.study().trials}
+    assert states == {"a": "PRUNED", "b": "COMPLETE", "c": "COMPLETE", "d": "PRUNED"}
