@@ -313,7 +313,8 @@ class SearchSpace(Frozen):
                 yield f"parameters.{field}.high", field, spec.high, False
 
     def smoke_test(self) -> SearchSpace:
-        """The space shrunk to 2 trials x 1 epoch with small tiles and batches, no time budget."""
+        """The space shrunk to 2 trials x 1 epoch with small tiles and batches, no time budget
+        (a grid's 2 trials are drawn from its combinations at random)."""
         from emseg_search.models.registry import min_input_size, required_stride
 
         cfgs = [TrialConfig.model_validate(v) for v in self.combinations(MODEL_FIELDS)]
@@ -326,6 +327,8 @@ class SearchSpace(Frozen):
         values["parameters"] = {k: v for k, v in values["parameters"].items() if k not in shrunk}
         values["budget"].update(num_samples=2, time_budget_s=None)
         values["scheduler"].update(max_epochs=1, grace_period=1)
+        if values["searcher"]["type"] == "grid":  # 2 trials of it, not every combination
+            values["searcher"]["type"] = "random"
         return space_from_dict(values, source=f"{self._source} (smoke test)")
 
     def with_fixed(self, **values: Any) -> SearchSpace:
