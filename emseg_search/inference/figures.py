@@ -195,7 +195,7 @@ def robustness_chart(table: pd.DataFrame, out_png: str | Path, title: str) -> Pa
     axes[0].set_yticks(y, table["shift"])
     lines = textwrap.wrap(title, 95)  # a long data description would run off the figure
     fig.suptitle("\n".join(lines), fontsize=10)
-    return save_figure(fig, out_png, rect=(0, 0, 1, 1 - 0.035 * len(lines)))
+    return save_figure(fig, out_png)  # tight_layout leaves room for the suptitle itself
 
 
 def example_grid(
