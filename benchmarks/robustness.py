@@ -10,7 +10,8 @@ benchmarks/results/robustness[-NAME].md.
 Each model is scored on its own validation split of --data (`--split val`; all of it for the
 first column, a seeded sample under the shifts), so models trained with the same split are
 compared on the same images; each `--inference` setting (evaluate's options, e.g. "--scale
-auto") is a row of its own. A run that already wrote its tables under
+auto", --tta, "" for the model as trained) is a row of its own; the settings run up to the
+script's next option. A run that already wrote its tables under
 --out is read back, not scored again (delete them to re-score). About 3 minutes per EMPS model
 on a 2-core CPU at 24 images (DeepLabV3+ at full resolution), plus under a minute for 40 OOD
 images.
@@ -49,6 +50,21 @@ def scored(args: list[str], summary: Path) -> dict:
     return json.loads(summary.read_text())
 
 
+def split_inference(argv: list[str], options: set[str]) -> tuple[list[str], list[str] | None]:
+    """Take ``--inference``'s settings out of ``argv`` (argparse refuses a value such as
+    "--tta" that looks like an option): every word after it up to this script's next option.
+    Returns the other words and the settings (None when ``--inference`` is not given)."""
+    if "--inference" not in argv:
+        return argv, None
+    i = argv.index("--inference")
+    j = i + 1
+    while j < len(argv) and argv[j] not in options:
+        j += 1
+    if j == i + 1:
+        raise SystemExit('robustness.py: --inference needs at least one setting, e.g. "" "--tta"')
+    return argv[:i] + argv[j:], argv[i + 1 : j]
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("models", type=Path, nargs="+", help="model artifact folders")
@@ -63,7 +79,12 @@ def main() -> int:
         default=[""],
         help='evaluate options per row, e.g. "" "--scale auto" (default: the model as trained)',
     )
-    args = p.parse_args()
+    argv, settings = split_inference(
+        sys.argv[1:], {o for a in p._actions for o in a.option_strings}
+    )
+    args = p.parse_args(argv)
+    if settings is not None:
+        args.inference = settings
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for model in args.models:

@@ -1,6 +1,7 @@
 """CLI: write the embedded procedural EM data set (EMPS layout) to a folder.
 
 python -m emseg_search synth --out DIR [--n 200] [--seed 0] [--size 256] [--style mixed]
+                             [--scene dense-small-carbon]
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from emseg_search.cli.common import UsageError, command
 
 def build_parser() -> argparse.ArgumentParser:
     """Command-line options of `synth`."""
-    from emseg_search.data.synth.generator import STYLES
+    from emseg_search.data.synth.generator import SCENES, STYLES
 
     p = argparse.ArgumentParser(
         prog="python -m emseg_search synth",
@@ -25,6 +26,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="data-set seed (default 0)")
     p.add_argument("--size", type=int, default=256, help="image side in px (default 256)")
     p.add_argument("--style", choices=[*STYLES, "mixed"], default="mixed", help="(default mixed)")
+    p.add_argument(
+        "--scene",
+        choices=SCENES,
+        help="draw only this layout (its style is its own; not with --style): dense-small-carbon "
+        "= dense 6-16 px particles on a strongly textured carbon film at a low dose",
+    )
     p.add_argument(
         "--test-fraction", type=float, default=0.2, help="share of images in test.csv (default 0.2)"
     )
@@ -49,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.if_missing and (out / "synth.json").is_file():
         print(f"synthetic data set already in {out} (synth.json); not regenerating")
         return 0
+    if args.scene and args.style != "mixed":
+        raise UsageError(f"--scene {args.scene} has its own style; leave out --style")
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not args.overwrite:
@@ -62,9 +71,11 @@ def main(argv: list[str] | None = None) -> int:
         test_fraction=args.test_fraction,
         progress=args.progress,
         style=None if args.style == "mixed" else args.style,
+        scene=args.scene,
     )
     dt = time.perf_counter() - t0
-    print(f"wrote {args.n} synthetic images ({args.style}, {args.size}px) to {out} in {dt:.1f} s")
+    kind = f"scene {args.scene}" if args.scene else args.style
+    print(f"wrote {args.n} synthetic images ({kind}, {args.size}px) to {out} in {dt:.1f} s")
     return 0
 
 

@@ -125,13 +125,19 @@ def size_histogram(
 
 
 def save_figure(
-    fig: Any, out_png: str | Path, rect: tuple[float, float, float, float] | None = None
+    fig: Any,
+    out_png: str | Path,
+    rect: tuple[float, float, float, float] | None = None,
+    crop: bool = False,
 ) -> Path:
     """Lay out a matplotlib Figure (within ``rect``, figure fractions) and write it as PNG,
-    atomically (parent folders made)."""
+    atomically (parent folders made); ``crop`` trims the page to what is drawn on it."""
     fig.tight_layout(rect=rect)
     with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, format="png")
+        if crop:
+            fig.savefig(tmp, format="png", bbox_inches="tight", pad_inches=0.05)
+        else:
+            fig.savefig(tmp, format="png")
     return Path(out_png)
 
 
@@ -208,14 +214,20 @@ def example_grid(
     outline overlays (green true, magenta predicted) in a grid -> PNG."""
     from matplotlib.figure import Figure
 
+    columns = max(1, min(columns, len(panels)))  # two panels: a two-panel figure
     rows = max(1, -(-len(panels) // columns))
+    titles = [
+        "\n".join(w for line in t.splitlines() for w in textwrap.wrap(line, 48) or [""])
+        for t, *_ in panels
+    ]  # long names wrap within their panel
     size = panel_px / 100
-    fig = Figure(figsize=(columns * size, rows * (size + 0.3)), dpi=100)
+    title_in = 0.06 + 0.12 * max((t.count("\n") + 1 for t in titles), default=1)
+    fig = Figure(figsize=(columns * size, rows * (size + title_in)), dpi=100)
     axes = np.atleast_1d(fig.subplots(rows, columns)).ravel()
     for ax in axes:
         ax.axis("off")
-    for ax, (title, image, true, pred) in zip(axes, panels, strict=False):
+    for ax, title, (_, image, true, pred) in zip(axes, titles, panels, strict=False):
         width = max(1, round(max(image.shape) / panel_px))
         ax.imshow(overlay(image, pred, true, width=width), interpolation="antialiased")
         ax.set_title(title, fontsize=7)
-    return save_figure(fig, out_png)
+    return save_figure(fig, out_png, crop=True)  # titles are never cut at the page's edge

@@ -14,6 +14,7 @@ from emseg_search.data.readers import image_to_float01
 from emseg_search.inference.figures import (
     PRED_COLOR,
     TRUE_COLOR,
+    example_grid,
     learning_curves,
     overlay,
     size_histogram,
@@ -93,3 +94,18 @@ def test_learning_curves_of_a_search_give_each_trial_its_own_colour(tmp_path: Pa
         colours = {tuple(c) for c in np.asarray(im.convert("RGB")).reshape(-1, 3)}
     tab20 = {tuple(round(255 * v) for v in c) for c in matplotlib.colormaps["tab20"].colors[:12]}
     assert tab20 <= colours  # 12 distinct colours, not the 10-colour default cycle repeated
+
+
+def test_example_grid_is_as_wide_as_its_panels_and_keeps_long_titles(tmp_path: Path) -> None:
+    """Two shifts scored -> a two-panel page (it was six panels wide, four of them empty), and a
+    long domain name wraps inside its panel instead of running off the page."""
+    image = np.full((64, 64), 128, np.uint8)
+    inst = disk(64, 64, [(32, 32, 10)])
+    title = "synth:dense-small-carbon: dense-small-carbon_00000\nIoU 0.905, particle F1 0.97"
+    two = example_grid([(title, image, inst, inst)] * 2, tmp_path / "two.png")
+    six = example_grid([("none: a\nIoU 1", image, inst, inst)] * 6, tmp_path / "six.png")
+    with Image.open(two) as a, Image.open(six) as b:
+        assert a.width < 0.45 * b.width  # 2 of 6 panel widths, give or take margins
+        rgb = np.asarray(a.convert("RGB"))
+    ink = (rgb.sum(axis=2) < 200).any(axis=0)  # columns holding dark (title) text
+    assert not ink[:2].any() and not ink[-2:].any()  # nothing cut at the page's edges

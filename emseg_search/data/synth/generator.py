@@ -329,6 +329,7 @@ def write_synthetic_dataset(
     test_fraction: float = 0.2,
     progress: bool = False,
     style: str | None = None,
+    scene: str | None = None,
 ) -> Path:
     """Write `n` synthetic images in the EMPS layout (images/, segmaps/, train/test.csv).
 
@@ -345,6 +346,10 @@ def write_synthetic_dataset(
         raise ValueError(f"`test_fraction` must be in [0, 1), got {test_fraction!r}")
     h, w = _hw(size)
     _check_style(style)
+    if scene is not None and scene not in SCENES:
+        raise ValueError(f"unknown `scene` {scene!r}; valid scenes: {sorted(SCENES)} or None")
+    if scene is not None and style is not None:
+        raise ValueError(f"`scene` {scene!r} has its own style; leave `style` unset")
     out = Path(out)
     tmp = out / ".tmp-synth"
     if tmp.exists():
@@ -359,7 +364,7 @@ def write_synthetic_dataset(
         it = tqdm(it, desc="synth", unit="img")
     for i in it:
         # Child seed from (seed, i): image i does not depend on n.
-        sample = generate_sample([int(seed), i], (h, w), style)
+        sample = generate_sample([int(seed), i], (h, w), style, scene)
         Image.fromarray(sample.image).save(tmp / "images" / f"{names[i]}.png")
         Image.fromarray(sample.instances).save(tmp / "segmaps" / f"{names[i]}.png")
     n_test = 0 if test_fraction == 0 else max(1, math.floor(n * test_fraction + 0.5))
@@ -368,6 +373,7 @@ def write_synthetic_dataset(
     meta = {
         "generator": GENERATOR_VERSION, "seed": int(seed), "n": int(n), "size": [h, w],
         "style": style or "mixed", "test_fraction": float(test_fraction),
+        **({"scene": scene} if scene else {}),
         "n_train": n - n_test, "n_test": n_test,
     }  # fmt: skip
     # Old splits go first and new ones come last, so no split file names a missing image.

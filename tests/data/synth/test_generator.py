@@ -171,6 +171,8 @@ def test_later_particles_occlude_earlier(style: str) -> None:
         ({"n": 2, "style": "cryo"}, "`style`"),
         ({"n": 2, "test_fraction": 1.0}, "`test_fraction`"),
         ({"n": 2, "seed": -1}, "`seed`"),
+        ({"n": 2, "scene": "lattice"}, "`scene`"),
+        ({"n": 2, "scene": "dense-small-carbon", "style": "sem"}, "`scene`"),
     ],
 )
 def test_bad_arguments_raise(tmp_path: Path, kwargs: dict, word: str) -> None:
@@ -202,6 +204,24 @@ def test_cli_writes_layout_and_refuses_non_empty(
     assert len(list((out / "images").iterdir())) == 2
     assert main(["--out", str(tmp_path / "bad"), "--n", "0"]) == 2
     assert "`n`" in capsys.readouterr().err
+
+
+def test_cli_writes_one_scene(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`synth --scene dense-small-carbon` writes that scene only (the benchmark's hard domain, as
+    training or test data of its own), and refuses --style beside it."""
+    out = tmp_path / "dense"
+    assert (
+        main(["--out", str(out), "--n", "2", "--size", "96", "--scene", "dense-small-carbon"]) == 0
+    )
+    assert "scene dense-small-carbon" in capsys.readouterr().out
+    assert json.loads((out / "synth.json").read_text())["scene"] == "dense-small-carbon"
+    for i in range(2):
+        written = np.array(Image.open(out / "segmaps" / f"synth_{i:05d}.png"))
+        drawn = generate_sample([0, i], 96, scene="dense-small-carbon").instances
+        np.testing.assert_array_equal(written, drawn)
+    bad = ["--out", str(tmp_path / "x"), "--scene", "dense-small-carbon", "--style", "tem"]
+    assert main(bad) == 2
+    assert "--style" in capsys.readouterr().err
 
 
 def test_rewrite_replaces_the_set_whole_and_leaves_nothing_behind(tmp_path: Path) -> None:
