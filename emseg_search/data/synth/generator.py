@@ -62,6 +62,11 @@ def _check_style(style: str | None) -> None:
         raise ValueError(f"unknown `style` {style!r}; valid styles: {sorted(STYLES)} or None")
 
 
+def _check_scene(scene: str | None) -> None:
+    if scene is not None and scene not in SCENES:
+        raise ValueError(f"unknown `scene` {scene!r}; valid scenes: {sorted(SCENES)} or None")
+
+
 def _render_tem_stem(
     rng: np.random.Generator,
     style: str,
@@ -279,9 +284,8 @@ def generate_sample(
     ``scene`` (one of SCENES) draws that special layout instead (its style is its own)."""
     h, w = _hw(size)
     _check_style(style)
+    _check_scene(scene)
     if scene is not None:
-        if scene not in SCENES:
-            raise ValueError(f"unknown `scene` {scene!r}; valid scenes: {sorted(SCENES)} or None")
         return _dense_small_carbon(np.random.default_rng(seed), h, w)
     rng = np.random.default_rng(seed)
     # Always draw the style so a forced style keeps the seed's layout.
@@ -346,8 +350,7 @@ def write_synthetic_dataset(
         raise ValueError(f"`test_fraction` must be in [0, 1), got {test_fraction!r}")
     h, w = _hw(size)
     _check_style(style)
-    if scene is not None and scene not in SCENES:
-        raise ValueError(f"unknown `scene` {scene!r}; valid scenes: {sorted(SCENES)} or None")
+    _check_scene(scene)
     if scene is not None and style is not None:
         raise ValueError(f"`scene` {scene!r} has its own style; leave `style` unset")
     out = Path(out)
