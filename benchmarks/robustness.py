@@ -65,7 +65,7 @@ def split_inference(argv: list[str], options: set[str]) -> tuple[list[str], list
     return argv[:i] + argv[j:], argv[i + 1 : j]
 
 
-def main() -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("models", type=Path, nargs="+", help="model artifact folders")
     p.add_argument("--data", type=Path, required=True, help="the models' training data")
@@ -79,12 +79,21 @@ def main() -> int:
         default=[""],
         help='evaluate options per row, e.g. "" "--scale auto" (default: the model as trained)',
     )
-    argv, settings = split_inference(
-        sys.argv[1:], {o for a in p._actions for o in a.option_strings}
-    )
+    return p
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The command line, ``--inference``'s settings taken out first (split_inference)."""
+    p = build_parser()
+    argv, settings = split_inference(argv, {o for a in p._actions for o in a.option_strings})
     args = p.parse_args(argv)
     if settings is not None:
         args.inference = settings
+    return args
+
+
+def main() -> int:
+    args = parse_args(sys.argv[1:])
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for model in args.models:

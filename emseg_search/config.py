@@ -70,6 +70,12 @@ class TrialConfig(BaseModel):
         "generator's styles and dense-small-carbon scene in turn, one tile each at the model's "
         "scale); 0: none",
     )
+    synthetic_kinds: tuple[str, ...] = Field(
+        ("tem", "stem", "sem", "dense-small-carbon"),
+        description="the cycle synthetic_mix draws its images from: the generator's styles "
+        "tem, stem, sem and its dense-small-carbon scene; a kind named twice is drawn twice as "
+        "often",
+    )
 
     # model
     arch: str = "unet"
@@ -182,6 +188,13 @@ class TrialConfig(BaseModel):
         if value is None or value in ("imagenet", "imagenet-offline"):
             return value
         return str(Path(value).expanduser().absolute())
+
+    @field_validator("synthetic_kinds")
+    @classmethod
+    def _known_kinds(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from emseg_search.data.synth.mix import check_kinds
+
+        return check_kinds(value)
 
     @model_validator(mode="before")
     @classmethod

@@ -68,6 +68,10 @@ FLAGS: dict[str, tuple[list[str], object]] = {
     "tile_size": (["--tile-size", "128"], 128),
     "tiles_per_image": (["--tiles-per-image", "2"], 2),
     "synthetic_mix": (["--synthetic-mix", "0.25"], 0.25),
+    "synthetic_kinds": (
+        ["--synthetic-kinds", "tem,dense-small-carbon,dense-small-carbon"],
+        ["tem", "dense-small-carbon", "dense-small-carbon"],
+    ),
     "arch": (["--arch", "deeplabv3plus"], "deeplabv3plus"),
     "encoder": (["--encoder", "mobilenet_v2"], "mobilenet_v2"),
     "encoder_weights": (["--encoder-weights", "imagenet"], "imagenet"),

@@ -90,7 +90,7 @@ def mixed_synthetic(cfg: TrialConfig, n_real: int) -> tuple[Micrograph, ...]:
     from emseg_search.data.synth.mix import mix_count, synthetic_items
 
     size = max(64, round(cfg.tile_size / cfg.scale))
-    return synthetic_items(mix_count(cfg.synthetic_mix, n_real), size)
+    return synthetic_items(mix_count(cfg.synthetic_mix, n_real), size, cfg.synthetic_kinds)
 
 
 def build_datasets(

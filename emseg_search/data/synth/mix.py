@@ -1,6 +1,7 @@
 """Synthetic micrographs mixed into real training data (TrialConfig.synthetic_mix).
 
-The generator's three styles and its dense-small-particles-on-carbon scene, in turn, so a model
+The generator's three styles and its dense-small-particles-on-carbon scene, in turn (or the
+cycle ``TrialConfig.synthetic_kinds`` names: a kind named twice comes twice as often), so a model
 trained on real micrographs also sees bright- and dark-field contrast, SEM shading, film texture
 and low dose it may not have real examples of. Seeded apart from the embedded data set (seed 0)
 and from the robustness benchmark's synthetic domains (seed 1000).
@@ -14,12 +15,25 @@ from emseg_search.data.loading import Micrograph
 from emseg_search.data.synth.generator import generate_sample
 
 SEED = 2000
-KINDS: tuple[tuple[str | None, str | None], ...] = (
-    ("tem", None),
-    ("stem", None),
-    ("sem", None),
-    (None, "dense-small-carbon"),
-)
+# name -> (generator style, generator scene)
+KINDS: dict[str, tuple[str | None, str | None]] = {
+    "tem": ("tem", None),
+    "stem": ("stem", None),
+    "sem": ("sem", None),
+    "dense-small-carbon": (None, "dense-small-carbon"),
+}
+DEFAULT_CYCLE: tuple[str, ...] = tuple(KINDS)
+
+
+def check_kinds(cycle: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """``cycle`` as a tuple; ValueError when it is empty or names a kind KINDS lacks."""
+    unknown = [k for k in cycle if k not in KINDS]
+    if unknown or not cycle:
+        raise ValueError(
+            f"unknown synthetic kind(s) {', '.join(map(repr, unknown)) or '(none given)'}; "
+            f"valid: a list of {', '.join(KINDS)} (repeat one to draw it more often)"
+        )
+    return tuple(cycle)
 
 
 def mix_count(ratio: float, n_real: int) -> int:
@@ -30,12 +44,16 @@ def mix_count(ratio: float, n_real: int) -> int:
 
 
 @functools.lru_cache(maxsize=4)
-def synthetic_items(n: int, size: int, seed: int = SEED) -> tuple[Micrograph, ...]:
-    """``n`` labelled synthetic micrographs of ``size`` px, cycling through KINDS (cached per
-    process: every Train worker of a node draws the same ones once)."""
+def synthetic_items(
+    n: int, size: int, cycle: tuple[str, ...] = DEFAULT_CYCLE, seed: int = SEED
+) -> tuple[Micrograph, ...]:
+    """``n`` labelled synthetic micrographs of ``size`` px, cycling through the kinds ``cycle``
+    names (cached per process: every Train worker of a node draws the same ones once). Image i
+    is seeded by (seed, i) whatever its kind."""
+    cycle = check_kinds(cycle)
     items = []
     for i in range(n):
-        style, scene = KINDS[i % len(KINDS)]
+        style, scene = KINDS[cycle[i % len(cycle)]]
         s = generate_sample([seed, i], size, style=style, scene=scene)
         items.append(Micrograph(f"synthetic-mix_{i:05d}", s.image, s.instances))
     return tuple(items)

@@ -7,7 +7,8 @@ import pytest
 from helpers import make_folder
 
 from emseg_search.config import TrialConfig
-from emseg_search.data.synth.mix import KINDS, mix_count, synthetic_items
+from emseg_search.data.datasets import to_canonical
+from emseg_search.data.synth.mix import KINDS, SEED, mix_count, synthetic_items
 from emseg_search.train.data import build_datasets, prepare_data
 
 
@@ -29,6 +30,36 @@ def test_synthetic_items_cycle_kinds_are_labelled_and_repeatable() -> None:
     synthetic_items.cache_clear()
     again = synthetic_items(len(KINDS) * 2, 96)
     assert all(np.array_equal(a.image, b.image) for a, b in zip(items, again, strict=True))
+
+
+def test_synthetic_kinds_weight_the_cycle_and_keep_each_images_seed() -> None:
+    from emseg_search.data.synth.generator import generate_sample
+
+    cycle = ("tem", "dense-small-carbon", "dense-small-carbon")
+    items = synthetic_items(6, 96, cycle)
+    for i, m in enumerate(items):  # image i: kind cycle[i % 3], seeded (SEED, i) as by default
+        style, scene = KINDS[cycle[i % 3]]
+        s = generate_sample([SEED, i], 96, style=style, scene=scene)
+        assert np.array_equal(m.image, s.image)
+    default = synthetic_items(6, 96)
+    assert np.array_equal(items[0].image, default[0].image)  # both tem, seed (SEED, 0)
+    assert not np.array_equal(items[1].image, default[1].image)  # dense scene, not stem
+    with pytest.raises(ValueError, match="unknown synthetic kind.*'tem2'.*valid: a list of tem"):
+        synthetic_items(4, 96, ("tem2",))
+
+
+def test_mixed_training_images_follow_synthetic_kinds(tmp_path) -> None:
+    root = make_folder(tmp_path / "d", n=4, size=(64, 64))
+    cfg = TrialConfig(
+        data=str(root), val_fraction=0.25, tile_size=64, scale=1.0, synthetic_mix=2.0,
+        synthetic_kinds=["dense-small-carbon"],
+    )  # fmt: skip
+    prepared, data, _ = prepare_data(cfg)
+    train, _ = build_datasets(cfg, prepared, data)
+    dense = synthetic_items(6, 64, ("dense-small-carbon",))
+    mixed = train.images[len(prepared.train) :]
+    assert len(mixed) == 6
+    assert all(np.array_equal(a, to_canonical(b.image)) for a, b in zip(mixed, dense, strict=True))
 
 
 def test_build_datasets_adds_mixed_images_to_training_only(tmp_path) -> None:
@@ -53,3 +84,5 @@ def test_synthetic_mix_is_validated() -> None:
 
     with pytest.raises(ConfigError, match="synthetic_mix"):
         TrialConfig.from_dict({"synthetic_mix": -1})
+    with pytest.raises(ConfigError, match="synthetic_kinds: .*unknown synthetic kind.*'dense'"):
+        TrialConfig.from_dict({"synthetic_kinds": ["tem", "dense"]})
