@@ -76,6 +76,13 @@ class TrialConfig(BaseModel):
         "tem, stem, sem and its dense-small-carbon scene; a kind named twice is drawn twice as "
         "often",
     )
+    synthetic_size: Literal["model", "native"] = Field(
+        "model",
+        description="model: each synthetic image is drawn one tile large at the images' scale, "
+        "so its particles shrink with `scale` as the real ones do; native: drawn one tile "
+        "large at the model's input, so its particles reach the model at the generator's own "
+        "sizes (the dense scene's 6-16 px), the sizes --scale auto brings small particles to",
+    )
 
     # model
     arch: str = "unet"

@@ -72,6 +72,7 @@ FLAGS: dict[str, tuple[list[str], object]] = {
         ["--synthetic-kinds", "tem,dense-small-carbon,dense-small-carbon"],
         ["tem", "dense-small-carbon", "dense-small-carbon"],
     ),
+    "synthetic_size": (["--synthetic-size", "native"], "native"),
     "arch": (["--arch", "deeplabv3plus"], "deeplabv3plus"),
     "encoder": (["--encoder", "mobilenet_v2"], "mobilenet_v2"),
     "encoder_weights": (["--encoder-weights", "imagenet"], "imagenet"),

@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from emseg_search.config import TrialConfig
 from emseg_search.data import (
     EMData,
@@ -86,11 +88,27 @@ def normalization(cfg: TrialConfig, fingerprint: Fingerprint) -> tuple[float, fl
 
 def mixed_synthetic(cfg: TrialConfig, n_real: int) -> tuple[Micrograph, ...]:
     """The synthetic images ``cfg.synthetic_mix`` adds to ``n_real`` real training images,
-    each drawn at the size that fills one training tile at the model's scale."""
+    each one training tile large after the model's rescale: drawn at tile_size / scale
+    (``synthetic_size: model``), or drawn at tile_size and enlarged by 1 / scale (``native``:
+    nearest neighbour, which the rescale undoes exactly for scale 1/2, 1/3, ...), so the model
+    sees the generator's particles at their own size in px."""
     from emseg_search.data.synth.mix import mix_count, synthetic_items
 
-    size = max(64, round(cfg.tile_size / cfg.scale))
-    return synthetic_items(mix_count(cfg.synthetic_mix, n_real), size, cfg.synthetic_kinds)
+    n = mix_count(cfg.synthetic_mix, n_real)
+    if cfg.synthetic_size == "model" or cfg.scale == 1.0:
+        return synthetic_items(n, max(64, round(cfg.tile_size / cfg.scale)), cfg.synthetic_kinds)
+    drawn = synthetic_items(n, max(64, cfg.tile_size), cfg.synthetic_kinds)
+    return tuple(
+        Micrograph(m.name, *_enlarge(m.image, m.instances, 1.0 / cfg.scale)) for m in drawn
+    )
+
+
+def _enlarge(image: np.ndarray, instances: np.ndarray, factor: float) -> tuple[np.ndarray, ...]:
+    """``image`` and ``instances`` resized by ``factor``, nearest neighbour both."""
+    import cv2
+
+    h, w = (max(1, round(n * factor)) for n in image.shape[:2])
+    return tuple(cv2.resize(a, (w, h), interpolation=cv2.INTER_NEAREST) for a in (image, instances))
 
 
 def build_datasets(

@@ -86,3 +86,26 @@ def test_synthetic_mix_is_validated() -> None:
         TrialConfig.from_dict({"synthetic_mix": -1})
     with pytest.raises(ConfigError, match="synthetic_kinds: .*unknown synthetic kind.*'dense'"):
         TrialConfig.from_dict({"synthetic_kinds": ["tem", "dense"]})
+
+
+def test_native_size_synthetic_images_reach_the_model_at_the_generators_size(tmp_path) -> None:
+    """`synthetic_size: native` at scale 0.5: drawn one tile large, enlarged twice, and the
+    model's rescale gives back exactly the drawn image; `model` draws twice as large instead."""
+    root = make_folder(tmp_path / "d", n=4, size=(128, 128))
+    base = dict(
+        data=str(root), val_fraction=0.25, tile_size=64, scale=0.5, synthetic_mix=1.0,
+        synthetic_kinds=["dense-small-carbon"],
+    )  # fmt: skip
+    native = TrialConfig(**base, synthetic_size="native")
+    prepared, data, _ = prepare_data(native)
+    train, _ = build_datasets(native, prepared, data)
+    drawn = synthetic_items(3, 64, ("dense-small-carbon",))
+    mixed = train.images[len(prepared.train) :]
+    assert len(mixed) == 3
+    for got, m in zip(mixed, drawn, strict=True):
+        assert np.array_equal(got, to_canonical(m.image))
+    masks = train.masks[len(prepared.train) :]
+    assert all((k > 0).any() for k in masks)  # particles survive the round trip
+    model_size, _ = build_datasets(TrialConfig(**base), prepared, data)
+    assert [a.shape for a in model_size.images[len(prepared.train) :]] == [(64, 64)] * 3
+    assert not np.array_equal(model_size.images[-1], mixed[-1])  # drawn at 128, halved
