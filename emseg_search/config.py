@@ -67,8 +67,8 @@ class TrialConfig(BaseModel):
         ge=0.0,
         le=4.0,
         description="synthetic training images added per real training image (the "
-        "generator's styles and dense-small-carbon scene in turn, one tile each at the model's "
-        "scale); 0: none",
+        "generator's styles and dense-small-carbon scene in turn, or the cycle "
+        "synthetic_kinds names; one tile each, see synthetic_size); 0: none",
     )
     synthetic_kinds: tuple[str, ...] = Field(
         ("tem", "stem", "sem", "dense-small-carbon"),

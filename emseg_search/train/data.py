@@ -89,7 +89,7 @@ def normalization(cfg: TrialConfig, fingerprint: Fingerprint) -> tuple[float, fl
 def mixed_synthetic(cfg: TrialConfig, n_real: int) -> tuple[Micrograph, ...]:
     """The synthetic images ``cfg.synthetic_mix`` adds to ``n_real`` real training images,
     each one training tile large after the model's rescale: drawn at tile_size / scale
-    (``synthetic_size: model``), or drawn at tile_size and enlarged by 1 / scale (``native``:
+    (``synthetic_size: model``), or drawn at tile_size and resized by 1 / scale (``native``:
     nearest neighbour, which the rescale undoes exactly for scale 1/2, 1/3, ...), so the model
     sees the generator's particles at their own size in px."""
     from emseg_search.data.synth.mix import mix_count, synthetic_items
@@ -99,11 +99,13 @@ def mixed_synthetic(cfg: TrialConfig, n_real: int) -> tuple[Micrograph, ...]:
         return synthetic_items(n, max(64, round(cfg.tile_size / cfg.scale)), cfg.synthetic_kinds)
     drawn = synthetic_items(n, max(64, cfg.tile_size), cfg.synthetic_kinds)
     return tuple(
-        Micrograph(m.name, *_enlarge(m.image, m.instances, 1.0 / cfg.scale)) for m in drawn
+        Micrograph(m.name, *_resize_nearest(m.image, m.instances, 1.0 / cfg.scale)) for m in drawn
     )
 
 
-def _enlarge(image: np.ndarray, instances: np.ndarray, factor: float) -> tuple[np.ndarray, ...]:
+def _resize_nearest(
+    image: np.ndarray, instances: np.ndarray, factor: float
+) -> tuple[np.ndarray, ...]:
     """``image`` and ``instances`` resized by ``factor``, nearest neighbour both."""
     import cv2
 
