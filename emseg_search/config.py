@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import types
 import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,6 +21,9 @@ TARGET_CHANNELS: dict[str, int] = {"binary": 1, "boundary": 3, "distance": 2, "i
 # Architectures that find instances directly (boxes + masks): their target is always
 # "instances", and the semantic loss and target fields do not apply to them.
 INSTANCE_ARCHS = ("maskrcnn",)
+# What TrialConfig.synthetic_kinds may name: the generator's styles and its dense scene
+# (data/synth/mix.py KINDS says how each is drawn).
+SYNTHETIC_KINDS = ("tem", "stem", "sem", "dense-small-carbon")
 
 
 def yaml_problem(exc: Exception) -> str:
@@ -71,7 +75,7 @@ class TrialConfig(BaseModel):
         "synthetic_kinds names; one tile each, see synthetic_size); 0: none",
     )
     synthetic_kinds: tuple[str, ...] = Field(
-        ("tem", "stem", "sem", "dense-small-carbon"),
+        SYNTHETIC_KINDS,
         description="the cycle synthetic_mix draws its images from: the generator's styles "
         "tem, stem, sem and its dense-small-carbon scene; a kind named twice is drawn twice as "
         "often",
@@ -199,9 +203,7 @@ class TrialConfig(BaseModel):
     @field_validator("synthetic_kinds")
     @classmethod
     def _known_kinds(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        from emseg_search.data.synth.mix import check_kinds
-
-        return check_kinds(value)
+        return check_synthetic_kinds(value)
 
     @model_validator(mode="before")
     @classmethod
@@ -289,6 +291,18 @@ class TrialConfig(BaseModel):
         from emseg_search.atomic import write_text
 
         return write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def check_synthetic_kinds(cycle: Sequence[str]) -> tuple[str, ...]:
+    """``cycle`` as a tuple; ValueError when it is empty or names a kind not in
+    SYNTHETIC_KINDS."""
+    unknown = [k for k in cycle if k not in SYNTHETIC_KINDS]
+    if unknown or not cycle:
+        raise ValueError(
+            f"unknown synthetic kind(s) {', '.join(map(repr, unknown)) or '(none given)'}; "
+            f"valid: a list of {', '.join(SYNTHETIC_KINDS)} (repeat one to draw it more often)"
+        )
+    return tuple(cycle)
 
 
 def field_type(name: str) -> tuple[type, tuple[Any, ...] | None, bool]:

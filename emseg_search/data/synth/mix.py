@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import functools
 
+from emseg_search.config import check_synthetic_kinds
 from emseg_search.data.loading import Micrograph
 from emseg_search.data.synth.generator import generate_sample
 
 SEED = 2000
-# name -> (generator style, generator scene)
+# name (config.SYNTHETIC_KINDS) -> (generator style, generator scene)
 KINDS: dict[str, tuple[str | None, str | None]] = {
     "tem": ("tem", None),
     "stem": ("stem", None),
@@ -23,17 +24,6 @@ KINDS: dict[str, tuple[str | None, str | None]] = {
     "dense-small-carbon": (None, "dense-small-carbon"),
 }
 DEFAULT_CYCLE: tuple[str, ...] = tuple(KINDS)
-
-
-def check_kinds(cycle: tuple[str, ...] | list[str]) -> tuple[str, ...]:
-    """``cycle`` as a tuple; ValueError when it is empty or names a kind KINDS lacks."""
-    unknown = [k for k in cycle if k not in KINDS]
-    if unknown or not cycle:
-        raise ValueError(
-            f"unknown synthetic kind(s) {', '.join(map(repr, unknown)) or '(none given)'}; "
-            f"valid: a list of {', '.join(KINDS)} (repeat one to draw it more often)"
-        )
-    return tuple(cycle)
 
 
 def mix_count(ratio: float, n_real: int) -> int:
@@ -50,7 +40,7 @@ def synthetic_items(
     """``n`` labelled synthetic micrographs of ``size`` px, cycling through the kinds ``cycle``
     names (cached per process: every Train worker of a node draws the same ones once). Image i
     is seeded by (seed, i) whatever its kind."""
-    cycle = check_kinds(cycle)
+    cycle = check_synthetic_kinds(cycle)
     items = []
     for i in range(n):
         style, scene = KINDS[cycle[i % len(cycle)]]

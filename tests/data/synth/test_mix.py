@@ -33,7 +33,10 @@ def test_synthetic_items_cycle_kinds_are_labelled_and_repeatable() -> None:
 
 
 def test_synthetic_kinds_weight_the_cycle_and_keep_each_images_seed() -> None:
+    from emseg_search.config import SYNTHETIC_KINDS
     from emseg_search.data.synth.generator import generate_sample
+
+    assert tuple(KINDS) == SYNTHETIC_KINDS  # every kind the config accepts can be drawn
 
     cycle = ("tem", "dense-small-carbon", "dense-small-carbon")
     items = synthetic_items(6, 96, cycle)
