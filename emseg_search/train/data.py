@@ -18,7 +18,7 @@ from emseg_search.data import (
     load_data,
     resolve_split,
 )
-from emseg_search.data.datasets import TileDataset, WholeImageDataset
+from emseg_search.data.datasets import TileDataset, WholeImageDataset, scaled_size
 from emseg_search.data.synth.default_set import ensure_synthetic_data
 
 
@@ -109,7 +109,7 @@ def _resize_nearest(
     """``image`` and ``instances`` resized by ``factor``, nearest neighbour both."""
     import cv2
 
-    h, w = (max(1, round(n * factor)) for n in image.shape[:2])
+    h, w = scaled_size(image.shape, factor)
     return tuple(cv2.resize(a, (w, h), interpolation=cv2.INTER_NEAREST) for a in (image, instances))
 
 

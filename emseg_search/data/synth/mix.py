@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 
-from emseg_search.config import check_synthetic_kinds
+from emseg_search.config import SYNTHETIC_KINDS, check_synthetic_kinds
 from emseg_search.data.loading import Micrograph
 from emseg_search.data.synth.generator import generate_sample
 
@@ -23,7 +23,6 @@ KINDS: dict[str, tuple[str | None, str | None]] = {
     "sem": ("sem", None),
     "dense-small-carbon": (None, "dense-small-carbon"),
 }
-DEFAULT_CYCLE: tuple[str, ...] = tuple(KINDS)
 
 
 def mix_count(ratio: float, n_real: int) -> int:
@@ -35,7 +34,7 @@ def mix_count(ratio: float, n_real: int) -> int:
 
 @functools.lru_cache(maxsize=4)
 def synthetic_items(
-    n: int, size: int, cycle: tuple[str, ...] = DEFAULT_CYCLE, seed: int = SEED
+    n: int, size: int, cycle: tuple[str, ...] = SYNTHETIC_KINDS, seed: int = SEED
 ) -> tuple[Micrograph, ...]:
     """``n`` labelled synthetic micrographs of ``size`` px, cycling through the kinds ``cycle``
     names (cached per process: every Train worker of a node draws the same ones once). Image i
