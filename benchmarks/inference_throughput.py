@@ -248,7 +248,9 @@ def main() -> None:
             rows += bench_folder(art, Path(args.emps), args.limit, device)
     head = (
         f"{model}; best of {args.repeats}; {platform.machine()}, {os.cpu_count()} cores, "
-        f"{args.threads} torch threads, device {device}, torch {torch.__version__}; "
+        f"{args.threads} torch threads, device {device}"
+        + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
+        + f", torch {torch.__version__}; "
         "'x bare' = bare-loop time / Predictor time (1.00 = no overhead)"
     )
     columns = ["measurement", "images", "MP", "s", "images/s", "s/MP", "x bare"]

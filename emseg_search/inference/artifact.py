@@ -110,9 +110,11 @@ def write_artifact(
     fingerprint: Fingerprint,
     stride: int,
     metrics: dict[str, float],
+    trained_on: dict[str, Any] | None = None,
 ) -> Path:
     """Write an artifact folder atomically: filled in a temp folder, then swapped in whole
-    (a reader finds the old complete artifact or the new one)."""
+    (a reader finds the old complete artifact or the new one). ``trained_on``: where the run
+    trained (device, GPU, process-group backend, world size, mixed precision), as recorded."""
     out = Path(out)
     meta = {
         "format": FORMAT,
@@ -134,6 +136,8 @@ def write_artifact(
         "metrics": metrics,
         "versions": versions(),
     }
+    if trained_on:
+        meta["trained_on"] = trained_on
     if cfg.arch in INSTANCE_ARCHS:  # how the instance model finds its particles
         from emseg_search.models.maskrcnn import detector_settings
 

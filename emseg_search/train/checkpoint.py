@@ -129,6 +129,13 @@ def read_best(folder: str | Path) -> dict[str, torch.Tensor]:
     return load_tensor_file(Path(folder) / BEST_FILE)
 
 
+def read_hardware(folder: str | Path) -> dict[str, Any]:
+    """Where the checkpoint's run trained (device, GPU, backend, world size, mixed precision);
+    empty for checkpoints written before it was recorded."""
+    state = load_tensor_file(Path(folder) / STATE_FILE)
+    return dict(state.get("hardware") or {})
+
+
 def load_checkpoint(folder: str | Path, device: torch.device | str = "cpu") -> Checkpoint:
     """Everything a resumed run needs from a checkpoint folder.
 

@@ -14,7 +14,7 @@ from emseg_search.config import TrialConfig
 from emseg_search.inference.artifact import write_artifact
 from emseg_search.results.io import write_table
 from emseg_search.results.schemas import EPOCH_METRICS, EPOCH_SCHEMA
-from emseg_search.train.checkpoint import read_best, read_history
+from emseg_search.train.checkpoint import read_best, read_hardware, read_history
 from emseg_search.train.data import PreparedData
 
 
@@ -72,6 +72,7 @@ def finish_run(
             fingerprint,
             stride,
             metrics,
+            trained_on=read_hardware(checkpoint_dir),
         )
     best_iou = float(epochs["best_val_iou"].max()) if prepared.val and len(epochs) else None
     return TrainOutcome(run_dir, model_dir, epochs, best_iou, stop_reason)

@@ -197,10 +197,27 @@ def train_run(run: TrainingRun, session: Session) -> None:
     train_epochs(run, progress, session)
 
 
+def hardware(run: TrainingRun) -> dict[str, Any]:
+    """Where the run trains: device type, GPU name, process-group backend, world size and the
+    autocast dtype. It goes into every checkpoint and, from there, into the model artifact."""
+    device = run.device
+    return {
+        "device": device.type,
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else "",
+        "backend": dist.get_backend() if dist.is_available() and dist.is_initialized() else "",
+        "world": run.world,
+        "amp": str(run.amp_dtype).removeprefix("torch.") if run.amp_dtype else "off",
+    }
+
+
 def _log_start(run: TrainingRun) -> None:
     cfg = run.cfg
+    hw = hardware(run)
+    amp = f"mixed precision {hw['amp']}" if hw["amp"] != "off" else ""
+    where = ", ".join(x for x in (hw["gpu"], hw["backend"], amp) if x)
     logger.info(
-        f"[emseg] {cfg.arch}/{cfg.encoder}: world size {run.world} on {run.device.type}, "
+        f"[emseg] {cfg.arch}/{cfg.encoder}: world size {run.world} on {run.device.type}"
+        f"{f' ({where})' if where else ''}, "
         f"{len(run.train_data)} tiles x {cfg.epochs} epochs and "
         + (
             f"{len(run.val_loader.dataset)} validation images per worker"
@@ -399,6 +416,7 @@ def report_epoch(
         "best_epoch": progress.best_epoch,
         "val": val,
         "config": cfg.to_dict(),
+        "hardware": hardware(run),
     }
     save = functools.partial(
         save_checkpoint, state=state, best=progress.best_state, history=progress.history

@@ -54,6 +54,14 @@ def test_two_workers_learn_checkpoint_and_resume(ray_local, tmp_path: Path) -> N
     art = load_artifact(first.model_dir)
     assert art.config == cfg.model_copy(update={"encoder_weights": None})
     assert art.meta["metrics"]["val_iou"] == pytest.approx(first.best_val_iou)
+    # where it trained, as the worker recorded it (a GPU run says cuda, nccl, bfloat16)
+    assert art.meta["trained_on"] == {
+        "device": "cpu",
+        "gpu": "",
+        "backend": "gloo",
+        "world": 2,
+        "amp": "off",
+    }
     with torch.inference_mode():
         assert art.model(torch.zeros(1, 1, 64, 64)).shape == (1, 1, 64, 64)
 
