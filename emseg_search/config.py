@@ -78,7 +78,7 @@ class TrialConfig(BaseModel):
         SYNTHETIC_KINDS,
         description="the cycle synthetic_mix draws its images from: the generator's styles "
         "tem, stem, sem and its dense-small-carbon scene; a kind named twice is drawn twice as "
-        "often",
+        "often (KIND*N: N times); a list, or one comma-separated string",
     )
     synthetic_size: Literal["model", "native"] = Field(
         "model",
@@ -200,6 +200,11 @@ class TrialConfig(BaseModel):
             return value
         return str(Path(value).expanduser().absolute())
 
+    @field_validator("synthetic_kinds", mode="before")
+    @classmethod
+    def _kinds_text(cls, value: Any) -> Any:
+        return expand_synthetic_kinds(value)
+
     @field_validator("synthetic_kinds")
     @classmethod
     def _known_kinds(cls, value: tuple[str, ...]) -> tuple[str, ...]:
@@ -291,6 +296,27 @@ class TrialConfig(BaseModel):
         from emseg_search.atomic import write_text
 
         return write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def expand_synthetic_kinds(value: Any) -> Any:
+    """The written forms of a synthetic_kinds cycle as a list: a comma list in one string
+    (``"tem,stem,sem,dense-small-carbon*3"``, what a search space's categorical choice or a
+    command-line flag holds) or a list; ``KIND*N`` stands for KIND named N times. Anything else
+    is returned as it is, for the field's own validation to reject."""
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, list | tuple):
+        return value
+    out: list[Any] = []
+    for item in value:
+        name, star, count = item.partition("*") if isinstance(item, str) else (item, "", "")
+        if not star:
+            out.append(item)
+        elif count.strip().isdigit() and int(count) >= 1:
+            out.extend([name.strip()] * int(count))
+        else:
+            raise ValueError(f"{item!r}: write KIND*N with N a whole number >= 1")
+    return out
 
 
 def check_synthetic_kinds(cycle: Sequence[str]) -> tuple[str, ...]:

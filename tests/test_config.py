@@ -69,7 +69,7 @@ FLAGS: dict[str, tuple[list[str], object]] = {
     "tiles_per_image": (["--tiles-per-image", "2"], 2),
     "synthetic_mix": (["--synthetic-mix", "0.25"], 0.25),
     "synthetic_kinds": (
-        ["--synthetic-kinds", "tem,dense-small-carbon,dense-small-carbon"],
+        ["--synthetic-kinds", "tem,dense-small-carbon*2"],  # KIND*N: N times
         ["tem", "dense-small-carbon", "dense-small-carbon"],
     ),
     "synthetic_size": (["--synthetic-size", "native"], "native"),

@@ -491,7 +491,7 @@ def _value_problem(base: dict[str, Any], field: str, value: Any, is_choice: bool
         coerced = getattr(TrialConfig.model_validate({**base, field: value}), field)
     except ValidationError as exc:
         return "; ".join(e.removeprefix(": ") for e in format_errors(exc, lambda _: ""))
-    if is_choice and isinstance(value, str) and not isinstance(coerced, str):
+    if is_choice and isinstance(value, str) and isinstance(coerced, int | float):
         return f"{value!r} is text, not a number (YAML: write 1.0e-4, not 1e-4)"
     if field in ("arch", "encoder", "loss", "augment"):
         try:

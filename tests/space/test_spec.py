@@ -838,3 +838,41 @@ def test_a_grid_space_is_refused_up_front(changes: dict[str, Any], message: str)
     values.update(changes)
     with pytest.raises(SpaceError, match=message):
         space_from_dict(values, source="g.yaml")
+
+
+def test_a_space_samples_the_synthetic_mix_cycle_as_text() -> None:
+    """synthetic_kinds is a list field; a categorical choice is one comma string of it (KIND*N:
+    N times), which Optuna can store and the trials table shows as written."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    cycles = ["tem,stem,sem,dense-small-carbon*3", "tem,stem,sem,dense-small-carbon*6"]
+    space = space_from_dict(
+        with_changes(
+            searcher={"type": "grid"},
+            budget={"num_samples": 2},
+            fixed={"tile_size": 128, "batch_size": 4, "synthetic_mix": 1.0},
+            parameters={"synthetic_kinds": {"type": "categorical", "choices": cycles}},
+        )
+    )
+    study = optuna.create_study(sampler=space.build_sampler(), direction="maximize")
+    define = space.define_by_run()
+    seen = {}
+
+    def objective(trial: optuna.Trial) -> float:
+        define(trial)
+        cfg = space.trial_config(space.sampled_params(trial.params))
+        seen[trial.params["synthetic_kinds"]] = cfg.synthetic_kinds
+        return 0.5
+
+    study.optimize(objective, n_trials=2)
+    base = ("tem", "stem", "sem")
+    assert seen == {
+        cycles[0]: (*base, *["dense-small-carbon"] * 3),
+        cycles[1]: (*base, *["dense-small-carbon"] * 6),
+    }
+    bad = with_changes(
+        parameters={"synthetic_kinds": {"type": "categorical", "choices": ["tem,dense*2"]}}
+    )
+    with pytest.raises(
+        SpaceError, match=r"parameters.synthetic_kinds.*unknown synthetic kind.*'dense'"
+    ):
+        space_from_dict(bad, source="k.yaml")
