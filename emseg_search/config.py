@@ -94,6 +94,12 @@ class TrialConfig(BaseModel):
     encoder_weights: str | None = Field(
         None, description="null, 'imagenet' (hub), 'imagenet-offline' (shipped files) or a .pth"
     )
+    init_from: str | None = Field(
+        None,
+        description="a model artifact folder (train's results/NAME/model) whose weights start "
+        "the whole model: fine-tuning. It must be the same architecture, encoder and outputs; "
+        "its input normalisation is kept; encoder_weights is then not loaded",
+    )
     encoder_depth: int = Field(5, ge=3, le=5)
     output_stride: Literal[8, 16] | None = Field(None, description="DeepLab only")
 
@@ -191,6 +197,12 @@ class TrialConfig(BaseModel):
     # reproducibility and loading
     seed: int = 0
     loader_workers: int = Field(0, ge=0, description="DataLoader processes per Train worker")
+
+    @field_validator("init_from")
+    @classmethod
+    def _absolute_init_path(cls, value: str | None) -> str | None:
+        # Ray workers run in other directories: the path must not depend on cwd
+        return None if value is None else str(Path(value).expanduser().absolute())
 
     @field_validator("encoder_weights")
     @classmethod

@@ -76,6 +76,7 @@ FLAGS: dict[str, tuple[list[str], object]] = {
     "arch": (["--arch", "deeplabv3plus"], "deeplabv3plus"),
     "encoder": (["--encoder", "mobilenet_v2"], "mobilenet_v2"),
     "encoder_weights": (["--encoder-weights", "imagenet"], "imagenet"),
+    "init_from": (["--init-from", "/srv/model"], "/srv/model"),
     "encoder_depth": (["--encoder-depth", "4"], 4),
     "output_stride": (["--output-stride", "8"], 8),
     "loss": (["--loss", "focal+tversky"], "focal+tversky"),

@@ -206,8 +206,10 @@ def run_search(
     from emseg_search.inference.artifact import versions
     from emseg_search.models.registry import check_weights_available
     from emseg_search.results.io import load_experiment
+    from emseg_search.space.spec import MODEL_FIELDS
     from emseg_search.train.cluster import init_ray
     from emseg_search.train.data import prepare_data, resolve_data_dir
+    from emseg_search.train.init_from import check_init_from
 
     exp_dir = Path(exp_dir).absolute()
     experiment_json = exp_dir / "experiment.json"
@@ -230,6 +232,8 @@ def run_search(
         check_resume_data(recorded, data_info, experiment_json)
     for values in space.combinations(("encoder", "encoder_weights")):  # before Ray starts
         check_weights_available(TrialConfig.model_validate(values))
+    for values in space.combinations((*MODEL_FIELDS, "target", "init_from")):
+        check_init_from(TrialConfig.model_validate(values))
     exp_dir.mkdir(parents=True, exist_ok=True)
     storage = Storage.open(exp_dir, storage_uri)
     if not storage.is_local:

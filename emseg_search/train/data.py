@@ -75,10 +75,15 @@ def prepare_data(cfg: TrialConfig) -> tuple[PreparedData, EMData, Fingerprint]:
 
 
 def normalization(cfg: TrialConfig, fingerprint: Fingerprint) -> tuple[float, float, str]:
-    """(mean, std, where they come from) for ``cfg``: its encoder weights' statistics, or the
+    """(mean, std, where they come from) for ``cfg``: the init_from artifact's (fine-tuning
+    keeps the normalisation its weights learned), its encoder weights' statistics, or the
     training images' ``fingerprint`` for random init."""
     from emseg_search.models.registry import weights_normalization
+    from emseg_search.train.init_from import init_normalization
 
+    start = init_normalization(cfg)
+    if start is not None:
+        return *start, f"init_from ({cfg.init_from})"
     pretrained = weights_normalization(cfg)
     if pretrained is not None:
         return *pretrained, f"encoder weights ({cfg.encoder_weights})"

@@ -60,6 +60,7 @@ def run_training(
         required_stride,
     )
     from emseg_search.train.cluster import ClusterError, init_ray
+    from emseg_search.train.init_from import check_init_from
 
     run_dir = Path(run_dir).absolute()
     check_input_size(cfg)
@@ -70,6 +71,7 @@ def run_training(
             f"{min_batch_size(cfg)} images per batch (BatchNorm on 1x1 maps)"
         )
     check_weights_available(cfg)
+    check_init_from(cfg)
     prepared, _, fingerprint = prepare_data(cfg)  # bad data fails here, before Ray starts
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.write_yaml(run_dir / "config.yaml")

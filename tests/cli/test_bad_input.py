@@ -248,3 +248,24 @@ def test_a_folder_that_is_not_a_model(
     _one_error_line(capsys, "not-a-model", "not a model artifact")
     assert not out.exists()
     assert json.dumps(sorted(p.name for p in not_model.iterdir())) == '["weights.pt"]'
+
+
+@pytest.mark.parametrize("command", ["run", "train"])
+def test_init_from_a_folder_that_is_not_a_fitting_model(
+    command: str, fresh: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from helpers import write_tiny_artifact
+
+    not_model = tmp_path / "not-a-model"
+    not_model.mkdir()
+    other = write_tiny_artifact(tmp_path / "fpn-model", arch="fpn")
+    out = tmp_path / "results"
+    for start, says in ((not_model, "not a model artifact"), (other, "do not fit")):
+        if command == "run":
+            spec = {**SPEC, "fixed": {**SPEC["fixed"], "init_from": str(start)}}
+            args = ["run", str(_space(tmp_path, yaml.safe_dump(spec))), "--data", str(fresh)]
+        else:
+            args = ["train", "--data", str(fresh), "--tile-size", "64", "--init-from", str(start)]
+        assert main([*args, "--results", str(out)]) == 2
+        _one_error_line(capsys, "init_from", start.name, says)
+        assert not out.exists()
