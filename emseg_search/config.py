@@ -98,7 +98,7 @@ class TrialConfig(BaseModel):
         None,
         description="a model artifact folder (train's results/NAME/model) whose weights start "
         "the whole model: fine-tuning. It must be the same architecture, encoder and outputs; "
-        "its input normalisation is kept; encoder_weights is then not loaded",
+        "its input normalisation is kept, and encoder_weights are not loaded (nor needed)",
     )
     encoder_depth: int = Field(5, ge=3, le=5)
     output_stride: Literal[8, 16] | None = Field(None, description="DeepLab only")

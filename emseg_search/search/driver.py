@@ -231,7 +231,8 @@ def run_search(
     if resume:
         check_resume_data(recorded, data_info, experiment_json)
     for values in space.combinations(("encoder", "encoder_weights")):  # before Ray starts
-        check_weights_available(TrialConfig.model_validate(values))
+        if values.get("init_from") is None:  # fine-tuning takes its weights from init_from
+            check_weights_available(TrialConfig.model_validate(values))
     for values in space.combinations((*MODEL_FIELDS, "target", "init_from")):
         check_init_from(TrialConfig.model_validate(values))
     exp_dir.mkdir(parents=True, exist_ok=True)

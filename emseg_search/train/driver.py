@@ -70,7 +70,8 @@ def run_training(
             f"batch_size={cfg.batch_size}: {cfg.arch} needs at least "
             f"{min_batch_size(cfg)} images per batch (BatchNorm on 1x1 maps)"
         )
-    check_weights_available(cfg)
+    if cfg.init_from is None:  # a fine-tuning run takes its weights from init_from
+        check_weights_available(cfg)
     check_init_from(cfg)
     prepared, _, fingerprint = prepare_data(cfg)  # bad data fails here, before Ray starts
     run_dir.mkdir(parents=True, exist_ok=True)

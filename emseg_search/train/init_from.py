@@ -18,6 +18,8 @@ from torch import nn
 from emseg_search.config import TrialConfig
 from emseg_search.inference.artifact import ArtifactError, ModelArtifact, load_artifact
 
+NO_WEIGHTS = {"encoder_weights": None}  # a fine-tuning run's model is built without them
+
 
 def init_artifact(cfg: TrialConfig) -> ModelArtifact:
     """The artifact ``cfg.init_from`` names; ValueError naming the field when it is none."""
@@ -36,7 +38,7 @@ def check_init_from(cfg: TrialConfig) -> None:
     from emseg_search.models.registry import build_model
 
     art = init_artifact(cfg)
-    model = build_model(cfg.model_copy(update={"encoder_weights": None}))
+    model = build_model(cfg.model_copy(update=NO_WEIGHTS))
     try:
         model.load_state_dict(art.model.state_dict(), strict=True)
     except RuntimeError as exc:

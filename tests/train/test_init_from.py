@@ -110,3 +110,23 @@ def test_init_from_is_an_absolute_path() -> None:
     assert Path(cfg.init_from).is_absolute() and cfg.init_from.endswith("results/x/model")
     with pytest.raises(ConfigError, match="init_from"):
         TrialConfig.from_dict({"init_from": 3.5})
+
+
+def test_fine_tuning_needs_no_encoder_weights_cache(
+    synth: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_thread
+) -> None:
+    """A recipe that names imagenet-offline weights fine-tunes on a machine without them: the
+    whole model comes from init_from."""
+    from emseg_search.models.pretrained import WeightsUnavailableError
+    from emseg_search.models.registry import check_weights_available
+
+    monkeypatch.setenv("EMSEG_WEIGHTS_DIR", str(tmp_path / "empty-cache"))
+    cfg = _cfg(synth, encoder="mobilenet_v2", encoder_weights="imagenet-offline")
+    with pytest.raises(WeightsUnavailableError, match="weights fetch"):  # a fresh run's need
+        check_weights_available(cfg)
+    art_dir = write_tiny_artifact(tmp_path / "start", seed=3, encoder="mobilenet_v2")
+    tuned = cfg.model_copy(update={"init_from": str(art_dir)})
+    check_init_from(tuned)
+    run = build_run(tuned, prepare_data(tuned)[0], LocalSession(tmp_path / "ckpt"))
+    start = load_artifact(art_dir).model.state_dict()
+    assert all(torch.equal(run.model.state_dict()[k], start[k]) for k in start)
