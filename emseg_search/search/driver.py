@@ -209,7 +209,7 @@ def run_search(
     from emseg_search.space.spec import MODEL_FIELDS
     from emseg_search.train.cluster import init_ray
     from emseg_search.train.data import prepare_data, resolve_data_dir
-    from emseg_search.train.init_from import check_init_from
+    from emseg_search.train.init_from import check_init_from, model_config
 
     exp_dir = Path(exp_dir).absolute()
     experiment_json = exp_dir / "experiment.json"
@@ -231,8 +231,7 @@ def run_search(
     if resume:
         check_resume_data(recorded, data_info, experiment_json)
     for values in space.combinations(("encoder", "encoder_weights")):  # before Ray starts
-        if values.get("init_from") is None:  # fine-tuning takes its weights from init_from
-            check_weights_available(TrialConfig.model_validate(values))
+        check_weights_available(model_config(TrialConfig.model_validate(values)))
     for values in space.combinations((*MODEL_FIELDS, "target", "init_from")):
         check_init_from(TrialConfig.model_validate(values))
     exp_dir.mkdir(parents=True, exist_ok=True)

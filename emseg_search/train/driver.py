@@ -60,7 +60,7 @@ def run_training(
         required_stride,
     )
     from emseg_search.train.cluster import ClusterError, init_ray
-    from emseg_search.train.init_from import check_init_from
+    from emseg_search.train.init_from import check_init_from, model_config
 
     run_dir = Path(run_dir).absolute()
     check_input_size(cfg)
@@ -70,8 +70,7 @@ def run_training(
             f"batch_size={cfg.batch_size}: {cfg.arch} needs at least "
             f"{min_batch_size(cfg)} images per batch (BatchNorm on 1x1 maps)"
         )
-    if cfg.init_from is None:  # a fine-tuning run takes its weights from init_from
-        check_weights_available(cfg)
+    check_weights_available(model_config(cfg))
     check_init_from(cfg)
     prepared, _, fingerprint = prepare_data(cfg)  # bad data fails here, before Ray starts
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,12 @@ from torch import nn
 from emseg_search.config import TrialConfig
 from emseg_search.inference.artifact import ArtifactError, ModelArtifact, load_artifact
 
-NO_WEIGHTS = {"encoder_weights": None}  # a fine-tuning run's model is built without them
+
+def model_config(cfg: TrialConfig) -> TrialConfig:
+    """The configuration ``cfg``'s model is built from: a fine-tuning run's (``init_from``)
+    without ``encoder_weights``, which it neither loads nor needs (init_from supplies every
+    weight); any other run's is ``cfg`` itself."""
+    return cfg if cfg.init_from is None else cfg.model_copy(update={"encoder_weights": None})
 
 
 def init_artifact(cfg: TrialConfig) -> ModelArtifact:
@@ -38,7 +43,7 @@ def check_init_from(cfg: TrialConfig) -> None:
     from emseg_search.models.registry import build_model
 
     art = init_artifact(cfg)
-    model = build_model(cfg.model_copy(update=NO_WEIGHTS))
+    model = build_model(model_config(cfg))
     try:
         model.load_state_dict(art.model.state_dict(), strict=True)
     except RuntimeError as exc:

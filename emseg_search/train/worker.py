@@ -133,7 +133,7 @@ def build_run(cfg: TrialConfig, prepared: PreparedData, session: Session) -> Tra
     """Data, model, loss, optimiser, schedule and scaler for this rank of ``session``."""
     from emseg_search.losses import build_trial_loss
     from emseg_search.models.registry import build_model, unused_parameters
-    from emseg_search.train.init_from import NO_WEIGHTS, apply_init_from
+    from emseg_search.train.init_from import apply_init_from, model_config
 
     rank, world, device = session.rank, session.world, session.device
     torch.manual_seed(cfg.seed + rank)
@@ -154,10 +154,8 @@ def build_run(cfg: TrialConfig, prepared: PreparedData, session: Session) -> Tra
     shifted = build_shifted_val(cfg, prepared, data, rank, world) if prepared.val else {}
     shift_loaders = {n: DataLoader(d, batch_size=1, shuffle=False) for n, d in shifted.items()}
 
-    # fine-tuning starts from init_from's weights (encoder_weights are not loaded for it); a
-    # resumed run then loads its own checkpoint over them
-    model = build_model(cfg if cfg.init_from is None else cfg.model_copy(update=NO_WEIGHTS))
-    apply_init_from(model, cfg)
+    model = build_model(model_config(cfg))
+    apply_init_from(model, cfg)  # fine-tuning; a resumed run then loads its own checkpoint
     # some encoders/depths leave parameters without gradients, which DDP must be told about
     unused = bool(unused_parameters(model, cfg)) if world > 1 else False
     model = session.prepare_model(model, find_unused_parameters=unused)
