@@ -183,8 +183,9 @@ class TrialConfig(BaseModel):
     val_shifts: tuple[str, ...] = Field(
         (),
         description="also score the validation images under these robustness shifts "
-        "(scale_x0.5, dose_20, invert, ...; `evaluate --shifts` lists them) at every "
-        "validation: val_robust_iou is their mean IoU",
+        "(scale_x0.5, dose_20, invert, ...; `evaluate --shifts` lists them), or synthetic "
+        "domains' own images (synth:dense-small-carbon, ...; 16 each, drawn apart from the "
+        "benchmark's), at every validation: val_robust_iou is their mean IoU",
     )
     robust_weight: float = Field(
         0.5,

@@ -165,12 +165,24 @@ def build_shifted_val(
     cfg: TrialConfig, prepared: PreparedData, data: EMData, rank: int = 0, world: int = 1
 ) -> dict[str, WholeImageDataset]:
     """Per name in ``cfg.val_shifts``: this rank's share of the validation images under that
-    shift (data/shifts.py; fixed seed, so every epoch and trial scores the same images)."""
-    from emseg_search.data.shifts import check_val_shifts, shifted_items
+    shift, or of a synthetic domain's own images (``synth:...``: VAL_DOMAIN_IMAGES drawn as
+    the benchmark draws them, with VAL_DOMAIN_SEED instead of its seed). data/shifts.py; fixed
+    seeds, so every epoch and trial scores the same images, at the model's scale."""
+    from emseg_search.data.shifts import (
+        DOMAINS,
+        VAL_DOMAIN_IMAGES,
+        VAL_DOMAIN_SEED,
+        check_val_shifts,
+        domain_items,
+        shifted_items,
+    )
 
     check_val_shifts(cfg.val_shifts)
     mine = data.subset(prepared.val)[rank::world]
-    return {
-        name: whole_images(cfg, prepared, list(shifted_items(name, mine)))
-        for name in cfg.val_shifts
-    }
+
+    def items(name: str) -> list[Micrograph]:
+        if name in DOMAINS:
+            return domain_items(name, VAL_DOMAIN_IMAGES, seed=VAL_DOMAIN_SEED)[rank::world]
+        return list(shifted_items(name, mine))
+
+    return {name: whole_images(cfg, prepared, items(name)) for name in cfg.val_shifts}

@@ -259,11 +259,59 @@ def test_shifted_validation_images_are_the_shifted_originals(synth: Path) -> Non
     assert (shifted.items[0].image == image).all() and (shifted.items[0].instances == inst).all()
 
 
+def test_a_synthetic_domain_in_val_shifts_scores_its_own_draws_not_the_benchmarks(
+    synth: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``synth:dense-small-carbon`` in val_shifts scores 16 images of the scene at every
+    validation (beside the shifted validation images), drawn apart from the images the
+    benchmark scores and from those the training mix adds, shared across ranks without
+    overlap, and enters val_robust_iou like a shift."""
+    import numpy as np
+
+    from emseg_search.data.shifts import domain_items
+    from emseg_search.data.synth.mix import synthetic_items
+    from emseg_search.train.data import build_shifted_val
+
+    name = "synth:dense-small-carbon"
+    cfg = _cfg(synth, val_shifts=["invert", name])
+    prepared, data, _ = prepare_data(cfg)
+    domain = build_shifted_val(cfg, prepared, data)[name].items
+    assert len(domain) == 16 and all(m.image.shape == (256, 256) for m in domain)
+    benchmark = domain_items(name, 16)  # what `evaluate --shifts` scores
+    mixed = synthetic_items(16, 256, ("dense-small-carbon",))  # what synthetic_mix trains on
+    for m in domain:
+        assert not any(np.array_equal(m.image, o.image) for o in (*benchmark, *mixed)), m.name
+    halves = [build_shifted_val(cfg, prepared, data, rank=r, world=2)[name].items for r in (0, 1)]
+    assert sorted(m.name for h in halves for m in h) == sorted(m.name for m in domain)
+    # the same draws at every call: every epoch and trial scores the same images
+    again = build_shifted_val(cfg, prepared, data)[name].items
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(domain, again, strict=True))
+
+    seen: list[int] = []
+    scripted = iter([0.8, 0.6, 0.2] * 3)  # per epoch: plain IoU, invert, the domain
+
+    def evaluate(model: Any, loader: Any, *args: Any, **kwargs: Any) -> dict[str, float]:
+        seen.append(len(loader.dataset))
+        iou = next(scripted)
+        return {"iou": iou, "dice": 2 * iou / (1 + iou), "precision": 0.5, "recall": 0.5}
+
+    monkeypatch.setattr(worker, "evaluate", evaluate)
+    session = LocalSession(tmp_path / "run")
+    run_worker(_loop_config(cfg), session)
+    assert seen == [2, 2, 16] * 3
+    assert [r["val_robust_iou"] for r in session.reports] == pytest.approx([0.4] * 3)
+    assert [r["val_score"] for r in session.reports] == pytest.approx([0.6] * 3)
+
+
 def test_unknown_val_shifts_are_refused_before_training(synth: Path, tmp_path: Path) -> None:
     from emseg_search.train.driver import run_training
 
-    cfg = _cfg(synth, val_shifts=["scale_x3", "none"])
-    with pytest.raises(ValueError, match="val_shifts: unknown shift.*scale_x3, none; valid: "):
+    cfg = _cfg(synth, val_shifts=["scale_x3", "none", "synth:dense"])
+    with pytest.raises(
+        ValueError,
+        match="val_shifts: unknown shift.*scale_x3, none, synth:dense; valid: .*"
+        "invert, synth:tem, synth:stem, synth:sem, synth:dense-small-carbon$",
+    ):
         run_training(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
