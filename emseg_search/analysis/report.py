@@ -227,6 +227,23 @@ def _table(frame: pd.DataFrame, floats: str = "{:.4f}") -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _shifts_table(top: pd.DataFrame, shifts: pd.DataFrame) -> str:
+    """The best trials' IoU under each of the space's val_shifts at their best epoch (empty
+    without val_shifts, or for tables from before epochs.parquet kept each shift's IoU)."""
+    rows = shifts.reindex(top["trial_id"]).dropna(how="all")
+    if rows.empty:
+        return ""
+    if "best_val_robust_iou" in top:
+        rows = rows.assign(
+            best_val_robust_iou=top.set_index("trial_id")["best_val_robust_iou"].reindex(rows.index)
+        )
+    return (
+        "<h3>Best trials under the val_shifts</h3><p class='note'>Validation IoU under each "
+        "shift the space scores its trials on (<code>val_shifts</code>), at each trial's best "
+        "epoch; best_val_robust_iou is their mean.</p>" + _table(rows.reset_index())
+    )
+
+
 def _img(name: str, alt: str) -> str:
     return f'<figure><img src="{html.escape(name)}" alt="{html.escape(alt)}"></figure>'
 
@@ -521,7 +538,7 @@ def build_report(
     board_html = "".join(
         f"<h3>By {comparison.DIMENSIONS[by]}</h3>" + _table(t) for by, t in boards.items()
     )
-    from emseg_search.results.io import selection_score
+    from emseg_search.results.io import best_epoch_shift_ious, selection_score
 
     top = (
         trials.assign(_score=selection_score(trials))
@@ -553,6 +570,7 @@ def build_report(
         + board_html
         + "<h3>Best trials</h3>"
         + _table(top[[c for c in cols if c in top and top[c].notna().any()]])
+        + _shifts_table(top, best_epoch_shift_ious(trials, epochs))
         + _img("learning_curves.png", "learning curves")
         + _img("best_so_far.png", "best so far")
         + _img("scores_by_arch.png", "scores by architecture")

@@ -81,3 +81,25 @@ def selection_score(trials: pd.DataFrame) -> pd.Series:
     if "best_val_score" not in trials:
         return iou
     return trials["best_val_score"].astype(float).fillna(iou)
+
+
+def shift_ious(epochs: pd.DataFrame) -> pd.DataFrame:
+    """The val_shift_iou column of an epochs table spread into one column per shift (its IoU),
+    on the table's index; NaN where an epoch was not scored under that shift, no columns when
+    none was (spaces without val_shifts, tables from before the column)."""
+    column = epochs["val_shift_iou"] if "val_shift_iou" in epochs else [None] * len(epochs)
+    rows = [{} if v is None or _is_nan(v) else dict(v) for v in column]
+    return pd.DataFrame(rows, index=epochs.index, dtype=float)
+
+
+def best_epoch_shift_ious(trials: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataFrame:
+    """Each trial's IoU under each val_shift at its best epoch (trials.parquet's best_epoch):
+    one row per trial_id that has them, one column per shift."""
+    shifts = shift_ious(epochs)
+    if shifts.empty or shifts.columns.empty or "best_epoch" not in trials:
+        return pd.DataFrame(index=pd.Index([], name="trial_id"))
+    scored = pd.concat([epochs[["trial_id", "epoch"]], shifts], axis=1)
+    best = trials[["trial_id", "best_epoch"]].dropna().astype({"best_epoch": int})
+    out = best.merge(scored, left_on=["trial_id", "best_epoch"], right_on=["trial_id", "epoch"])
+    out = out.drop(columns=["best_epoch", "epoch"]).set_index("trial_id")
+    return out.dropna(how="all")

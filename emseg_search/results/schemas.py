@@ -41,8 +41,11 @@ EPOCH_METRICS: dict[str, pa.DataType] = {
     "val_particle_f1": pa.float64(),
     "val_panoptic_quality": pa.float64(),
     "val_count_error": pa.float64(),
-    # with TrialConfig.val_shifts: mean IoU of the validation images under those shifts
+    # with TrialConfig.val_shifts: mean IoU of the validation images under those shifts, and
+    # each shift's own IoU (shift name -> IoU; pandas reads it as [(name, IoU), ...]:
+    # results.io.shift_ious spreads it into one column per shift)
     "val_robust_iou": pa.float64(),
+    "val_shift_iou": pa.map_(pa.string(), pa.float64()),
     # the model's forward pass on the validation images (batch 1, original size, no
     # post-processing; the first image of each validation not timed): milliseconds per
     # megapixel on the trial's device, so it depends on the CPU/GPU and on what else ran
@@ -54,6 +57,10 @@ EPOCH_METRICS: dict[str, pa.DataType] = {
     "best_epoch": pa.int64(),
 }
 EPOCH_SCHEMA = pa.schema([("trial_id", pa.string()), *EPOCH_METRICS.items()])
+# the epoch metrics of one number each: what a search may rank on, what a model keeps
+SCALAR_EPOCH_METRICS = tuple(
+    m for m, t in EPOCH_METRICS.items() if pa.types.is_floating(t) or pa.types.is_integer(t)
+)
 
 TRIAL_STATUSES = ("running", "completed", "pruned", "stopped", "error")
 TRIAL_COLUMNS: dict[str, pa.DataType] = {

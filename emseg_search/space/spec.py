@@ -142,11 +142,11 @@ class SearchSpace(Frozen):
         return self._metric_problems()
 
     def _metric_problems(self) -> list[str]:
-        from emseg_search.results.schemas import EPOCH_METRICS
+        from emseg_search.results.schemas import SCALAR_EPOCH_METRICS
 
         valid = [
             m
-            for m in EPOCH_METRICS
+            for m in SCALAR_EPOCH_METRICS
             if m.startswith("val_") and m not in ("val_epoch", "val_seconds")
         ]
         if self.metric not in valid:

@@ -13,7 +13,7 @@ import pandas as pd
 from emseg_search.config import TrialConfig
 from emseg_search.inference.artifact import write_artifact
 from emseg_search.results.io import write_table
-from emseg_search.results.schemas import EPOCH_METRICS, EPOCH_SCHEMA
+from emseg_search.results.schemas import EPOCH_SCHEMA, SCALAR_EPOCH_METRICS
 from emseg_search.train.checkpoint import read_best, read_hardware, read_history
 from emseg_search.train.data import PreparedData
 
@@ -59,7 +59,9 @@ def finish_run(
         if prepared.val:
             row = epochs.loc[epochs["val_epoch"] == epochs["best_epoch"].iloc[-1]].iloc[-1]
             metrics = {
-                k: float(row[k]) for k in EPOCH_METRICS if k.startswith("val_") and k != "val_epoch"
+                k: float(row[k])
+                for k in SCALAR_EPOCH_METRICS
+                if k.startswith("val_") and k != "val_epoch"
             }
         metrics["best_epoch"] = int(epochs["best_epoch"].iloc[-1])
         model_dir = write_artifact(

@@ -126,7 +126,7 @@ class Progress:
     best_epoch: int = -1
     history: list[dict[str, Any]] = field(default_factory=list)
     best_state: dict[str, torch.Tensor] = field(default_factory=dict)  # kept by rank 0
-    val: dict[str, float] = field(default_factory=dict)  # the latest validation, with "epoch"
+    val: dict[str, Any] = field(default_factory=dict)  # the latest validation, with "epoch"
 
 
 def build_run(cfg: TrialConfig, prepared: PreparedData, session: Session) -> TrainingRun:
@@ -333,12 +333,12 @@ def train_epochs(run: TrainingRun, progress: Progress, session: Session) -> None
         report_epoch(run, progress, epoch, stats, val_seconds, session)
 
 
-def validate(run: TrainingRun) -> dict[str, float]:
+def validate(run: TrainingRun) -> dict[str, Any]:
     """Score the validation images (``loops.evaluate``: pixels, and particles through the
     post-processing of cfg's target, as ``evaluate`` does), and under each of
-    cfg.val_shifts (pixels only): ``robust_iou`` is the mean of their IoUs, ``score`` the
-    selection metric ((1 - w) iou + w robust_iou with w = cfg.robust_weight; iou without
-    shifts)."""
+    cfg.val_shifts (pixels only): ``shift_iou`` maps each shift to its IoU, ``robust_iou``
+    is their mean, ``score`` the selection metric ((1 - w) iou + w robust_iou with
+    w = cfg.robust_weight; iou without shifts)."""
     model, cfg = _synced_model(run), run.cfg
     post = PostProcess.of(cfg)
     val = evaluate(
@@ -346,16 +346,22 @@ def validate(run: TrainingRun) -> dict[str, float]:
     )
     val["score"] = val["iou"]
     if run.shift_loaders:
-        ious = [
-            evaluate(model, loader, run.device, cfg.threshold, run.amp_dtype, post)["iou"]
-            for loader in run.shift_loaders.values()
-        ]
-        val["robust_iou"] = float(np.mean(ious))
+        ious = {
+            name: evaluate(model, loader, run.device, cfg.threshold, run.amp_dtype, post)["iou"]
+            for name, loader in run.shift_loaders.items()
+        }
+        val["shift_iou"] = ious
+        val["robust_iou"] = float(np.mean(list(ious.values())))
         val["score"] = (1 - cfg.robust_weight) * val["iou"] + cfg.robust_weight * val["robust_iou"]
     return val
 
 
-def _particles_shown(val: dict[str, float]) -> str:
+def _shifts_shown(shift_iou: dict[str, float]) -> str:
+    """'scale_x0.5 0.812, synth:dense-small-carbon 0.570' of a validation's val_shifts."""
+    return ", ".join(f"{name} {iou:.3f}" for name, iou in shift_iou.items())
+
+
+def _particles_shown(val: dict[str, Any]) -> str:
     """' particles F1 0.610 (P 0.700 R 0.540) PQ 0.490 count error 12.0 %' of a validation."""
     if "particle_f1" not in val:
         return ""
@@ -396,7 +402,11 @@ def report_epoch(
     if run.rank != 0:
         session.report(metrics)
         return metrics
-    robust = f" robust IoU {val['robust_iou']:.4f}" if "robust_iou" in val else ""
+    robust = (
+        f" robust IoU {val['robust_iou']:.4f} ({_shifts_shown(val['shift_iou'])})"
+        if "robust_iou" in val
+        else ""
+    )
     best = f"best score {progress.best_score:.4f}" if robust else f"best {progress.best_iou:.4f}"
     shown = (
         f"val IoU {val['iou']:.4f} Dice {val['dice']:.4f}{robust}{_particles_shown(val)} ({best})"

@@ -100,6 +100,7 @@ def test_report_without_final_says_validation_and_draws_every_figure(experiment:
         assert (index.parent / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
     assert "http://" not in text and "https://" not in text and "<script" not in text
     assert "By architecture" in text and "fpn" in text and "unet" in text
+    assert "under the val_shifts" not in text  # the space scored no shifts
     assert any("scored" in m and "validation images" in m for m in lines)
 
 
@@ -127,6 +128,34 @@ def test_report_of_a_multi_objective_search_shows_its_pareto_front(experiment: P
     assert "2 of the 3 completed trials" in section
     front = re.findall(r"<tr><td>(t\d)</td>", section)
     assert front == ["t2", "t0"]  # by the first objective, best first
+
+
+def test_report_shows_the_best_trials_iou_under_each_val_shift(experiment: Path) -> None:
+    """A space with val_shifts: the best trials' IoU under each shift at their best epoch,
+    beside their mean (best_val_robust_iou), in the section on the search."""
+    from emseg_search.results.io import read_table
+
+    trials = read_table(experiment / "trials.parquet").to_pandas()
+    trials["best_val_robust_iou"] = [0.5, 0.6, 0.55, 0.45]
+    write_table(
+        trials.to_dict("records"), trial_schema(["arch", "lr"]), experiment / "trials.parquet"
+    )
+    epochs = read_table(experiment / "epochs.parquet").to_pandas()
+    # at the best epoch (1) t1 scores 0.9 under scale_x2 and 0.3 on the dense scene
+    shifts = [
+        {"scale_x2": 0.1 * i + e / 10, "synth:dense-small-carbon": 0.2 * e + 0.1}
+        for i in range(4)
+        for e in range(2)
+    ]
+    shifts[3] = {"scale_x2": 0.9, "synth:dense-small-carbon": 0.3}
+    epochs["val_shift_iou"] = shifts
+    write_table(epochs.to_dict("records"), EPOCH_SCHEMA, experiment / "epochs.parquet")
+    text = build_report(experiment, grid_images=2, log=lambda _: None).read_text()
+    section = text.split("<h3>Best trials under the val_shifts</h3>", 1)[1].split("<h", 1)[0]
+    head = re.findall(r"<th>([^<]+)</th>", section)
+    assert head == ["trial_id", "scale_x2", "synth:dense-small-carbon", "best_val_robust_iou"]
+    rows = re.findall(r"<tr><td>(t\d)</td><td>([\d.]+)</td><td>([\d.]+)</td>", section)
+    assert ("t1", "0.9000", "0.3000") in rows and len(rows) == 4
 
 
 def test_report_with_final_shows_intervals_and_test_images(experiment: Path) -> None:

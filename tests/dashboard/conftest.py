@@ -61,6 +61,11 @@ def fake_rows(
                     "val_iou": ious[e],
                     "val_dice": 2 * ious[e] / (1 + ious[e]),
                     "val_robust_iou": robust_ious[e] if robust else None,
+                    "val_shift_iou": (
+                        {"scale_x2": robust_ious[e] + 0.02, "invert": robust_ious[e] - 0.02}
+                        if robust
+                        else None
+                    ),
                     "val_particle_f1": f1s[e] if robust else None,
                     "val_count_error": 1 - f1s[e] if robust else None,
                     "val_score": ious[e],

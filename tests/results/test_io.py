@@ -10,7 +10,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from emseg_search.results.io import load_experiment, read_rows, read_table, write_table
+from emseg_search.results.io import (
+    best_epoch_shift_ious,
+    load_experiment,
+    read_rows,
+    read_table,
+    shift_ious,
+    write_table,
+)
 from emseg_search.results.schemas import EPOCH_SCHEMA, trial_schema
 
 
@@ -93,3 +100,30 @@ def test_read_table_takes_a_consistent_snapshot_while_a_search_rewrites_the_file
     finally:
         stop.set()
         writer.join()
+
+
+def test_each_val_shifts_iou_survives_the_table_and_a_resumes_rewrite(tmp_path: Path) -> None:
+    """epochs.parquet keeps each shift's IoU (val_shift_iou); shift_ious spreads it into a
+    column per shift, also after --resume rewrote the rows it read back (read_rows), and
+    best_epoch_shift_ious picks each trial's best epoch."""
+    import pandas as pd
+
+    dense = "synth:dense-small-carbon"
+    rows = [
+        {"trial_id": "a", "epoch": 0, "val_shift_iou": {"scale_x2": 0.5, dense: 0.25}},
+        {"trial_id": "a", "epoch": 1, "val_shift_iou": {"scale_x2": 0.75, dense: 0.5}},
+        {"trial_id": "b", "epoch": 0, "val_iou": 0.5},  # no val_shifts
+    ]
+    path = write_table(rows, EPOCH_SCHEMA, tmp_path / "epochs.parquet")
+    write_table(read_rows(path), EPOCH_SCHEMA, path)  # what a resumed recorder writes back
+    epochs = read_table(path).to_pandas()
+    spread = shift_ious(epochs)
+    assert list(spread.columns) == ["scale_x2", dense]
+    assert spread.iloc[:2].to_numpy().tolist() == [[0.5, 0.25], [0.75, 0.5]]
+    assert spread.iloc[2].isna().all()
+    trials = pd.DataFrame({"trial_id": ["a", "b"], "best_epoch": [1, 0]})
+    best = best_epoch_shift_ious(trials, epochs)
+    assert best.index.tolist() == ["a"] and best.loc["a"].tolist() == [0.75, 0.5]
+    # a table from before the column: no shift columns, no error
+    assert shift_ious(epochs.drop(columns="val_shift_iou")).columns.empty
+    assert best_epoch_shift_ious(trials, epochs.drop(columns="val_shift_iou")).empty

@@ -239,6 +239,10 @@ def test_val_shifts_score_shifted_images_and_pick_the_best_epoch_by_val_score(
     assert next(scripted, None) is None and seen == [2] * 9  # the same 2 images, 3 x per epoch
     robust = [r["val_robust_iou"] for r in session.reports]
     assert robust == pytest.approx([0.3, 0.7, 0.1])
+    # each shift's own IoU, under its name, in the order of val_shifts
+    shifts = [r["val_shift_iou"] for r in session.reports]
+    assert [list(s) for s in shifts] == [["scale_x0.5", "invert"]] * 3
+    assert [list(s.values()) for s in shifts] == [[0.2, 0.4], [0.7, 0.7], [0.1, 0.1]]
     assert [r["val_score"] for r in session.reports] == pytest.approx([0.55, 0.7, 0.5])
     assert [r["best_epoch"] for r in session.reports] == [0, 1, 1]  # not epoch 2 (IoU 0.9)
     assert session.reports[-1]["best_val_iou"] == pytest.approx(0.7)  # the best epoch's IoU
