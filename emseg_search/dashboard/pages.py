@@ -369,6 +369,21 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _shift_rows(exp: data.Experiment, focus: str) -> list[tuple[str, str]]:
+    """('val IoU under scale_x2 · best epoch', '0.8123') for each of the space's val_shifts
+    that the trial's best epoch was scored under (none without val_shifts)."""
+    from emseg_search.results.io import best_epoch_shift_ious
+
+    shifts = best_epoch_shift_ious(exp.trials, exp.epochs)
+    if focus not in shifts.index:
+        return []
+    return [
+        (f"val IoU under {name} · best epoch", _fmt(iou))
+        for name, iou in shifts.loc[focus].items()
+        if pd.notna(iou)
+    ]
+
+
 def trial_view(exp: data.Experiment, focus: str | None) -> Any:
     """Everything about one trial (default: the best): numbers, curves, status or error,
     resolved config, checkpoint and model paths, and the report's prediction panels."""
@@ -395,6 +410,7 @@ def trial_view(exp: data.Experiment, focus: str | None) -> Any:
             (label if "·" in label else f"{label} · best epoch", _fmt(row[c]))
             for c, label in data.extra_scores(t).items()
         ),
+        *_shift_rows(exp, focus),
         ("epochs run", _fmt(row["epochs_run"])),
         (
             "training time",

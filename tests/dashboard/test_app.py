@@ -202,7 +202,9 @@ def test_trial_view_from_the_url_shows_the_error(served: Any, page: tuple[Any, R
     assert "CUDA out of memory" in pg.locator("#trial-view").inner_text()
 
 
-def test_robustness_scores_and_pareto_front(served: Any, page: tuple[Any, Recorder]) -> None:
+def test_robustness_scores_and_pareto_front(
+    served: Any, page: tuple[Any, Recorder], results_root: Path
+) -> None:
     pg, _ = page
     pg.goto(served.url + "/e/robust")
     wait_count(pg, "10 of 10")
@@ -213,6 +215,18 @@ def test_robustness_scores_and_pareto_front(served: Any, page: tuple[Any, Record
     assert "robust IoU" in pg.locator("#g-pareto").inner_text()
     choose(pg, "pareto-y", "count error (best epoch)")  # better low
     pg.locator("#g-pareto .ytitle", has_text="count error").wait_for()
+    # a trial's IoU under each of the space's val_shifts, at its best epoch
+    pg.goto(served.url + "/e/robust?trial=t00001&view=trial")
+    pg.locator("#trial-title", has_text="t00001").wait_for()
+    text = pg.locator("#trial-view").inner_text()
+    trials = read_table(results_root / "robust" / "trials.parquet").to_pandas()
+    best = int(trials.set_index("trial_id").loc["t00001", "best_epoch"])
+    epochs = read_table(results_root / "robust" / "epochs.parquet").to_pandas()
+    mine = epochs[(epochs["trial_id"] == "t00001") & (epochs["epoch"] == best)]
+    (shifts,) = mine["val_shift_iou"]
+    lines = {line.split("\t")[0]: line for line in text.splitlines()}
+    for name, iou in shifts:
+        assert f"{iou:.4f}" in lines[f"val IoU under {name} · best epoch"], text
 
 
 def test_broken_experiments_give_a_message_not_a_traceback(
