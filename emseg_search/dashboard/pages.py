@@ -374,7 +374,11 @@ def _shift_rows(exp: data.Experiment, focus: str) -> list[tuple[str, str]]:
     that the trial's best epoch was scored under (none without val_shifts)."""
     from emseg_search.results.io import best_epoch_shift_ious
 
-    shifts = best_epoch_shift_ious(exp.trials, exp.epochs)
+    # only this trial's rows: the view renders on every click, over up to 1,000s of trials
+    trials, epochs = exp.trials, exp.epochs
+    shifts = best_epoch_shift_ious(
+        trials[trials["trial_id"] == focus], epochs[epochs["trial_id"] == focus]
+    )
     if focus not in shifts.index:
         return []
     return [
