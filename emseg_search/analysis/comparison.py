@@ -25,6 +25,8 @@ DIMENSIONS = {
     "augment": "augmentation",
     "target": "target",
 }
+# a sampled parameter with more values than this gets no leaderboard of its own
+MAX_BOARD_VALUES = 12
 IMPORTANCE_EVALUATOR = "fANOVA (optuna.importance.FanovaImportanceEvaluator, seed 0)"
 
 
@@ -73,7 +75,8 @@ def leaderboard(trials: pd.DataFrame, by: str, metric: str = "best_val_iou") -> 
     if by not in trials:
         raise AnalysisError(f"no column {by!r} in the trials; have: {', '.join(trials.columns)}")
     rows = []
-    for value, group in trials.groupby(by, dropna=False, sort=False):
+    keys = trials[by].map(_hashable)
+    for value, group in trials.groupby(keys, dropna=False, sort=False):
         scored = group[metric].dropna()
         best = group.loc[scored.idxmax()] if len(scored) else None
         rows.append(
@@ -91,13 +94,37 @@ def leaderboard(trials: pd.DataFrame, by: str, metric: str = "best_val_iou") -> 
     return table.sort_values("best", ascending=False, na_position="last").reset_index(drop=True)
 
 
-def leaderboards(trials: pd.DataFrame, metric: str = "best_val_iou") -> dict[str, pd.DataFrame]:
-    """A leaderboard per DIMENSIONS key that takes more than one value in ``trials``."""
-    return {
-        by: leaderboard(trials, by, metric)
-        for by in DIMENSIONS
-        if by in trials and trials[by].nunique(dropna=False) > 1
-    }
+def leaderboards(
+    trials: pd.DataFrame, metric: str = "best_val_iou", params: bool = False
+) -> dict[str, pd.DataFrame]:
+    """A leaderboard per DIMENSIONS key that takes more than one value in ``trials``; with
+    ``params``, also one per other sampled parameter that takes a few values
+    (``sampled_params``: a grid's synthetic_mix, a categorical loss weight, ...)."""
+    keys = [by for by in DIMENSIONS if by in trials and trials[by].nunique(dropna=False) > 1]
+    if params:
+        keys += sampled_params(trials)
+    return {by: leaderboard(trials, by, metric) for by in keys}
+
+
+def sampled_params(trials: pd.DataFrame, max_values: int = MAX_BOARD_VALUES) -> list[str]:
+    """The ``params_<name>`` columns of a search's sampled parameters other than the
+    DIMENSIONS that take 2 to ``max_values`` values, some value in more than one trial (a
+    continuous one, e.g. a log-uniform lr, takes one per trial: a leaderboard of it says
+    nothing)."""
+    out = []
+    for column in trials.columns:
+        name = column.removeprefix("params_")
+        if not column.startswith("params_") or name in DIMENSIONS:
+            continue
+        n = trials[column].map(_hashable).nunique(dropna=False)
+        if 2 <= n <= max_values and n < len(trials):
+            out.append(column)
+    return out
+
+
+def _hashable(value: Any) -> Any:
+    """A parameter value that pandas can group by (a list-valued one as its text)."""
+    return str(value) if isinstance(value, (list, dict, np.ndarray)) else value
 
 
 def best_per_architecture(trials: pd.DataFrame, metric: str = "best_val_iou") -> pd.DataFrame:
@@ -129,12 +156,13 @@ def best_so_far(
     return out
 
 
-def param_importances(study_db: str | Path) -> tuple[pd.DataFrame, str]:
+def param_importances(study_db: str | Path, value_name: str = "IoU") -> tuple[pd.DataFrame, str]:
     """Parameter importances from the search's persisted Optuna study (``optuna.db``):
     (frame with ``param`` and ``importance``, a note on which trials and evaluator).
 
     fANOVA over the trials that ran every epoch; when fewer than 8 did, over every trial with
-    a value, a pruned trial counting with its last IoU (lower-fidelity, and the note says so).
+    a value, a pruned trial counting with its last value (lower-fidelity, and the note says
+    so, calling the value ``value_name``: the search's metric).
     Parameters a conditional leaves out of some trials are not scored (Optuna's rule).
     """
     import optuna
@@ -170,8 +198,8 @@ def param_importances(study_db: str | Path) -> tuple[pd.DataFrame, str]:
             if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and first(t) is not None
         ]
         which = (
-            f"{len(used)} trials, pruned ones with their last IoU (only {len(complete)} ran "
-            "every epoch)"
+            f"{len(used)} trials, pruned ones with their last {value_name} (only "
+            f"{len(complete)} ran every epoch)"
         )
     if len(used) < 2:
         return empty, f"too few scored trials for importances ({len(used)})"

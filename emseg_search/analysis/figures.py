@@ -46,16 +46,22 @@ def _empty(ax: Any, text: str) -> None:
 
 
 def learning_curves_by_arch(
-    trials: pd.DataFrame, epochs: pd.DataFrame, out_png: str | Path, metric: str = "val_iou"
+    trials: pd.DataFrame,
+    epochs: pd.DataFrame,
+    out_png: str | Path,
+    metric: str = "val_iou",
+    rank: str = "best_val_iou",
+    label: str | None = None,
 ) -> Path:
-    """Every trial's validation curve, coloured by architecture; the best trial of each
-    architecture drawn thick."""
+    """Every trial's validation curve of ``metric`` (an epochs column), coloured by
+    architecture; the best trial of each architecture by ``rank`` (a trials column) drawn
+    thick. ``label`` names the metric on the axis."""
     fig = _figure()
     ax = fig.subplots()
     colors = arch_colors(trials["arch"].astype(str))
     best_ids = set(
-        trials.dropna(subset=["best_val_iou"])
-        .sort_values("best_val_iou", ascending=False)
+        trials.dropna(subset=[rank])
+        .sort_values(rank, ascending=False)
         .drop_duplicates("arch")["trial_id"]
     )
     labelled: set[str] = set()
@@ -83,7 +89,9 @@ def learning_curves_by_arch(
     handles = [Line2D([], [], color=colors[a], lw=2, label=a) for a in sorted(labelled)]
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
-    ax.set_ylabel("validation IoU" if metric == "val_iou" else metric)
+    if label is None:
+        label = "validation IoU" if metric == "val_iou" else metric
+    ax.set_ylabel(label)
     ax.set_title("Learning curves (thick: best trial of each architecture)")
     ax.grid(alpha=0.3)
     if labelled:
@@ -91,9 +99,11 @@ def learning_curves_by_arch(
     return save_figure(fig, out_png)
 
 
-def best_so_far_plot(curve: pd.DataFrame, out_png: str | Path) -> Path:
-    """Best validation IoU so far against the trial number and against compute (hours of
-    training + validation summed over trials)."""
+def best_so_far_plot(
+    curve: pd.DataFrame, out_png: str | Path, label: str = "validation IoU"
+) -> Path:
+    """Best score so far (``comparison.best_so_far``; ``label`` names it) against the trial
+    number and against compute (hours of training + validation summed over trials)."""
     fig = _figure(9.6, 3.8)
     left, right = fig.subplots(1, 2, sharey=True)
     if curve.empty:
@@ -101,24 +111,31 @@ def best_so_far_plot(curve: pd.DataFrame, out_png: str | Path) -> Path:
     hours = curve["compute_s"].to_numpy() / 3600.0
     minutes = hours.max(initial=0.0) < 2.0
     x_compute = hours * 60.0 if minutes else hours
-    for ax, x, label in (
+    for ax, x, xlabel in (
         (left, curve["trial"].to_numpy(), "trial (in start order)"),
         (right, x_compute, f"compute ({'minutes' if minutes else 'hours'} of training)"),
     ):
-        ax.plot(x, curve["value"], "o", color="0.6", ms=4, label="trial's best IoU")
+        ax.plot(x, curve["value"], "o", color="0.6", ms=4, label="trial's best")
         ax.step(x, curve["best"], where="post", color="tab:blue", lw=2, label="best so far")
-        ax.set_xlabel(label)
+        ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
-    left.set_ylabel("validation IoU")
+    from matplotlib.ticker import MaxNLocator
+
+    left.xaxis.set_major_locator(MaxNLocator(integer=True))
+    left.set_ylabel(label)
     left.legend(fontsize=8, loc="lower right")
     fig.suptitle("Best so far")
     return save_figure(fig, out_png)
 
 
 def score_distribution(
-    trials: pd.DataFrame, out_png: str | Path, metric: str = "best_val_iou"
+    trials: pd.DataFrame,
+    out_png: str | Path,
+    metric: str = "best_val_iou",
+    label: str = "validation IoU",
 ) -> Path:
-    """Each architecture's trials' best validation IoU: a box and every trial as a dot."""
+    """Each architecture's trials' best ``metric`` (``label`` names it): a box and every
+    trial as a dot."""
     fig = _figure()
     ax = fig.subplots()
     scored = trials.dropna(subset=[metric])
@@ -144,8 +161,8 @@ def score_distribution(
             fontsize=8,
             transform=ax.get_xaxis_transform(),
         )
-    ax.set_ylabel("best validation IoU of a trial")
-    ax.set_title("Trials' scores per architecture")
+    ax.set_ylabel(f"best {label} of a trial")
+    ax.set_title("Trials' scores per architecture", pad=14)  # above the n= labels
     ax.grid(alpha=0.3, axis="y")
     return save_figure(fig, out_png)
 
@@ -202,8 +219,11 @@ def pareto_plot(trials: pd.DataFrame, objectives: dict[str, str], out_png: str |
     return save_figure(fig, out_png)
 
 
-def importance_plot(importances: pd.DataFrame, note: str, out_png: str | Path) -> Path:
-    """Horizontal bars of parameter importance (largest on top), with how it was computed."""
+def importance_plot(
+    importances: pd.DataFrame, note: str, out_png: str | Path, label: str = "the validation IoU"
+) -> Path:
+    """Horizontal bars of parameter importance (largest on top), with how it was computed;
+    ``label`` names the search's metric whose variance they share."""
     fig = _figure(6.4, 0.6 + 0.35 * max(len(importances), 3))
     ax = fig.subplots()
     if importances.empty:
@@ -211,7 +231,7 @@ def importance_plot(importances: pd.DataFrame, note: str, out_png: str | Path) -
     else:
         frame = importances.sort_values("importance")
         ax.barh(frame["param"], frame["importance"], color="tab:blue")
-        ax.set_xlabel("importance (share of the variance of the validation IoU)")
+        ax.set_xlabel(f"importance (share of the variance of {label})")
     ax.set_title("Parameter importance", fontsize=10)
     fig.text(0.01, 0.005, note, fontsize=6, color="0.35", va="bottom")
     return save_figure(fig, out_png)

@@ -244,6 +244,39 @@ def _shifts_table(top: pd.DataFrame, shifts: pd.DataFrame) -> str:
     )
 
 
+def _scores_under_shifts(epochs: pd.DataFrame) -> bool:
+    """Whether the search scored its epochs under val_shifts, so that val_score (what ranks
+    its trials) is not the validation IoU."""
+    return "val_robust_iou" in epochs and bool(epochs["val_robust_iou"].notna().any())
+
+
+def _rank_text(mixed: bool) -> str:
+    """What ranks the trials (and picks each one's best epoch), in words."""
+    if mixed:
+        return (
+            "val_score = (1 - robust_weight) x validation IoU + robust_weight x the mean IoU "
+            "under the val_shifts (best_val_robust_iou), at each trial's best epoch"
+        )
+    return "validation IoU at each trial's best epoch"
+
+
+def _param_text(value: Any) -> str:
+    """A sampled parameter's value as the tables show it: 4 significant digits for numbers
+    (a learning rate of 3e-05 must not read 0.0000), lists comma-separated."""
+    if isinstance(value, bool) or value is None:
+        return "" if value is None else str(value)
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return "" if isinstance(value, float) and math.isnan(value) else f"{value:.4g}"
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def _unprefixed(column: str) -> str:
+    """A trials column as the tables head it: a sampled parameter by its own name."""
+    return column.removeprefix("params_")
+
+
 def _img(name: str, alt: str) -> str:
     return f'<figure><img src="{html.escape(name)}" alt="{html.escape(alt)}"></figure>'
 
@@ -304,7 +337,8 @@ def _final_table(final: pd.DataFrame) -> str:
 CSS = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;padding:0 1em;color:#222}
 h1{margin-bottom:.2em} h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}
-table{border-collapse:collapse;margin:.6em 0;font-size:.85em}
+table{border-collapse:collapse;margin:.6em 0;font-size:.85em;display:block;max-width:100%;
+overflow-x:auto}
 td,th{border:1px solid #ccc;padding:.25em .5em;text-align:right} th{background:#f3f3f3}
 td:first-child,th:first-child{text-align:left}
 figure{margin:.6em 0} img{max-width:100%;border:1px solid #ddd}
@@ -412,7 +446,7 @@ def build_report(
 ) -> Path:
     """Write ``exp_dir/report/index.html`` and its PNGs; returns the HTML path."""
     from emseg_search.atomic import write_text
-    from emseg_search.results.io import load_experiment
+    from emseg_search.results.io import load_experiment, selection_score
 
     t_start = time.perf_counter()
     exp_dir = Path(exp_dir).absolute()
@@ -421,20 +455,40 @@ def build_report(
     except FileNotFoundError as exc:
         raise comparison.AnalysisError(str(exc)) from None
     info = exp["experiment"]
-    trials = comparison.with_dimensions(exp["trials"], info)
+    space = info.get("space", {})
     epochs = exp["epochs"]
+    # trials rank as the search, best/ and `final` rank them: by the selection score
+    # (val_iou, or with val_shifts the robust_weight mix), which every figure follows
+    trials = comparison.with_dimensions(exp["trials"], info)
+    trials["best_val_score"] = selection_score(trials)
+    rank = "best_val_score"
+    mixed = _scores_under_shifts(epochs)
+    label = "val_score" if mixed else "validation IoU"
+    curve_metric = "val_score" if mixed else "val_iou"
+    metric = str(space.get("metric") or "val_iou")
     out = exp_dir / REPORT_DIR
     out.mkdir(parents=True, exist_ok=True)
     sections: list[str] = []
 
-    figures.learning_curves_by_arch(trials, epochs, out / "learning_curves.png")
-    figures.best_so_far_plot(comparison.best_so_far(trials, epochs), out / "best_so_far.png")
-    figures.score_distribution(trials, out / "scores_by_arch.png")
-    importances, note = comparison.param_importances(exp_dir / "optuna.db")
-    figures.importance_plot(importances, note, out / "importance.png")
+    figures.learning_curves_by_arch(
+        trials, epochs, out / "learning_curves.png", curve_metric, rank, label
+    )
+    figures.best_so_far_plot(
+        comparison.best_so_far(trials, epochs, rank), out / "best_so_far.png", label
+    )
+    figures.score_distribution(trials, out / "scores_by_arch.png", rank, label)
+    importances, note = comparison.param_importances(
+        exp_dir / "optuna.db", "IoU" if metric == "val_iou" else metric
+    )
+    figures.importance_plot(
+        importances,
+        note,
+        out / "importance.png",
+        "the validation IoU" if metric == "val_iou" else metric,
+    )
 
     final = load_final(exp_dir)
-    best = comparison.best_per_architecture(trials)
+    best = comparison.best_per_architecture(trials, rank)
     best = best[best["model_dir"].notna()]
     scored: Scored | None = None
     problem = ""
@@ -473,7 +527,6 @@ def build_report(
         grid_note = "" if scored is None else scored.description
 
     # ---- the page
-    space = info.get("space", {})
     n_done = int(trials["best_val_iou"].notna().sum())
     head = (
         f"<h1>Experiment {html.escape(exp_dir.name)}</h1>"
@@ -534,20 +587,22 @@ def build_report(
     front = pareto_section(trials, space.get("objectives") or {}, out)
     if front:
         sections.append(front)
-    boards = comparison.leaderboards(trials)
+    boards = comparison.leaderboards(trials, rank, params=True)
     board_html = "".join(
-        f"<h3>By {comparison.DIMENSIONS[by]}</h3>" + _table(t) for by, t in boards.items()
+        f"<h3>By {html.escape(comparison.DIMENSIONS.get(by, by.removeprefix('params_')))}</h3>"
+        + _table(t.assign(**{by: t[by].map(_param_text)}).rename(columns=_unprefixed))
+        for by, t in boards.items()
     )
-    from emseg_search.results.io import best_epoch_shift_ious, selection_score
+    from emseg_search.results.io import best_epoch_shift_ious
 
-    top = (
-        trials.assign(_score=selection_score(trials))
-        .sort_values("_score", ascending=False, na_position="last")
-        .head(15)
-    )
+    top = trials.sort_values(rank, ascending=False, na_position="last").head(15)
+    sampled = [c for c in top if c.startswith("params_") and c[7:] not in comparison.DIMENSIONS]
+    top = top.assign(**{c: top[c].map(_param_text) for c in sampled})
+    top = top.rename(columns={c: c.removeprefix("params_") for c in sampled})
     cols = [
         "trial_id",
         "status",
+        *(c.removeprefix("params_") for c in sampled),
         "arch",
         "encoder",
         "loss",
@@ -563,13 +618,33 @@ def build_report(
         "epochs_run",
         "train_seconds",
     ]
+    # a dimension every trial shares says nothing in a row: named once above the table
+    same = {
+        d: trials[d].iloc[0]
+        for d in comparison.DIMENSIONS
+        if len(trials) > 1 and d in trials and trials[d].map(_param_text).nunique() == 1
+    }
+    shown = [
+        c
+        for c in cols
+        if c in top and top[c].notna().any() and c not in same and (mixed or c != rank)
+    ]
+    shared = (
+        "<p class='note'>Every trial: "
+        + ", ".join(f"{d} <code>{html.escape(_param_text(v))}</code>" for d, v in same.items())
+        + ".</p>"
+        if same
+        else ""
+    )
     sections.append(
         "<h2>The search (validation numbers, flattered by selection)</h2>"
-        "<p class='note'>best = highest validation IoU of any trial of that value; median over "
-        "its trials; pruned_share = share of its trials stopped early by ASHA.</p>"
+        f"<p class='note'>Trials rank by {_rank_text(mixed)}. best = highest {label} of "
+        "any trial of that value; median over its trials; pruned_share = share of its trials "
+        "stopped early by ASHA.</p>"
         + board_html
         + "<h3>Best trials</h3>"
-        + _table(top[[c for c in cols if c in top and top[c].notna().any()]])
+        + shared
+        + _table(top[shown])
         + _shifts_table(top, best_epoch_shift_ious(trials, epochs))
         + _img("learning_curves.png", "learning curves")
         + _img("best_so_far.png", "best so far")

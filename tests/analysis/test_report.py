@@ -234,3 +234,46 @@ def test_report_names_a_folder_that_is_no_experiment(tmp_path: Path, capsys) -> 
     err = capsys.readouterr().err
     assert "no trials.parquet" in err and "Traceback" not in err
     assert report_main([str(tmp_path / "absent")]) == 2
+
+
+def test_a_search_ranked_on_val_score_is_reported_by_it_with_its_sampled_parameters(
+    experiment: Path,
+) -> None:
+    """With val_shifts the search ranks on val_score, not the IoU: the leaderboards, the best
+    trials and the figures follow it (as best/ and `final` do), the sampled parameters are
+    columns and, where a few values repeat (a grid), leaderboards of their own."""
+    from emseg_search.results.io import read_table
+
+    trials = read_table(experiment / "trials.parquet").to_pandas()
+    # IoU ranks t3 > t2 > t1 > t0; the score under the shifts ranks t0 first
+    trials["best_val_score"] = [0.9, 0.5, 0.6, 0.55]
+    trials["best_val_robust_iou"] = [0.95, 0.4, 0.5, 0.3]
+    trials["params_synthetic_mix"] = [0.75, 1.0, 0.75, 1.0]
+    write_table(
+        trials.to_dict("records"),
+        trial_schema(["arch", "lr", "synthetic_mix"]),
+        experiment / "trials.parquet",
+    )
+    epochs = read_table(experiment / "epochs.parquet").to_pandas()
+    epochs["val_robust_iou"] = 0.5
+    epochs["val_score"] = epochs["val_iou"] - 0.01
+    write_table(epochs.to_dict("records"), EPOCH_SCHEMA, experiment / "epochs.parquet")
+    text = build_report(experiment, grid_images=2, log=lambda _: None).read_text()
+    search = text.split("<h2>The search", 1)[1].split("<h2>", 1)[0]
+    assert "Trials rank by val_score" in search
+    best = search.split("<h3>Best trials</h3>", 1)[1].split("</table>", 1)[0]
+    assert re.findall(r"<tr><td>(t\d)</td>", best) == ["t0", "t2", "t3", "t1"]
+    head = re.findall(r"<th>([^<]+)</th>", best)
+    assert head[:4] == ["trial_id", "status", "lr", "synthetic_mix"]
+    assert "encoder" not in head  # every trial's: named once above the table
+    assert "Every trial: encoder <code>resnet18</code>" in search
+    board = search.split("<h3>By architecture</h3>", 1)[1].split("</table>", 1)[0]
+    # unet's trials t0 and t2 score 0.9 and 0.6: its best is t0's score, not t2's IoU (0.6)
+    assert re.search(r"<td>unet</td><td>0.9000</td><td>0.7500</td><td>2</td>", board)
+    mix = search.split("<h3>By synthetic_mix</h3>", 1)[1].split("</table>", 1)[0]
+    assert re.findall(r"<tr><td>([\d.]+)</td><td>([\d.]+)</td>", mix) == [
+        ("0.75", "0.9000"),
+        ("1", "0.5500"),
+    ]
+    assert "<h3>By lr</h3>" not in search  # one trial per value: no leaderboard
+    assert "0.0010" not in best and "<td>0.001</td>" in best  # lr as 4 significant digits
