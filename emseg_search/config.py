@@ -194,6 +194,14 @@ class TrialConfig(BaseModel):
         description="with val_shifts: val_score = (1 - w) val_iou + w val_robust_iou, which "
         "picks the best epoch (without: val_score = val_iou)",
     )
+    val_domain_inference: Literal["model", "auto", "auto+tta"] = Field(
+        "model",
+        description="how the synthetic domains of val_shifts (synth:...) are predicted: at the "
+        "model's scale (model), or as `evaluate --scale auto` (auto) or `--scale auto --tta` "
+        "(auto+tta) predicts them, a working scale per image from the training particles' sizes "
+        "(the robustness benchmark's way of running the UNet recipes); the shifts of the "
+        "validation images stay at the model's scale",
+    )
 
     # reproducibility and loading
     seed: int = 0
@@ -251,6 +259,18 @@ class TrialConfig(BaseModel):
                 f"`tversky_alpha + tversky_beta > 0` must hold, got tversky_alpha="
                 f"{self.tversky_alpha}, tversky_beta={self.tversky_beta}"
             )
+        if self.val_domain_inference != "model":
+            if not any(name.startswith("synth:") for name in self.val_shifts):
+                raise ValueError(
+                    f"val_domain_inference {self.val_domain_inference!r} predicts the synthetic "
+                    "domains of val_shifts, and val_shifts names none (synth:...; "
+                    f"got {list(self.val_shifts)})"
+                )
+            if self.arch in INSTANCE_ARCHS:
+                raise ValueError(
+                    f"val_domain_inference {self.val_domain_inference!r}: arch {self.arch!r} "
+                    "finds instances on whole images at its own scale; use 'model'"
+                )
         if self.target == "boundary" and "mcc" in [p.strip() for p in self.loss.split("+")]:
             raise ValueError(
                 "target 'boundary' trains a 3-class softmax and smp's mcc loss is binary only; "

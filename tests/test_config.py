@@ -104,8 +104,9 @@ FLAGS: dict[str, tuple[list[str], object]] = {
     "amp": (["--no-amp"], False),
     "val_every": (["--val-every", "2"], 2),
     "threshold": (["--threshold", "0.4"], 0.4),
-    "val_shifts": (["--val-shifts", "scale_x0.5,invert"], ["scale_x0.5", "invert"]),
+    "val_shifts": (["--val-shifts", "scale_x0.5,synth:tem"], ["scale_x0.5", "synth:tem"]),
     "robust_weight": (["--robust-weight", "0.3"], 0.3),
+    "val_domain_inference": (["--val-domain-inference", "auto+tta"], "auto+tta"),
     "seed": (["--seed", "7"], 7),
     "loader_workers": (["--loader-workers", "2"], 2),
 }

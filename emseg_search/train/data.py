@@ -167,7 +167,8 @@ def build_shifted_val(
     """Per name in ``cfg.val_shifts``: this rank's share of the validation images under that
     shift, or of a synthetic domain's own images (``synth:...``: VAL_DOMAIN_IMAGES drawn as
     the benchmark draws them, with VAL_DOMAIN_SEED instead of its seed). data/shifts.py; fixed
-    seeds, so every epoch and trial scores the same images, at the model's scale."""
+    seeds, so every epoch and trial scores the same images, at the model's scale. Without the
+    domains ``build_val_domains`` takes (``val_domain_inference`` other than ``model``)."""
     from emseg_search.data.shifts import (
         DOMAINS,
         VAL_DOMAIN_IMAGES,
@@ -179,10 +180,34 @@ def build_shifted_val(
 
     check_val_shifts(cfg.val_shifts)
     mine = data.subset(prepared.val)[rank::world]
+    # domains that validation predicts as `evaluate --scale auto` does: build_val_domains
+    predicted = set(DOMAINS) if cfg.val_domain_inference != "model" else set()
 
     def items(name: str) -> list[Micrograph]:
         if name in DOMAINS:
             return domain_items(name, VAL_DOMAIN_IMAGES, seed=VAL_DOMAIN_SEED)[rank::world]
         return list(shifted_items(name, mine))
 
-    return {name: whole_images(cfg, prepared, items(name)) for name in cfg.val_shifts}
+    return {
+        name: whole_images(cfg, prepared, items(name))
+        for name in cfg.val_shifts
+        if name not in predicted
+    }
+
+
+def build_val_domains(
+    cfg: TrialConfig, rank: int = 0, world: int = 1
+) -> dict[str, list[Micrograph]]:
+    """With ``cfg.val_domain_inference`` other than ``model``: per synthetic domain of
+    ``cfg.val_shifts``, this rank's share of its VAL_DOMAIN_IMAGES draws (as
+    ``build_shifted_val`` draws them), which validation predicts as ``evaluate --scale auto``
+    does (worker.domain_ious) instead of at the model's scale; else nothing."""
+    from emseg_search.data.shifts import DOMAINS, VAL_DOMAIN_IMAGES, VAL_DOMAIN_SEED, domain_items
+
+    if cfg.val_domain_inference == "model":
+        return {}
+    return {
+        name: domain_items(name, VAL_DOMAIN_IMAGES, seed=VAL_DOMAIN_SEED)[rank::world]
+        for name in cfg.val_shifts
+        if name in DOMAINS
+    }

@@ -31,7 +31,12 @@ from emseg_search.models.precision import autocast_dtype
 from emseg_search.particles.postprocess import PostProcess
 from emseg_search.results.schemas import OBJECTIVES
 from emseg_search.train.checkpoint import load_checkpoint, save_checkpoint
-from emseg_search.train.data import PreparedData, build_datasets, build_shifted_val
+from emseg_search.train.data import (
+    PreparedData,
+    build_datasets,
+    build_shifted_val,
+    build_val_domains,
+)
 from emseg_search.train.loops import (
     DivergedError,
     EpochStats,
@@ -109,6 +114,12 @@ class TrainingRun:
     scaler: torch.amp.GradScaler | None
     amp_dtype: torch.dtype | None
     validating: bool  # False: no validation split, the last epoch is the model
+    # cfg.val_domain_inference other than "model": this rank's share of each synthetic domain
+    # of cfg.val_shifts, predicted as `evaluate --scale auto` does, and what a Predictor needs
+    # of an artifact for it (the training images' fingerprint: their particle sizes)
+    domain_items: dict[str, list[Any]] = field(default_factory=dict)
+    domain_meta: dict[str, Any] = field(default_factory=dict)
+    domain_fingerprint: Any = None
 
     @property
     def bare_model(self) -> nn.Module:
@@ -153,6 +164,12 @@ def build_run(cfg: TrialConfig, prepared: PreparedData, session: Session) -> Tra
     val_loader = DataLoader(val_ds, batch_size=1, shuffle=False)
     shifted = build_shifted_val(cfg, prepared, data, rank, world) if prepared.val else {}
     shift_loaders = {n: DataLoader(d, batch_size=1, shuffle=False) for n, d in shifted.items()}
+    domains = build_val_domains(cfg, rank, world) if prepared.val else {}
+    domain_fingerprint = None
+    if domains:  # the fingerprint the run's artifact gets: --scale auto's particle sizes
+        from emseg_search.data.fingerprint import compute_fingerprint
+
+        domain_fingerprint = compute_fingerprint(data.subset(prepared.train))
 
     model = build_model(model_config(cfg))
     apply_init_from(model, cfg)  # fine-tuning; a resumed run then loads its own checkpoint
@@ -183,6 +200,13 @@ def build_run(cfg: TrialConfig, prepared: PreparedData, session: Session) -> Tra
         scaler=torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None,
         amp_dtype=amp_dtype,
         validating=bool(prepared.val),
+        domain_items=domains,
+        domain_meta={
+            "normalization": {"mean": prepared.mean, "std": prepared.std},
+            "threshold": cfg.threshold,
+            "postprocess": PostProcess.of(cfg).to_dict(),
+        },
+        domain_fingerprint=domain_fingerprint,
     )
 
 
@@ -345,15 +369,48 @@ def validate(run: TrainingRun) -> dict[str, Any]:
         model, run.val_loader, run.device, cfg.threshold, run.amp_dtype, post, particles=True
     )
     val["score"] = val["iou"]
-    if run.shift_loaders:
+    if run.shift_loaders or run.domain_items:
         ious = {
-            name: evaluate(model, loader, run.device, cfg.threshold, run.amp_dtype, post)["iou"]
-            for name, loader in run.shift_loaders.items()
+            name: domain_iou(run, model, run.domain_items[name])
+            if name in run.domain_items
+            else evaluate(
+                model, run.shift_loaders[name], run.device, cfg.threshold, run.amp_dtype, post
+            )["iou"]
+            for name in cfg.val_shifts
         }
         val["shift_iou"] = ious
         val["robust_iou"] = float(np.mean(list(ious.values())))
         val["score"] = (1 - cfg.robust_weight) * val["iou"] + cfg.robust_weight * val["robust_iou"]
     return val
+
+
+def domain_iou(run: TrainingRun, model: nn.Module, items: list[Any]) -> float:
+    """IoU of a synthetic domain's draws (this rank's share) predicted as `evaluate --scale
+    auto` (``--tta`` with ``auto+tta``) predicts them: a Predictor over the model in memory
+    and the training images' particle sizes; counts summed over ranks."""
+    from pathlib import Path
+
+    from emseg_search.inference.artifact import ModelArtifact
+    from emseg_search.inference.predictor import AUTO, Predictor
+    from emseg_search.metrics import per_image_counts, summarize_distributed
+
+    artifact = ModelArtifact(
+        path=Path("<the model in training>"),
+        model=model,
+        config=run.cfg,
+        meta=run.domain_meta,
+        fingerprint=run.domain_fingerprint,
+    )
+    tta = run.cfg.val_domain_inference == "auto+tta"
+    predictor = Predictor(artifact, scale=AUTO, tta=tta, device=run.device)
+    rows = [
+        per_image_counts(
+            torch.from_numpy(predictor.predict_mask(m.image)), torch.from_numpy(m.mask)
+        )
+        for m in items
+    ]
+    counts = torch.cat(rows) if rows else torch.zeros((0, 4), dtype=torch.int64)
+    return summarize_distributed(counts.sum(0), counts)["iou"]
 
 
 def _shifts_shown(shift_iou: dict[str, float]) -> str:

@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -305,6 +306,86 @@ def test_a_synthetic_domain_in_val_shifts_scores_its_own_draws_not_the_benchmark
     assert seen == [2, 2, 16] * 3
     assert [r["val_robust_iou"] for r in session.reports] == pytest.approx([0.4] * 3)
     assert [r["val_score"] for r in session.reports] == pytest.approx([0.6] * 3)
+
+
+def test_val_domain_inference_scores_a_domain_as_evaluate_scale_auto_does(
+    synth: Path, tmp_path: Path
+) -> None:
+    """``val_domain_inference: auto+tta``: validation predicts the dense scene's draws as
+    ``evaluate --scale auto --tta`` predicts them with the model's artifact (a working scale
+    per image from the training particles' sizes, flips averaged): the same IoU to the last
+    digit, while the shifts of the validation images stay at the model's scale."""
+    from emseg_search.data.fingerprint import compute_fingerprint
+    from emseg_search.data.shifts import VAL_DOMAIN_SEED, domain_items
+    from emseg_search.inference.artifact import write_artifact
+    from emseg_search.inference.predictor import Predictor
+    from emseg_search.train.data import build_shifted_val
+
+    name = "synth:dense-small-carbon"
+    cfg = _cfg(synth, val_shifts=["invert", name], val_domain_inference="auto+tta", scale=0.5)
+    prepared, data, fingerprint = prepare_data(cfg)
+    assert set(build_shifted_val(cfg, prepared, data)) == {"invert"}  # the domain: below
+    run = build_run(cfg, prepared, LocalSession(tmp_path / "run"))
+    assert [len(run.domain_items[name])] == [16] and set(run.shift_loaders) == {"invert"}
+    got = worker.domain_iou(run, run.bare_model, run.domain_items[name])
+
+    state = run.bare_model.state_dict()
+    art = tmp_path / "model"
+    write_artifact(
+        art, cfg, state, prepared.mean, prepared.std, prepared.normalization, fingerprint, 32, {}
+    )
+    predictor = Predictor.from_dir(art, scale="auto", tta=True)
+    inter = union = 0
+    for m in domain_items(name, 16, seed=VAL_DOMAIN_SEED):
+        pred = predictor.predict_mask(m.image)
+        inter += int((pred & m.mask).sum())
+        union += int((pred | m.mask).sum())
+    assert got == pytest.approx(inter / union, abs=1e-12)
+
+    # a model that finds the scene's dark particles: auto runs them at another scale than the
+    # model's, which scores otherwise than the model's scale would
+    class Dark(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return -8.0 * x
+
+    items = run.domain_items[name]
+    dark = dataclasses.replace(Predictor.from_dir(art).artifact, model=Dark())
+
+    def pooled(predictor: Predictor) -> tuple[float, set[float]]:
+        counts, scales = np.zeros(2), set()
+        for m in items:
+            pred = predictor.predict_mask(m.image)
+            counts += [(pred & m.mask).sum(), (pred | m.mask).sum()]
+            scales.add(predictor.last_scale)
+        return counts[0] / counts[1], scales
+
+    auto, scales = pooled(Predictor(dark, scale="auto", tta=True))
+    fixed, _ = pooled(Predictor(dark, tta=True))
+    assert worker.domain_iou(run, dark.model, items) == pytest.approx(auto, abs=1e-12)
+    assert scales - {0.5} and abs(auto - fixed) > 0.01, (scales, auto, fixed)
+    assert compute_fingerprint(data.subset(prepared.train)) == fingerprint
+
+    reports = LocalSession(tmp_path / "epochs")
+    run_worker(_loop_config(cfg.model_copy(update={"epochs": 1})), reports)
+    shift_iou = dict(reports.reports[-1]["val_shift_iou"])
+    assert list(shift_iou) == ["invert", name]  # val_shifts' order, as the log prints them
+
+
+def test_val_domain_inference_needs_a_domain_and_a_semantic_model(synth: Path) -> None:
+    from emseg_search.config import ConfigError
+
+    with pytest.raises(ConfigError, match="val_domain_inference 'auto'.*names none"):
+        TrialConfig.from_dict({"val_shifts": ["invert"], "val_domain_inference": "auto"})
+    with pytest.raises(ConfigError, match="arch 'maskrcnn' finds instances"):
+        TrialConfig.from_dict(
+            {
+                "arch": "maskrcnn",
+                "val_shifts": ["synth:dense-small-carbon"],
+                "val_domain_inference": "auto+tta",
+            }
+        )
+    with pytest.raises(ConfigError, match="val_domain_inference"):
+        TrialConfig.from_dict({"val_domain_inference": "fixed"})
 
 
 def test_unknown_val_shifts_are_refused_before_training(synth: Path, tmp_path: Path) -> None:
