@@ -201,7 +201,7 @@ def build_val_domains(
     """With ``cfg.val_domain_inference`` other than ``model``: per synthetic domain of
     ``cfg.val_shifts``, this rank's share of its VAL_DOMAIN_IMAGES draws (as
     ``build_shifted_val`` draws them), which validation predicts as ``evaluate --scale auto``
-    does (worker.domain_ious) instead of at the model's scale; else nothing."""
+    does (worker.domain_iou) instead of at the model's scale; else nothing."""
     from emseg_search.data.shifts import DOMAINS, VAL_DOMAIN_IMAGES, VAL_DOMAIN_SEED, domain_items
 
     if cfg.val_domain_inference == "model":
