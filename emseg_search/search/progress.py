@@ -82,6 +82,11 @@ class ConsoleProgress(Callback):
         print(f"[{format_seconds(time.monotonic() - self.start):>6}] {text}", flush=True)
 
     def _number(self, trials: list, trial: Any) -> int:
+        # Tune's tag begins with the trial's number in the search ("3_arch=unet,..."), which a
+        # --resume keeps while it may list the restored trials in another order
+        head = str(getattr(trial, "experiment_tag", "") or "").split("_", 1)[0]
+        if head.isdigit():
+            return int(head)
         for i, t in enumerate(trials):
             if t is trial or t.trial_id == trial.trial_id:
                 return i + 1

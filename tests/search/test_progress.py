@@ -86,6 +86,22 @@ def test_a_resumed_trial_continues_its_count(capsys: pytest.CaptureFixture[str])
     assert "trial 1/3 resumed after epoch 1: arch=unet" in capsys.readouterr().out
 
 
+def test_a_resumed_search_numbers_trials_as_it_did_before(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A --resume may list the restored trials in another order: each keeps its number
+    (Tune's experiment tag), in its lines and in the best so far."""
+    progress = ConsoleProgress(SPACE)
+    first, third = trial("f", epoch=14, val_iou=0.8), trial("t", epoch=3, val_iou=0.9)
+    first.experiment_tag, third.experiment_tag = "1_arch=unet", "3_arch=unet"
+    trials = [third, first]  # the unfinished one first
+    progress.on_trial_start(0, trials, third)
+    progress.on_trial_result(0, trials, third, epoch(4, 0.9, 0.9))
+    out = capsys.readouterr().out
+    assert "trial 3/3 resumed after epoch 4" in out and "trial 3/3 epoch 5" in out
+    assert "(trial 3)" in out
+
+
 def test_time_left_is_an_upper_bound_from_the_epochs_left() -> None:
     progress = ConsoleProgress(SPACE)
     progress.setup(total_num_samples=3)
