@@ -114,11 +114,20 @@ def cannot_write(exc: BaseException) -> bool:
 
 
 def leaderboard(trials, top: int, objectives: dict[str, str] | None = None) -> str:  # noqa: ANN001
-    """The best trials by validation IoU, with their sampled parameters; with several
-    ``objectives``, their columns and the Pareto-optimal trials first."""
+    """The best trials by the selection score (validation IoU, or with val_shifts the
+    val_score mix, shown then: what best/ and `final` go by), with their sampled parameters;
+    with several ``objectives``, their columns and the Pareto-optimal trials first."""
+    import numpy as np
+
+    from emseg_search.results.io import selection_score
+
     cols = ["trial_id", "status", "best_val_iou", "best_val_dice", "epochs_run", "train_seconds"]
     params = [c for c in trials.columns if c.startswith("params_")]
-    order = ["best_val_iou"]
+    score = selection_score(trials)
+    trials = trials.assign(_score=score)
+    if not np.allclose(score, trials["best_val_iou"].astype(float), equal_nan=True):
+        cols.insert(2, "best_val_score")
+    order = ["_score"]
     if objectives:
         cols = [*cols[:2], "pareto", *dict.fromkeys(f"best_{m}" for m in objectives), *cols[2:]]
         cols = list(dict.fromkeys(c for c in cols if c in trials))

@@ -200,3 +200,31 @@ def test_a_sampled_field_cannot_be_fixed_from_the_command_line(tmp_path: Path) -
     assert space.with_fixed(group_by="regex:(\\d)").fixed["group_by"] == "regex:(\\d)"
     with pytest.raises(ValueError, match="parameters.lr: sampled by the space"):
         space.with_fixed(lr=0.1)
+
+
+def test_the_leaderboard_ranks_as_best_does_and_shows_the_score_it_ranks_by() -> None:
+    """With val_shifts trials rank by val_score (best/ and `final` go by it): the printed
+    leaderboard ranks by it too and shows it; without, by the IoU, as before."""
+    import pandas as pd
+
+    from emseg_search.cli.run import leaderboard
+
+    trials = pd.DataFrame(
+        {
+            "trial_id": ["a", "b", "c"],
+            "status": ["completed"] * 3,
+            "best_val_iou": [0.95, 0.90, 0.85],
+            "best_val_dice": [0.97, 0.95, 0.92],
+            "best_val_score": [0.80, 0.88, 0.70],
+            "epochs_run": [2, 2, 2],
+            "train_seconds": [1.0, 1.0, 1.0],
+            "params_synthetic_mix": [0.75, 1.0, 0.75],
+        }
+    )
+    lines = leaderboard(trials, 10).splitlines()
+    assert lines[0].split()[:4] == ["trial_id", "status", "best_val_score", "best_val_iou"]
+    assert [line.split()[0] for line in lines[1:]] == ["b", "a", "c"]
+    assert "synthetic_mix" in lines[0]
+    plain = leaderboard(trials.assign(best_val_score=trials["best_val_iou"]), 10).splitlines()
+    assert "best_val_score" not in plain[0]
+    assert [line.split()[0] for line in plain[1:]] == ["a", "b", "c"]
