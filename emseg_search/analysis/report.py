@@ -596,13 +596,15 @@ def build_report(
     from emseg_search.results.io import best_epoch_shift_ious
 
     top = trials.sort_values(rank, ascending=False, na_position="last").head(15)
-    sampled = [c for c in top if c.startswith("params_") and c[7:] not in comparison.DIMENSIONS]
+    sampled = [
+        c for c in top if c.startswith("params_") and _unprefixed(c) not in comparison.DIMENSIONS
+    ]
     top = top.assign(**{c: top[c].map(_param_text) for c in sampled})
-    top = top.rename(columns={c: c.removeprefix("params_") for c in sampled})
+    top = top.rename(columns={c: _unprefixed(c) for c in sampled})
     cols = [
         "trial_id",
         "status",
-        *(c.removeprefix("params_") for c in sampled),
+        *map(_unprefixed, sampled),
         "arch",
         "encoder",
         "loss",
