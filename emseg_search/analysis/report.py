@@ -244,12 +244,6 @@ def _shifts_table(top: pd.DataFrame, shifts: pd.DataFrame) -> str:
     )
 
 
-def _scores_under_shifts(epochs: pd.DataFrame) -> bool:
-    """Whether the search scored its epochs under val_shifts, so that val_score (what ranks
-    its trials) is not the validation IoU."""
-    return "val_robust_iou" in epochs and bool(epochs["val_robust_iou"].notna().any())
-
-
 def _rank_text(mixed: bool) -> str:
     """What ranks the trials (and picks each one's best epoch), in words."""
     if mixed:
@@ -446,7 +440,11 @@ def build_report(
 ) -> Path:
     """Write ``exp_dir/report/index.html`` and its PNGs; returns the HTML path."""
     from emseg_search.atomic import write_text
-    from emseg_search.results.io import load_experiment, selection_score
+    from emseg_search.results.io import (
+        load_experiment,
+        ranks_by_other_than_iou,
+        selection_score,
+    )
 
     t_start = time.perf_counter()
     exp_dir = Path(exp_dir).absolute()
@@ -462,7 +460,7 @@ def build_report(
     trials = comparison.with_dimensions(exp["trials"], info)
     trials["best_val_score"] = selection_score(trials)
     rank = "best_val_score"
-    mixed = _scores_under_shifts(epochs)
+    mixed = ranks_by_other_than_iou(trials)
     label = "val_score" if mixed else "validation IoU"
     curve_metric = "val_score" if mixed else "val_iou"
     metric = str(space.get("metric") or "val_iou")

@@ -117,15 +117,13 @@ def leaderboard(trials, top: int, objectives: dict[str, str] | None = None) -> s
     """The best trials by the selection score (validation IoU, or with val_shifts the
     val_score mix, shown then: what best/ and `final` go by), with their sampled parameters;
     with several ``objectives``, their columns and the Pareto-optimal trials first."""
-    import numpy as np
-
-    from emseg_search.results.io import selection_score
+    from emseg_search.results.io import ranks_by_other_than_iou, selection_score
 
     cols = ["trial_id", "status", "best_val_iou", "best_val_dice", "epochs_run", "train_seconds"]
     params = [c for c in trials.columns if c.startswith("params_")]
     score = selection_score(trials)
     trials = trials.assign(_score=score)
-    if not np.allclose(score, trials["best_val_iou"].astype(float), equal_nan=True):
+    if ranks_by_other_than_iou(trials):
         cols.insert(2, "best_val_score")
     order = ["_score"]
     if objectives:

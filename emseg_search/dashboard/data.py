@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from emseg_search.results.io import read_table
+from emseg_search.results.io import ranks_by_other_than_iou, read_table
 from emseg_search.results.pareto import objective_column
 from emseg_search.results.schemas import EPOCH_SCHEMA, OBJECTIVES, TRIAL_COLUMNS
 
@@ -357,9 +357,7 @@ def extra_scores(trials: pd.DataFrame) -> dict[str, str]:
     for column, label in EXTRA_SCORES.items():
         if column not in trials or trials[column].isna().all():
             continue
-        if column == "best_val_score" and np.allclose(
-            trials[column].astype(float), trials["best_val_iou"].astype(float), equal_nan=True
-        ):
+        if column == "best_val_score" and not ranks_by_other_than_iou(trials):
             continue
         out[column] = label
     return out

@@ -83,6 +83,15 @@ def selection_score(trials: pd.DataFrame) -> pd.Series:
     return trials["best_val_score"].astype(float).fillna(iou)
 
 
+def ranks_by_other_than_iou(trials: pd.DataFrame) -> bool:
+    """Whether the selection score differs from best_val_iou for some trial (a space with
+    val_shifts and robust_weight > 0): then tables and plots name val_score, not the IoU."""
+    import numpy as np
+
+    iou = trials["best_val_iou"].astype(float)
+    return not np.allclose(selection_score(trials), iou, equal_nan=True)
+
+
 def shift_ious(epochs: pd.DataFrame) -> pd.DataFrame:
     """The val_shift_iou column of an epochs table spread into one column per shift (its IoU),
     on the table's index; NaN where an epoch was not scored under that shift, no columns when

@@ -6,6 +6,8 @@ import json
 import threading
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -13,8 +15,10 @@ import pytest
 from emseg_search.results.io import (
     best_epoch_shift_ious,
     load_experiment,
+    ranks_by_other_than_iou,
     read_rows,
     read_table,
+    selection_score,
     shift_ious,
     write_table,
 )
@@ -127,3 +131,18 @@ def test_each_val_shifts_iou_survives_the_table_and_a_resumes_rewrite(tmp_path: 
     # a table from before the column: no shift columns, no error
     assert shift_ious(epochs.drop(columns="val_shift_iou")).columns.empty
     assert best_epoch_shift_ious(trials, epochs.drop(columns="val_shift_iou")).empty
+
+
+def test_selection_score_and_whether_it_is_the_iou() -> None:
+    """What ranks trials, and whether tables must show val_score beside the IoU: a space
+    without val_shifts (score = IoU, or tables from before best_val_score) ranks by the IoU; a
+    robust_weight mix ranks by the score, NaN scores (errored trials) falling back to the IoU."""
+    old = pd.DataFrame({"best_val_iou": [0.9, 0.8]})
+    assert selection_score(old).tolist() == [0.9, 0.8]
+    assert not ranks_by_other_than_iou(old)
+    plain = old.assign(best_val_score=[0.9, np.nan])
+    assert selection_score(plain).tolist() == [0.9, 0.8]
+    assert not ranks_by_other_than_iou(plain)
+    mixed = old.assign(best_val_score=[0.85, np.nan])
+    assert selection_score(mixed).tolist() == [0.85, 0.8]
+    assert ranks_by_other_than_iou(mixed)
