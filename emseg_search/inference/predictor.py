@@ -18,7 +18,14 @@ The working scale is the artifact's by default. ``scale="auto"`` chooses it per 
 size of the particles a first pass finds (``particle_size``, ``working_scale``): an image whose
 particles are smaller or larger, at the model's scale, than most of the training particles'
 area, widened by the training augmentation's zoom range (``SizeBand``), runs again at the scale
-that brings them into that band; other images keep the first pass, at no extra cost.
+that brings them into that band; other images keep the first pass, at no extra cost. Particles
+below the band are where one target cannot serve every image (docs/robustness.md): real
+particles shrunk by a lower magnification want the band's edge, small particles of the kind the
+model learned at their own size (its synthetic training images, ``synthetic_size: native``)
+want that size, and some images are best left alone. So such an image is predicted at each of
+those scales (the model's, the band's lower edge, the synthetic particles' median size when the
+model trained on a synthetic mix) and runs at the one whose predicted particles are the most
+certain (``particle_entropy``: the lowest mean entropy over the pixels predicted particle).
 ``scale_tta`` averages the logits of several scales around the working one.
 
 Instance models (Mask R-CNN, target 'instances') run every image whole, at its working scale,
@@ -29,6 +36,7 @@ not blend), and flip TTA and multi-scale TTA, which average outputs, are refused
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Sequence
@@ -146,13 +154,34 @@ def working_scale(
     SCALE_RANGE away and (given the image's ``shape``) MAX_WORKING_MEGAPIXELS large."""
     if diameter is None or band.low <= diameter * scale <= band.high:
         return scale
-    lo, hi = SCALE_RANGE
     edge = band.low if diameter * scale < band.low else band.high
-    out = float(np.clip(edge / diameter, scale * lo, scale * hi))
+    return scale_for_size(diameter, edge, scale, shape)
+
+
+def scale_for_size(
+    diameter: float, target: float, scale: float, shape: tuple[int, ...] | None = None
+) -> float:
+    """The scale that makes particles of ``diameter`` px (at the image's own resolution)
+    measure ``target`` px, at most SCALE_RANGE away from the model's ``scale`` and (given the
+    image's ``shape``) MAX_WORKING_MEGAPIXELS large."""
+    lo, hi = SCALE_RANGE
+    out = float(np.clip(target / diameter, scale * lo, scale * hi))
     if shape is not None:
         cap = math.sqrt(MAX_WORKING_MEGAPIXELS * 1e6 / (shape[0] * shape[1]))
         out = min(out, max(cap, scale))
     return out
+
+
+def particle_entropy(logits: np.ndarray, limit: float) -> float:
+    """Mean binary entropy (nats) of the particle probability over the pixels whose particle
+    ``logits`` exceed ``limit`` (the threshold's logit): how unsure the model is of the
+    particles it predicts; inf when it predicts none."""
+    x = np.asarray(logits)[np.asarray(logits) > limit].astype(np.float64)
+    if x.size == 0:
+        return math.inf
+    # H(p) = softplus(-x) p + softplus(x) (1 - p) with p = sigmoid(x), stable for any x
+    p = 0.5 * (1.0 + np.tanh(0.5 * x))
+    return float(np.mean(np.logaddexp(0.0, -x) * p + np.logaddexp(0.0, x) * (1.0 - p)))
 
 
 def _canonical(image: np.ndarray) -> np.ndarray:
@@ -325,7 +354,11 @@ class Predictor:
             min_area = MIN_AREA_PX / scale**2  # a speck at the working scale, in image px
             mask = self._particle_logit(first) > self._logit_threshold()
             diameter, _ = particle_size(mask, min_area)
-            scale = working_scale(diameter, scale, self.band, image.shape)
+            edge = working_scale(diameter, scale, self.band, image.shape)
+            if diameter is not None and diameter * scale < self.band.low:
+                scale = self._most_certain(image, diameter, edge, done)
+            else:
+                scale = edge
         total = None
         for f in self.scale_tta:
             s = scale * f
@@ -338,6 +371,41 @@ class Predictor:
         self._megapixels += image.size / 1e6
         self._seconds += time.perf_counter() - t0
         return out
+
+    def below_band_scales(
+        self, diameter: float, edge: float, shape: tuple[int, ...]
+    ) -> list[float]:
+        """The working scales ``scale="auto"`` tries for an image whose particles measure
+        ``diameter`` px, below the band: the model's, the band's lower ``edge`` and, for a
+        model trained on a synthetic mix, the one that brings them to its synthetic particles'
+        median size (``synthetic_size``), in that order, without repeats."""
+        scales = [self.scale, edge]
+        if self.synthetic_size is not None:
+            scales.append(scale_for_size(diameter, self.synthetic_size, self.scale, shape))
+        return list(dict.fromkeys(scales))
+
+    @functools.cached_property
+    def synthetic_size(self) -> float | None:
+        """Median diameter (px at the model's input) of the synthetic particles the artifact
+        trained on (``synthetic_mix``), None without them; measured on first use (~2 s)."""
+        from emseg_search.data.synth.mix import input_particle_size
+
+        return input_particle_size(self.artifact.config)
+
+    def _most_certain(
+        self, image: np.ndarray, diameter: float, edge: float, done: dict[float, np.ndarray]
+    ) -> float:
+        """Of ``below_band_scales``, the one whose predicted particles are the most certain
+        (lowest ``particle_entropy``; the earlier on ties), its logits kept in ``done``."""
+        limit = self._logit_threshold()
+        best, best_h = self.scale, math.inf
+        for s in self.below_band_scales(diameter, edge, image.shape):
+            if s not in done:
+                done[s] = self._logits_at(image, s)
+            h = particle_entropy(self._particle_logit(done[s]), limit)
+            if h < best_h:
+                best, best_h = s, h
+        return best
 
     def _logits_at(self, image: np.ndarray, scale: float) -> np.ndarray:
         """Logits (C, H, W) float32 at the original resolution of a canonical image run at

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from helpers import disk, write_tiny_artifact
 from torch import nn
 
@@ -306,20 +307,94 @@ def test_size_band_from_the_fingerprint_or_the_fallback(artifact: ModelArtifact)
     assert SizeBand.of(trained(robust, augment_strength=0.0)) == SizeBand(15, 45)
 
 
+class SureOfLarge(nn.Module):
+    """A 'model' sure of dark particles only where they fill a 9 px window: small particles
+    come out faint (uncertain), the same particles enlarged come out sure."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes: list[tuple[int, int]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.sizes.append(tuple(x.shape[-2:]))
+        dark = torch.sigmoid(-10 * x)
+        return 20 * (F.avg_pool2d(dark, 9, 1, 4, count_include_pad=False) - 0.3)
+
+
 def test_auto_scale_rescales_small_particles_and_leaves_trained_sizes_alone(
     artifact: ModelArtifact,
 ) -> None:
-    art = _sized(artifact, 16, 40)
+    art = dataclasses.replace(_sized(artifact, 16, 40), model=SureOfLarge())
     fixed, auto = Predictor(art, tile_size=512), Predictor(art, tile_size=512, scale="auto")
     trained = _disks(160, 10)  # ~20 px particles: inside the band the model trained on
     np.testing.assert_array_equal(auto.predict_logits(trained), fixed.predict_logits(trained))
     assert auto.last_scale == 1.0 and art.model.sizes[-1] == (160, 160)  # one pass only
-    small = _disks(96, 3)  # ~6.5 px particles: below the band, run again 16 / 6.5 ~ 2.5x larger
+    small = _disks(96, 3)  # ~7 px particles: below the band, tried again at its lower edge
     mask = auto.predict_mask(small)
     assert mask.shape == small.shape
-    assert auto.last_scale == pytest.approx(2.5, rel=0.15)
+    assert auto.band is not None and auto.last_scale == pytest.approx(auto.band.low / 7, rel=0.1)
+    assert len(art.model.sizes) == 4  # the model's scale, then the edge, where it is surer
+    assert art.model.sizes[-2:] == [(96, 96), art.model.sizes[-1]]
     assert art.model.sizes[-1][0] == pytest.approx(96 * auto.last_scale, abs=8)
     assert np.mean(mask == (small < 128)) > 0.97  # still the particles, at the original size
+
+
+def test_below_the_band_auto_runs_at_the_surest_of_its_scales(artifact: ModelArtifact) -> None:
+    """An image whose particles measure below the band runs at the model's scale, the band's
+    edge or the synthetic particles' size, whichever its predicted particles are surest at,
+    and its logits are exactly that fixed scale's."""
+    from emseg_search.inference.predictor import (
+        MIN_AREA_PX,
+        particle_entropy,
+        particle_size,
+        working_scale,
+    )
+
+    small = _disks(96, 3)
+    for model, synthetic, expect in [
+        (DarkIsParticle(), None, [1.0]),  # as sure at any scale: resizing only blurs the edges
+        (SureOfLarge(), None, None),
+        (SureOfLarge(), 10.0, None),  # a synthetic mix of ~10 px particles: a third scale
+        (SureOfLarge(), 40.0, None),  # ...beyond the band: capped at 4x the model's scale
+    ]:
+        art = dataclasses.replace(_sized(artifact, 16, 40), model=model)
+        auto = Predictor(art, tile_size=512, scale="auto")
+        auto.synthetic_size = synthetic  # what a synthetic_mix measures (input_particle_size)
+        logits = auto.predict_logits(small)
+        first = Predictor(art, tile_size=512)
+        limit = first._logit_threshold()
+        diameter, _ = particle_size(first.predict_logits(small) > limit, MIN_AREA_PX)
+        assert diameter is not None and auto.band is not None
+        assert diameter < auto.band.low  # ~7 px
+        edge = working_scale(diameter, 1.0, auto.band, small.shape)
+        scales = auto.below_band_scales(diameter, edge, small.shape)
+        assert scales[:2] == [1.0, pytest.approx(auto.band.low / diameter)]
+        assert len(scales) == (2 if synthetic is None else 3)
+        if synthetic is not None:
+            assert scales[2] == pytest.approx(min(synthetic / diameter, 4.0), rel=0.01)
+        sureness = {
+            s: particle_entropy(Predictor(art, tile_size=512, scale=s).predict_logits(small), limit)
+            for s in [1.0, auto.last_scale, *scales[1:]]
+        }
+        best = min(sureness.values())
+        assert sureness[auto.last_scale] == best
+        assert expect is None or [auto.last_scale] == expect
+        fixed = Predictor(art, tile_size=512, scale=auto.last_scale).predict_logits(small)
+        np.testing.assert_array_equal(logits, fixed)
+
+
+def test_particle_entropy_is_how_unsure_the_predicted_particles_are() -> None:
+    from emseg_search.inference.predictor import particle_entropy
+
+    assert particle_entropy(np.array([-5.0, -3.0]), 0.0) == float("inf")  # nothing predicted
+    sure = particle_entropy(np.array([30.0, 40.0, -9.0]), 0.0)  # the -9 pixel is not counted
+    assert 0.0 <= sure < 1e-9
+    assert particle_entropy(np.array([1e-6]), 0.0) == pytest.approx(np.log(2))  # a coin toss
+    p = 1 / (1 + np.exp(-2.0))
+    assert particle_entropy(np.array([2.0, 2.0]), 0.0) == pytest.approx(
+        -(p * np.log(p) + (1 - p) * np.log(1 - p))
+    )
+    assert particle_entropy(np.array([500.0, 2.0]), -1.0) < particle_entropy(np.array([2.0]), 0)
 
 
 def test_scale_tta_averages_logits_at_each_factor(artifact: ModelArtifact) -> None:

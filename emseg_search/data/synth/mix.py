@@ -10,12 +10,17 @@ and from the robustness benchmark's synthetic domains (seed 1000).
 from __future__ import annotations
 
 import functools
+from typing import TYPE_CHECKING
 
 from emseg_search.config import SYNTHETIC_KINDS, check_synthetic_kinds
 from emseg_search.data.loading import Micrograph
 from emseg_search.data.synth.generator import generate_sample
 
+if TYPE_CHECKING:
+    from emseg_search.config import TrialConfig
+
 SEED = 2000
+SIZE_SAMPLE = 64  # synthetic images input_particle_size measures (the mix's first ones)
 # name (config.SYNTHETIC_KINDS) -> (generator style, generator scene)
 KINDS: dict[str, tuple[str | None, str | None]] = {
     "tem": ("tem", None),
@@ -46,3 +51,33 @@ def synthetic_items(
         s = generate_sample([seed, i], size, style=style, scene=scene)
         items.append(Micrograph(f"synthetic-mix_{i:05d}", s.image, s.instances))
     return tuple(items)
+
+
+@functools.lru_cache(maxsize=8)
+def _median_diameter(n: int, size: int, cycle: tuple[str, ...]) -> float | None:
+    """Area-weighted median equivalent diameter (px) of the particles of synthetic_items."""
+    import numpy as np
+
+    from emseg_search.data.fingerprint import area_weighted_diameters
+
+    areas = np.concatenate(
+        [np.bincount(m.instances.ravel())[1:] for m in synthetic_items(n, size, cycle)]
+    )
+    areas = areas[areas > 0]
+    return float(area_weighted_diameters(areas, [50])[0]) if areas.size else None
+
+
+def input_particle_size(cfg: TrialConfig) -> float | None:
+    """The area-weighted median diameter, in px of the model's input, of the synthetic particles
+    ``cfg.synthetic_mix`` trained a model on (measured on the mix's first SIZE_SAMPLE images,
+    which training drew the same way: image i is seeded by (SEED, i)); None without a mix.
+    ``synthetic_size: native`` shows them at the generator's own size, ``model`` shrinks them
+    by ``scale`` as the real images are (train.data.mixed_synthetic)."""
+    if cfg.synthetic_mix <= 0 or cfg.is_synthetic:
+        return None
+    if cfg.synthetic_size == "native":
+        d = _median_diameter(SIZE_SAMPLE, max(64, cfg.tile_size), tuple(cfg.synthetic_kinds))
+        return d
+    size = max(64, round(cfg.tile_size / cfg.scale))
+    d = _median_diameter(SIZE_SAMPLE, size, tuple(cfg.synthetic_kinds))
+    return None if d is None else d * float(cfg.scale)

@@ -112,3 +112,34 @@ def test_native_size_synthetic_images_reach_the_model_at_the_generators_size(tmp
     model_size, _ = build_datasets(TrialConfig(**base), prepared, data)
     assert [a.shape for a in model_size.images[len(prepared.train) :]] == [(64, 64)] * 3
     assert not np.array_equal(model_size.images[-1], mixed[-1])  # drawn at 128, halved
+
+
+def test_input_particle_size_is_the_mix_particles_median_at_the_models_input() -> None:
+    """What `--scale auto` brings small particles to for a model trained on a synthetic mix:
+    the mix's particles at the model's input, at the generator's own size for
+    synthetic_size: native, shrunk with the images by `scale` for model."""
+    from emseg_search.data.fingerprint import area_weighted_diameters
+    from emseg_search.data.synth.mix import SIZE_SAMPLE, input_particle_size
+
+    assert input_particle_size(TrialConfig(data="somewhere")) is None  # no mix
+    assert input_particle_size(TrialConfig(synthetic_mix=1.0)) is None  # the embedded data
+    kinds = ["dense-small-carbon"]
+    native = TrialConfig(
+        data="somewhere",
+        synthetic_mix=1.0,
+        synthetic_kinds=kinds,
+        synthetic_size="native",
+        tile_size=128,
+        scale=0.5,
+    )
+    drawn = synthetic_items(SIZE_SAMPLE, 128, tuple(kinds))  # the images training draws
+    areas = np.concatenate([np.bincount(m.instances.ravel())[1:] for m in drawn])
+    median = area_weighted_diameters(areas[areas > 0], [50])[0]
+    assert input_particle_size(native) == pytest.approx(median)
+    assert 3 < median < 16  # small particles (the scene draws them in proportion to the image)
+    # drawn 256 px large and shrunk by 0.5 with the real images: about the same size
+    model = native.model_copy(update={"synthetic_size": "model"})
+    assert input_particle_size(model) == pytest.approx(median, rel=0.25)
+    shrunk = model.model_copy(update={"scale": 0.25})  # drawn 512 px, shrunk 4x
+    assert input_particle_size(shrunk) == pytest.approx(median, rel=0.25)
+    synthetic_items.cache_clear()
