@@ -77,12 +77,13 @@ def run_trial(params: dict[str, Any], context: SearchContext) -> None:
     space = context.space
     cfg = context.trial_config(params)
     trial_id = ray.tune.get_context().get_trial_id()
-    prepared, _ = context.trial_data(cfg)
+    prepared, fingerprint = context.trial_data(cfg)
     storage = context.storage
     loop_config = {
         "trial": cfg.to_dict(),
         "prepared": prepared.to_dict(),
         "threads": context.threads,
+        "fingerprint": fingerprint.model_dump(mode="json"),
     }
     # The result files (epochs, model) are written by the Tune driver when the trial ends
     # (recorder.TableRecorder): ASHA may stop this function at any report, the last included.

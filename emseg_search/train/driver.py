@@ -90,6 +90,7 @@ def run_training(
             "trial": cfg.to_dict(),
             "prepared": prepared.to_dict(),
             "threads": threads,
+            "fingerprint": fingerprint.model_dump(mode="json"),
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=workers, use_gpu=use_gpu, resources_per_worker=per_worker

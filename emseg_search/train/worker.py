@@ -67,7 +67,8 @@ def log_to_stdout(level: int = logging.INFO) -> None:
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point. ``config``: {"trial": TrialConfig dict, "prepared":
-    PreparedData dict, "threads": torch threads per worker}."""
+    PreparedData dict, "threads": torch threads per worker, and optionally "fingerprint":
+    the training images' Fingerprint dict, which the driver computed already}."""
     from emseg_search.train.session import TrainSession
 
     log_to_stdout()
@@ -92,7 +93,12 @@ def run_worker(config: dict[str, Any], session: Session) -> None:
     cfg = TrialConfig.from_dict(config["trial"])
     prepared = PreparedData.from_dict(config["prepared"])
     torch.set_num_threads(int(config.get("threads", 1)))
-    train_run(build_run(cfg, prepared, session), session)
+    fingerprint = config.get("fingerprint")
+    if fingerprint is not None:
+        from emseg_search.data.fingerprint import Fingerprint
+
+        fingerprint = Fingerprint.model_validate(fingerprint)
+    train_run(build_run(cfg, prepared, session, fingerprint), session)
 
 
 @dataclass(frozen=True)
@@ -140,8 +146,12 @@ class Progress:
     val: dict[str, Any] = field(default_factory=dict)  # the latest validation, with "epoch"
 
 
-def build_run(cfg: TrialConfig, prepared: PreparedData, session: Session) -> TrainingRun:
-    """Data, model, loss, optimiser, schedule and scaler for this rank of ``session``."""
+def build_run(
+    cfg: TrialConfig, prepared: PreparedData, session: Session, fingerprint: Any = None
+) -> TrainingRun:
+    """Data, model, loss, optimiser, schedule and scaler for this rank of ``session``;
+    ``fingerprint``: the training images' (data.fingerprint.Fingerprint) when the driver has
+    it, else computed here if val_domain_inference needs it."""
     from emseg_search.losses import build_trial_loss
     from emseg_search.models.registry import build_model, unused_parameters
     from emseg_search.train.init_from import apply_init_from, model_config
@@ -169,7 +179,7 @@ def build_run(cfg: TrialConfig, prepared: PreparedData, session: Session) -> Tra
     if domains:  # the fingerprint the run's artifact gets: --scale auto's particle sizes
         from emseg_search.data.fingerprint import compute_fingerprint
 
-        domain_fingerprint = compute_fingerprint(data.subset(prepared.train))
+        domain_fingerprint = fingerprint or compute_fingerprint(data.subset(prepared.train))
 
     model = build_model(model_config(cfg))
     apply_init_from(model, cfg)  # fine-tuning; a resumed run then loads its own checkpoint

@@ -58,8 +58,13 @@ def _cfg(data: Path, **fields: Any) -> TrialConfig:
 
 
 def _loop_config(cfg: TrialConfig) -> dict[str, Any]:
-    prepared, _, _ = prepare_data(cfg)
-    return {"trial": cfg.to_dict(), "prepared": prepared.to_dict(), "threads": 1}
+    prepared, _, fingerprint = prepare_data(cfg)
+    return {
+        "trial": cfg.to_dict(),
+        "prepared": prepared.to_dict(),
+        "threads": 1,
+        "fingerprint": fingerprint.model_dump(mode="json"),  # as the drivers pass it
+    }
 
 
 class Killed(Exception):
@@ -364,6 +369,10 @@ def test_val_domain_inference_scores_a_domain_as_evaluate_scale_auto_does(
     assert worker.domain_iou(run, dark.model, items) == pytest.approx(auto, abs=1e-12)
     assert scales - {0.5} and abs(auto - fixed) > 0.01, (scales, auto, fixed)
     assert compute_fingerprint(data.subset(prepared.train)) == fingerprint
+    # the drivers pass the fingerprint they computed ("fingerprint" in the loop config): the
+    # worker takes it instead of reading the training images again
+    given = fingerprint.model_copy(update={"n_particles": fingerprint.n_particles + 1})
+    assert build_run(cfg, prepared, LocalSession(tmp_path / "g"), given).domain_fingerprint is given
 
     reports = LocalSession(tmp_path / "epochs")
     run_worker(_loop_config(cfg.model_copy(update={"epochs": 1})), reports)
