@@ -381,7 +381,9 @@ class Predictor:
         median size (``synthetic_size``), in that order, without repeats."""
         scales = [self.scale, edge]
         if self.synthetic_size is not None:
-            scales.append(scale_for_size(diameter, self.synthetic_size, self.scale, shape))
+            synthetic = scale_for_size(diameter, self.synthetic_size, self.scale, shape)
+            if synthetic > self.scale:  # never below the first pass: the particles are small
+                scales.append(synthetic)
         return list(dict.fromkeys(scales))
 
     @functools.cached_property

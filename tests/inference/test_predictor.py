@@ -341,8 +341,8 @@ def test_auto_scale_rescales_small_particles_and_leaves_trained_sizes_alone(
 
 def test_below_the_band_auto_runs_at_the_surest_of_its_scales(artifact: ModelArtifact) -> None:
     """An image whose particles measure below the band runs at the model's scale, the band's
-    edge or the synthetic particles' size, whichever its predicted particles are surest at,
-    and its logits are exactly that fixed scale's."""
+    edge or the synthetic particles' size (where that enlarges it), whichever its predicted
+    particles are surest at, and its logits are exactly that fixed scale's."""
     from emseg_search.inference.predictor import (
         MIN_AREA_PX,
         particle_entropy,
@@ -356,6 +356,7 @@ def test_below_the_band_auto_runs_at_the_surest_of_its_scales(artifact: ModelArt
         (SureOfLarge(), None, None),
         (SureOfLarge(), 10.0, None),  # a synthetic mix of ~10 px particles: a third scale
         (SureOfLarge(), 40.0, None),  # ...beyond the band: capped at 4x the model's scale
+        (SureOfLarge(), 4.0, None),  # ...smaller than these: never below the model's scale
     ]:
         art = dataclasses.replace(_sized(artifact, 16, 40), model=model)
         auto = Predictor(art, tile_size=512, scale="auto")
@@ -369,8 +370,9 @@ def test_below_the_band_auto_runs_at_the_surest_of_its_scales(artifact: ModelArt
         edge = working_scale(diameter, 1.0, auto.band, small.shape)
         scales = auto.below_band_scales(diameter, edge, small.shape)
         assert scales[:2] == [1.0, pytest.approx(auto.band.low / diameter)]
-        assert len(scales) == (2 if synthetic is None else 3)
-        if synthetic is not None:
+        enlarges = synthetic is not None and synthetic > diameter
+        assert len(scales) == (3 if enlarges else 2)
+        if enlarges:
             assert scales[2] == pytest.approx(min(synthetic / diameter, 4.0), rel=0.01)
         sureness = {
             s: particle_entropy(Predictor(art, tile_size=512, scale=s).predict_logits(small), limit)
