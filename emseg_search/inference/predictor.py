@@ -24,7 +24,8 @@ particles shrunk by a lower magnification want the band's edge, small particles 
 model learned at their own size (its synthetic training images, ``synthetic_size: native``)
 want that size, and some images are best left alone. So such an image is predicted at each of
 those scales (the model's, the band's lower edge, the synthetic particles' median size when the
-model trained on a synthetic mix) and runs at the one whose predicted particles are the most
+model trained on a synthetic mix and that size enlarges the image: particles already below the
+band are never shrunk further) and runs at the one whose predicted particles are the most
 certain (``particle_entropy``: the lowest mean entropy over the pixels predicted particle).
 ``scale_tta`` averages the logits of several scales around the working one.
 
@@ -378,11 +379,12 @@ class Predictor:
         """The working scales ``scale="auto"`` tries for an image whose particles measure
         ``diameter`` px, below the band: the model's, the band's lower ``edge`` and, for a
         model trained on a synthetic mix, the one that brings them to its synthetic particles'
-        median size (``synthetic_size``), in that order, without repeats."""
+        median size (``synthetic_size``) where that is above the model's scale, in that order,
+        without repeats."""
         scales = [self.scale, edge]
         if self.synthetic_size is not None:
             synthetic = scale_for_size(diameter, self.synthetic_size, self.scale, shape)
-            if synthetic > self.scale:  # never below the first pass: the particles are small
+            if synthetic > self.scale:  # never shrink particles that are already small
                 scales.append(synthetic)
         return list(dict.fromkeys(scales))
 
