@@ -97,12 +97,12 @@ def mixed_synthetic(cfg: TrialConfig, n_real: int) -> tuple[Micrograph, ...]:
     (``synthetic_size: model``), or drawn at tile_size and resized by 1 / scale (``native``:
     nearest neighbour, which the rescale undoes exactly for scale 1/2, 1/3, ...), so the model
     sees the generator's particles at their own size in px."""
-    from emseg_search.data.synth.mix import mix_count, synthetic_items
+    from emseg_search.data.synth.mix import draw_size, mix_count, synthetic_items
 
     n = mix_count(cfg.synthetic_mix, n_real)
+    drawn = synthetic_items(n, draw_size(cfg), cfg.synthetic_kinds)
     if cfg.synthetic_size == "model" or cfg.scale == 1.0:
-        return synthetic_items(n, max(64, round(cfg.tile_size / cfg.scale)), cfg.synthetic_kinds)
-    drawn = synthetic_items(n, max(64, cfg.tile_size), cfg.synthetic_kinds)
+        return drawn
     return tuple(
         Micrograph(m.name, *_resize_nearest(m.image, m.instances, 1.0 / cfg.scale)) for m in drawn
     )

@@ -67,6 +67,14 @@ def _median_diameter(n: int, size: int, cycle: tuple[str, ...]) -> float | None:
     return float(area_weighted_diameters(areas, [50])[0]) if areas.size else None
 
 
+def draw_size(cfg: TrialConfig) -> int:
+    """The side (px) the mix's synthetic images are drawn at: the training tile at the model's
+    input for ``synthetic_size: native``, the tile before ``scale`` shrinks it for ``model``."""
+    if cfg.synthetic_size == "model":
+        return max(64, round(cfg.tile_size / cfg.scale))
+    return max(64, cfg.tile_size)
+
+
 def input_particle_size(cfg: TrialConfig) -> float | None:
     """The area-weighted median diameter, in px of the model's input, of the synthetic particles
     ``cfg.synthetic_mix`` trained a model on (measured on the mix's first SIZE_SAMPLE images,
@@ -75,9 +83,7 @@ def input_particle_size(cfg: TrialConfig) -> float | None:
     by ``scale`` as the real images are (train.data.mixed_synthetic)."""
     if cfg.synthetic_mix <= 0 or cfg.is_synthetic:
         return None
-    if cfg.synthetic_size == "native":
-        d = _median_diameter(SIZE_SAMPLE, max(64, cfg.tile_size), tuple(cfg.synthetic_kinds))
+    d = _median_diameter(SIZE_SAMPLE, draw_size(cfg), tuple(cfg.synthetic_kinds))
+    if cfg.synthetic_size == "native" or d is None:
         return d
-    size = max(64, round(cfg.tile_size / cfg.scale))
-    d = _median_diameter(SIZE_SAMPLE, size, tuple(cfg.synthetic_kinds))
-    return None if d is None else d * float(cfg.scale)
+    return d * float(cfg.scale)
