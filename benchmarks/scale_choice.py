@@ -32,9 +32,10 @@ def selection_sets(data: Path, held_out: Path, images: int) -> dict:
     """Set name -> a function giving that set's labelled micrographs."""
     from emseg_search.data import load_data
     from emseg_search.data.shifts import domain_items, shifted_items
+    from emseg_search.data.splits import read_names_file
 
     items = load_data(data).items
-    test = {line.strip() for line in held_out.read_text().splitlines() if line.strip()}
+    test = set(read_names_file(data, held_out, "held-out", {i.name for i in items}))
     names = sorted(i.name for i in items if i.name not in test)
     pick = set(random.Random(1).sample(names, images))
     train = [i for i in items if i.name in pick]
