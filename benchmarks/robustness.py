@@ -106,6 +106,7 @@ def main() -> int:
         "robustness IoU / F1",
         f"IoU none ({args.max_images})",
         *(f"IoU {s}" for s in COLUMNS_SHIFTS),
+        "IoU change x0.5 / x2 [95 % over images]",
     ]
     if args.ood:
         columns.append(f"{args.ood.name} IoU / F1")
@@ -117,6 +118,22 @@ def main() -> int:
     )
     write_report(f"robustness{'-' + args.name if args.name else ''}", head, columns, rows)
     return 0
+
+
+def changes(rows: Path) -> dict[str, str]:
+    """Per shift of the reference images, its IoU change against ``none`` with the 95 %
+    interval paired over images (``summarize_shifts``), e.g. "-0.031 [-0.077, +0.039]";
+    computed from the rows, so tables written before the interval existed get it too."""
+    import pandas as pd
+
+    from emseg_search.inference.robustness import summarize_shifts
+
+    table = summarize_shifts(pd.read_parquet(rows).to_dict("records"))
+    return {
+        r.shift: f"{r.iou_change:+.3f} [{r.iou_change_ci_low:+.3f}, {r.iou_change_ci_high:+.3f}]"
+        for r in table.itertuples()
+        if r.iou_change_ci_low == r.iou_change_ci_low  # not NaN
+    }
 
 
 def score_model(model: Path, options: list[str], name: str, args: argparse.Namespace) -> list[str]:
@@ -135,6 +152,7 @@ def score_model(model: Path, options: list[str], name: str, args: argparse.Names
         out.with_suffix(".json"),
     )  # fmt: skip
     per = {r["shift"]: r for r in shifts["per_shift"]}
+    delta = changes(out)
     row = [
         tag(model),
         " ".join(options) or "as trained",
@@ -142,6 +160,7 @@ def score_model(model: Path, options: list[str], name: str, args: argparse.Names
         f"**{shifts['robustness_iou']:.4f}** / {shifts['robustness_f1']:.3f}",
         f"{shifts['reference_iou']:.3f}",
         *(f"{per[s]['iou']:.3f}" if s in per else "" for s in COLUMNS_SHIFTS),
+        " / ".join(delta.get(s, "") for s in ("scale_x0.5", "scale_x2")),
     ]
     if args.ood:
         ood_out = args.out / f"{name}-on-{args.ood.name}.parquet"

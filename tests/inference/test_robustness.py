@@ -172,3 +172,63 @@ def test_max_images_scores_a_seeded_sample(setup: tuple[Path, Path], tmp_path: P
     assert len(names) == 2 and names == runs[1].loc[runs[1]["shift"] == "none", "name"].tolist()
     summary = json.loads((tmp_path / "s0.json").read_text())
     assert summary["split"].startswith("2 images sampled (seed 0)")
+
+
+def _row(shift: str, kind: str, name: str, tp: int, fp: int) -> dict:
+    """One image x shift row as evaluate_shifts writes it (only what summarize reads)."""
+    return {
+        "shift": shift, "shift_kind": kind, "name": name, "tp_px": tp, "fp_px": fp,
+        "fn_px": 0, "tn_px": 10_000, "iou": tp / (tp + fp), "n_true": 4, "n_pred": 4,
+        "particle_tp": 4, "mean_matched_iou": 0.8, "size_wasserstein_px": 1.0,
+    }  # fmt: skip
+
+
+def test_shift_changes_come_with_an_interval_over_images_and_the_median_image() -> None:
+    """A pooled IoU change that rests on one image (it fails unshifted) gets a wide interval
+    and a per-image median that says what most images did; a change every image shares gets
+    a tight interval that excludes zero. Synthetic domains (other images) get none."""
+    from emseg_search.inference.robustness import summarize_shifts
+
+    rows = []
+    for i in range(12):
+        # unshifted: image 0 fails (IoU 0.5, a large image), the others score 0.9
+        tp = 9_000 if i == 0 else 900
+        rows.append(_row("none", "reference", f"im{i}", tp, 9_000 if i == 0 else 100))
+        # x0.5: every image loses 0.1 but image 0, which recovers to 0.9
+        rows.append(_row("scale_x0.5", "scale", f"im{i}", tp // 4, 250 if i == 0 else 56))
+        # dose: every image loses the same ~0.05
+        rows.append(_row("dose_5", "noise", f"im{i}", tp, 11_000 if i == 0 else 158))
+    rows += [_row("synth:stem", "domain", f"s{i}", 800, 200) for i in range(4)]
+    table = summarize_shifts(rows).set_index("shift")
+    assert np.isnan(table.loc["none", "iou_change_ci_low"])
+    assert np.isnan(table.loc["synth:stem", "iou_change_ci_low"])
+    half, dose = table.loc["scale_x0.5"], table.loc["dose_5"]
+    # pooled, x0.5 looks better than unshifted: image 0's recovery outweighs the 11 losses
+    assert half["iou_change"] > 0
+    assert half["iou_change_median_image"] == pytest.approx(0.8 - 0.9, abs=0.01)
+    assert half["iou_change_ci_low"] < 0 < half["iou_change_ci_high"]  # rests on one image
+    assert (
+        dose["iou_change_ci_low"] - 1e-9 <= dose["iou_change"] <= dose["iou_change_ci_high"] + 1e-9
+    )
+    assert dose["iou_change_ci_high"] < 0  # every image lost: the interval says it is real
+    assert dose["iou_change_ci_high"] - dose["iou_change_ci_low"] < 0.5 * (
+        half["iou_change_ci_high"] - half["iou_change_ci_low"]
+    )
+
+
+def test_shift_intervals_pool_seeds_as_final_writes_them() -> None:
+    """`final`'s robustness rows hold every seed's scores of the same images: the interval and
+    the median pool them per image instead of pairing seed 0 with seed 1."""
+    from emseg_search.inference.robustness import summarize_shifts
+
+    rows = []
+    for seed, loss in ((0, 100), (1, 300)):
+        for i in range(8):
+            rows.append({**_row("none", "reference", f"im{i}", 900, 100), "seed": seed})
+            rows.append({**_row("invert", "polarity", f"im{i}", 900, 100 + loss), "seed": seed})
+    half = summarize_shifts(rows).set_index("shift").loc["invert"]
+    # per image: IoU 0.9 unshifted; inverted 0.818 (seed 0) and 0.692 (seed 1), mean 0.755
+    assert half["iou_change_median_image"] == pytest.approx((900 / 1100 + 900 / 1300) / 2 - 0.9)
+    eps = 1e-9  # every image changed alike: the interval may shrink to the estimate
+    assert half["iou_change_ci_low"] - eps <= half["iou_change"] <= half["iou_change_ci_high"] + eps
+    assert half["iou_change_ci_high"] < 0
