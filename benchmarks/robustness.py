@@ -122,13 +122,15 @@ def main() -> int:
 
 def changes(rows: Path) -> dict[str, str]:
     """Per shift of the reference images, its IoU change against ``none`` with the 95 %
-    interval paired over images (``summarize_shifts``), e.g. "-0.031 [-0.077, +0.039]";
+    interval paired over images (``shift_change_intervals``), e.g. "-0.031 [-0.077, +0.039]";
     computed from the rows, so tables written before the interval existed get it too."""
     import pandas as pd
 
+    from emseg_search.analysis.intervals import shift_change_intervals
     from emseg_search.inference.robustness import summarize_shifts
 
-    table = summarize_shifts(pd.read_parquet(rows).to_dict("records"))
+    records = pd.read_parquet(rows).to_dict("records")
+    table = shift_change_intervals(summarize_shifts(records), records)
     return {
         r.shift: f"{r.iou_change:+.3f} [{r.iou_change_ci_low:+.3f}, {r.iou_change_ci_high:+.3f}]"
         for r in table.itertuples()

@@ -232,3 +232,34 @@ def verdict(row: pd.Series | dict[str, Any]) -> str:
         better = row["arch"] if low > 0 else row["arch_b"]
         return f"{what}: {better} is better (the 95 % interval excludes 0)"
     return f"{what}: not separable at this budget (the 95 % interval includes 0)"
+
+
+def shift_change_intervals(table: pd.DataFrame, rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """``inference.robustness.summarize_shifts``'s ``table`` with, for each shift of the
+    reference images (not a synthetic domain, whose images are others), a 95 % interval of its
+    IoU change against ``none`` paired over the images (``paired_difference``, each image its
+    own group: the benchmark samples about one image per paper; seeds, where ``rows`` carry
+    them, pooled per image) and the median of the per-image changes (seed-averaged):
+    ``iou_change_ci_low``, ``iou_change_ci_high``, ``iou_change_median_image``. A pooled change
+    can rest on one large image (one the model fails unshifted makes every shift of it look
+    close to the reference); a wide interval, or a median far from the pooled change, says so."""
+    frame = pd.DataFrame(list(rows))
+    out = table.copy()
+    low, high, median = [], [], []
+    if "seed" not in frame:
+        frame = frame.assign(seed=0)
+    frame = frame.assign(group=frame["name"])
+    base = frame[frame["shift"] == "none"]
+    for shift, kind in zip(out["shift"], out["kind"], strict=True):
+        sub = frame[frame["shift"] == shift]
+        if shift == "none" or kind == "domain" or not set(sub["name"]) & set(base["name"]):
+            low.append(math.nan), high.append(math.nan), median.append(math.nan)
+            continue
+        r = paired_difference(sub, base, "iou")
+        per = sub.groupby("name")["iou"].mean() - base.groupby("name")["iou"].mean()
+        low.append(r["ci_low"]), high.append(r["ci_high"])
+        median.append(float(per.dropna().median()))
+    out["iou_change_ci_low"] = low
+    out["iou_change_ci_high"] = high
+    out["iou_change_median_image"] = median
+    return out

@@ -185,6 +185,7 @@ def run_shifts(
     args: argparse.Namespace, predictor: object, items: tuple, described: str, shifts: list[str]
 ) -> int:
     """The robustness benchmark: rows, summary JSON, a chart and example panels."""
+    from emseg_search.analysis.intervals import shift_change_intervals
     from emseg_search.data.shifts import SHIFTS
     from emseg_search.inference.figures import example_grid, robustness_chart
     from emseg_search.inference.robustness import (
@@ -208,7 +209,7 @@ def run_shifts(
         progress=not args.quiet,
     )
     write_table(done.rows, ROBUSTNESS_SCHEMA, out)
-    table = summarize_shifts(done.rows)
+    table = shift_change_intervals(summarize_shifts(done.rows), done.rows)
     score = robustness_score(table)
     summary = {
         "model": str(args.model.absolute()),

@@ -63,16 +63,9 @@ def evaluate_shifts(
 def summarize_shifts(rows: Sequence[dict[str, Any]]) -> Any:
     """Per shift: images, pooled pixel IoU and Dice, particle F1 (summed matches), and the
     IoU / F1 change against ``none``; a pandas DataFrame in the order the shifts were run.
-
-    For a shift of the reference images (not a synthetic domain) the IoU change also gets a
-    95 % interval, paired over the images (``analysis.intervals.paired_difference`` with each
-    image its own group: the benchmark samples about one image per paper), and the median of
-    the per-image changes. A pooled change can rest on one image (one that fails unshifted
-    makes the shifted IoU look close to it); a wide interval, or a median far from the pooled
-    change, says so."""
+    ``analysis.intervals.shift_change_intervals`` adds an interval to each change."""
     import pandas as pd
 
-    from emseg_search.analysis.intervals import paired_difference
     from emseg_search.inference.evaluation import summarize
 
     frame = pd.DataFrame(list(rows))
@@ -95,24 +88,6 @@ def summarize_shifts(rows: Sequence[dict[str, Any]]) -> Any:
     if len(ref):
         table["iou_change"] = table["iou"] - float(ref["iou"].iloc[0])
         table["f1_change"] = table["particle_f1"] - float(ref["particle_f1"].iloc[0])
-        if "seed" not in frame:  # `final`'s rows carry their seed: seeds are pooled
-            frame = frame.assign(seed=0)
-        frame = frame.assign(group=frame["name"])
-        base = frame[frame["shift"] == "none"]
-        low, high, median = [], [], []
-        for shift, kind in zip(table["shift"], table["kind"], strict=True):
-            sub = frame[frame["shift"] == shift]
-            if shift == "none" or kind == "domain" or not set(sub["name"]) & set(base["name"]):
-                low.append(np.nan), high.append(np.nan), median.append(np.nan)
-                continue
-            r = paired_difference(sub, base, "iou")
-            # per image, seed-averaged
-            per = sub.groupby("name")["iou"].mean() - base.groupby("name")["iou"].mean()
-            low.append(r["ci_low"]), high.append(r["ci_high"])
-            median.append(float(per.dropna().median()))
-        table["iou_change_ci_low"] = low
-        table["iou_change_ci_high"] = high
-        table["iou_change_median_image"] = median
     return table
 
 
