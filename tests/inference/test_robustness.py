@@ -215,9 +215,9 @@ def test_shift_changes_come_with_an_interval_over_images_and_the_median_image() 
     )
 
 
-def test_shift_intervals_pool_seeds_as_final_writes_them() -> None:
-    """`final`'s robustness rows hold every seed's scores of the same images: the interval and
-    the median pool them per image instead of pairing seed 0 with seed 1."""
+def test_shift_intervals_pool_seeds_per_image() -> None:
+    """Rows with several seeds' scores of the same images (as `final --shifts` writes them):
+    the interval and the median pool them per image instead of pairing seed 0 with seed 1."""
     rows = []
     for seed, loss in ((0, 100), (1, 300)):
         for i in range(8):
