@@ -3,6 +3,7 @@ retrained with 2 seeds and scored on the held-out test.csv, resumed, and reporte
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -98,6 +99,8 @@ def test_final_retrains_scores_resumes_and_reports(tmp_path: Path) -> None:
     page = index.read_text()
     assert "Robustness (held-out test images under controlled shifts)" in page
     assert "robustness score" in page
+    assert page.count("IoU change vs none [95 %]") == len(archs)
+    assert re.search(r"<td>[+-]\d\.\d{3} \[[+-]\d\.\d{3}, [+-]\d\.\d{3}\]</td>", page)
     for arch in archs:
         assert (exp / "report" / f"robustness_{arch}.png").stat().st_size > 0
     # and again: the runs and their robustness scores are kept
