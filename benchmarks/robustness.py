@@ -121,21 +121,15 @@ def main() -> int:
 
 
 def changes(rows: Path) -> dict[str, str]:
-    """Per shift of the reference images, its IoU change against ``none`` with the 95 %
-    interval paired over images (``shift_change_intervals``), e.g. "-0.031 [-0.077, +0.039]";
-    computed from the rows, so tables written before the interval existed get it too."""
+    """Per shift, its IoU change against ``none`` with the 95 % interval paired over images
+    (``analysis.intervals``), computed from the rows, so tables written before the interval
+    existed get it too."""
     import pandas as pd
 
-    from emseg_search.analysis.intervals import shift_change_intervals
-    from emseg_search.inference.robustness import summarize_shifts
+    from emseg_search.analysis.intervals import format_change, shift_change_intervals
 
-    records = pd.read_parquet(rows).to_dict("records")
-    table = shift_change_intervals(summarize_shifts(records), records)
-    return {
-        r.shift: f"{r.iou_change:+.3f} [{r.iou_change_ci_low:+.3f}, {r.iou_change_ci_high:+.3f}]"
-        for r in table.itertuples()
-        if r.iou_change_ci_low == r.iou_change_ci_low  # not NaN
-    }
+    table = shift_change_intervals(pd.read_parquet(rows).to_dict("records"))
+    return {r["shift"]: format_change(r) for r in table.to_dict("records")}
 
 
 def score_model(model: Path, options: list[str], name: str, args: argparse.Namespace) -> list[str]:

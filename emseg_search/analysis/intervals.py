@@ -234,8 +234,8 @@ def verdict(row: pd.Series | dict[str, Any]) -> str:
     return f"{what}: not separable at this budget (the 95 % interval includes 0)"
 
 
-def shift_change_intervals(table: pd.DataFrame, rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
-    """``inference.robustness.summarize_shifts``'s ``table`` with, for each shift of the
+def shift_change_intervals(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """``inference.robustness.summarize_shifts`` of ``rows`` with, for each shift of the
     reference images (not a synthetic domain, whose images are others), a 95 % interval of its
     IoU change against ``none`` paired over the images (``paired_difference``, each image its
     own group: the benchmark samples about one image per paper; seeds, where ``rows`` carry
@@ -243,23 +243,32 @@ def shift_change_intervals(table: pd.DataFrame, rows: Sequence[dict[str, Any]]) 
     ``iou_change_ci_low``, ``iou_change_ci_high``, ``iou_change_median_image``. A pooled change
     can rest on one large image (one the model fails unshifted makes every shift of it look
     close to the reference); a wide interval, or a median far from the pooled change, says so."""
+    from emseg_search.inference.robustness import summarize_shifts
+
+    table = summarize_shifts(rows)
     frame = pd.DataFrame(list(rows))
-    out = table.copy()
-    low, high, median = [], [], []
     if "seed" not in frame:
         frame = frame.assign(seed=0)
     frame = frame.assign(group=frame["name"])
     base = frame[frame["shift"] == "none"]
-    for shift, kind in zip(out["shift"], out["kind"], strict=True):
+    base_iou = base.groupby("name")["iou"].mean()
+    added = []
+    for shift, kind in zip(table["shift"], table["kind"], strict=True):
         sub = frame[frame["shift"] == shift]
         if shift == "none" or kind == "domain" or not set(sub["name"]) & set(base["name"]):
-            low.append(math.nan), high.append(math.nan), median.append(math.nan)
+            added.append((math.nan, math.nan, math.nan))
             continue
         r = paired_difference(sub, base, "iou")
-        per = sub.groupby("name")["iou"].mean() - base.groupby("name")["iou"].mean()
-        low.append(r["ci_low"]), high.append(r["ci_high"])
-        median.append(float(per.dropna().median()))
-    out["iou_change_ci_low"] = low
-    out["iou_change_ci_high"] = high
-    out["iou_change_median_image"] = median
-    return out
+        per = sub.groupby("name")["iou"].mean() - base_iou
+        added.append((r["ci_low"], r["ci_high"], float(per.dropna().median())))
+    columns = ["iou_change_ci_low", "iou_change_ci_high", "iou_change_median_image"]
+    return table.assign(**dict(zip(columns, map(list, zip(*added, strict=True)), strict=True)))
+
+
+def format_change(row: pd.Series | dict[str, Any]) -> str:
+    """A shift's IoU change against ``none`` with its interval (``shift_change_intervals``),
+    e.g. "-0.031 [-0.077, +0.039]"; "" where it has none (the reference, a synthetic domain)."""
+    low, high = row.get("iou_change_ci_low"), row.get("iou_change_ci_high")
+    if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
+        return ""
+    return f"{row['iou_change']:+.3f} [{low:+.3f}, {high:+.3f}]"

@@ -343,22 +343,13 @@ pre{background:#f7f7f7;padding:.6em;overflow-x:auto;font-size:.8em}
 """
 
 
-def _change(row: pd.Series) -> str:
-    """A shift's IoU change against ``none`` with its interval over images, or "" (the
-    reference, a synthetic domain)."""
-    low, high = row.get("iou_change_ci_low"), row.get("iou_change_ci_high")
-    if low is None or not np.isfinite(low) or not np.isfinite(high):
-        return ""
-    return f"{row['iou_change']:+.3f} [{low:+.3f}, {high:+.3f}]"
-
-
 def robustness_section(exp_dir: Path, out: Path) -> str:
     """The "Robustness" section from final/robustness.parquet (`final --shifts`): per shift and
     architecture, IoU and particle F1 pooled over seeds, the robustness score, a chart per
     architecture; "" when `final` ran without shifts."""
-    from emseg_search.analysis.intervals import shift_change_intervals
+    from emseg_search.analysis.intervals import format_change, shift_change_intervals
     from emseg_search.inference.figures import robustness_chart
-    from emseg_search.inference.robustness import robustness_score, summarize_shifts
+    from emseg_search.inference.robustness import robustness_score
     from emseg_search.results.io import read_table
 
     path = exp_dir / FINAL_DIR / "robustness.parquet"
@@ -370,8 +361,7 @@ def robustness_section(exp_dir: Path, out: Path) -> str:
     archs = list(dict.fromkeys(rows["arch"]))
     tables, scores = {}, {}
     for arch in archs:
-        records = rows[rows["arch"] == arch].to_dict("records")
-        table = shift_change_intervals(summarize_shifts(records), records)
+        table = shift_change_intervals(rows[rows["arch"] == arch].to_dict("records"))
         tables[arch], scores[arch] = table, robustness_score(table)
         robustness_chart(
             table,
@@ -385,7 +375,7 @@ def robustness_section(exp_dir: Path, out: Path) -> str:
         wide[f"{arch} IoU"] = [t["iou"].get(n, float("nan")) for n in shifts]
         wide[f"{arch} F1"] = [t["particle_f1"].get(n, float("nan")) for n in shifts]
         wide[f"{arch} IoU change vs none [95 %]"] = [
-            _change(t.loc[n]) if n in t.index else "" for n in shifts
+            format_change(t.loc[n]) if n in t.index else "" for n in shifts
         ]
     score_row = {"shift": "robustness score (mean of all but none)", "kind": ""}
     for arch in archs:

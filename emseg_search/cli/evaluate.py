@@ -188,11 +188,7 @@ def run_shifts(
     from emseg_search.analysis.intervals import shift_change_intervals
     from emseg_search.data.shifts import SHIFTS
     from emseg_search.inference.figures import example_grid, robustness_chart
-    from emseg_search.inference.robustness import (
-        evaluate_shifts,
-        robustness_score,
-        summarize_shifts,
-    )
+    from emseg_search.inference.robustness import evaluate_shifts, robustness_score
     from emseg_search.results.io import write_table
     from emseg_search.results.schemas import ROBUSTNESS_SCHEMA
 
@@ -209,7 +205,7 @@ def run_shifts(
         progress=not args.quiet,
     )
     write_table(done.rows, ROBUSTNESS_SCHEMA, out)
-    table = shift_change_intervals(summarize_shifts(done.rows), done.rows)
+    table = shift_change_intervals(done.rows)
     score = robustness_score(table)
     summary = {
         "model": str(args.model.absolute()),

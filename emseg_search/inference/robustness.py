@@ -63,7 +63,8 @@ def evaluate_shifts(
 def summarize_shifts(rows: Sequence[dict[str, Any]]) -> Any:
     """Per shift: images, pooled pixel IoU and Dice, particle F1 (summed matches), and the
     IoU / F1 change against ``none``; a pandas DataFrame in the order the shifts were run.
-    ``analysis.intervals.shift_change_intervals`` adds an interval to each change."""
+    ``analysis.intervals.shift_change_intervals`` gives the same table with an interval for each
+    change."""
     import pandas as pd
 
     from emseg_search.inference.evaluation import summarize

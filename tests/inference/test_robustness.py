@@ -14,7 +14,7 @@ from emseg_search.analysis.intervals import shift_change_intervals
 from emseg_search.cli.evaluate import main
 from emseg_search.data.shifts import DOMAINS, SHIFTS, apply_shift, domain_items, resolve
 from emseg_search.data.synth.generator import generate_sample
-from emseg_search.inference.robustness import robustness_score, summarize_shifts
+from emseg_search.inference.robustness import robustness_score
 from emseg_search.results.schemas import ROBUSTNESS_SCHEMA
 
 
@@ -198,7 +198,7 @@ def test_shift_changes_come_with_an_interval_over_images_and_the_median_image() 
         # dose: every image loses the same ~0.05
         rows.append(_row("dose_5", "noise", f"im{i}", tp, 11_000 if i == 0 else 158))
     rows += [_row("synth:stem", "domain", f"s{i}", 800, 200) for i in range(4)]
-    table = shift_change_intervals(summarize_shifts(rows), rows).set_index("shift")
+    table = shift_change_intervals(rows).set_index("shift")
     assert np.isnan(table.loc["none", "iou_change_ci_low"])
     assert np.isnan(table.loc["synth:stem", "iou_change_ci_low"])
     half, dose = table.loc["scale_x0.5"], table.loc["dose_5"]
@@ -223,7 +223,7 @@ def test_shift_intervals_pool_seeds_per_image() -> None:
         for i in range(8):
             rows.append({**_row("none", "reference", f"im{i}", 900, 100), "seed": seed})
             rows.append({**_row("invert", "polarity", f"im{i}", 900, 100 + loss), "seed": seed})
-    half = shift_change_intervals(summarize_shifts(rows), rows).set_index("shift").loc["invert"]
+    half = shift_change_intervals(rows).set_index("shift").loc["invert"]
     # per image: IoU 0.9 unshifted; inverted 0.818 (seed 0) and 0.692 (seed 1), mean 0.755
     assert half["iou_change_median_image"] == pytest.approx((900 / 1100 + 900 / 1300) / 2 - 0.9)
     eps = 1e-9  # every image changed alike: the interval may shrink to the estimate
