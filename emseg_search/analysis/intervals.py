@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -272,3 +273,45 @@ def format_change(row: pd.Series | dict[str, Any]) -> str:
     if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
         return ""
     return f"{row['iou_change']:+.3f} [{low:+.3f}, {high:+.3f}]"
+
+
+def robustness_summary(rows: pd.DataFrame) -> pd.DataFrame:
+    """``final/robustness.parquet``'s rows (every final run x shift x image) summarised per
+    architecture: ``shift_change_intervals`` of each architecture's rows (seeds pooled), with
+    ``arch`` and ``seeds`` in front and ``images`` the distinct images of each shift;
+    FINAL_ROBUSTNESS_SUMMARY_SCHEMA's columns."""
+    from emseg_search.results.schemas import FINAL_ROBUSTNESS_SUMMARY_SCHEMA
+
+    parts = []
+    for arch in dict.fromkeys(rows["arch"]):
+        mine = rows[rows["arch"] == arch]
+        table = shift_change_intervals(mine.to_dict("records"))
+        images = mine.groupby("shift")["name"].nunique()  # distinct images, not image x seed
+        parts.append(
+            table.assign(
+                arch=arch, seeds=int(mine["seed"].nunique()), images=table["shift"].map(images)
+            )
+        )
+    columns = FINAL_ROBUSTNESS_SUMMARY_SCHEMA.names
+    if not parts:
+        return pd.DataFrame(columns=columns)
+    return pd.concat(parts, ignore_index=True).reindex(columns=columns)
+
+
+def robustness_summary_table(final_dir: Path) -> pd.DataFrame | None:
+    """``final_dir/robustness_summary.parquet``, written from ``final_dir/robustness.parquet``
+    (``robustness_summary``) where it is missing or older than the rows; None when `final`
+    ran without shifts. The bootstrap takes seconds per architecture: the summary is computed
+    once, and the report and the dashboard read it."""
+    from emseg_search.results.io import read_table, write_table
+    from emseg_search.results.schemas import FINAL_ROBUSTNESS_SUMMARY_SCHEMA
+
+    rows_path = final_dir / "robustness.parquet"
+    path = final_dir / "robustness_summary.parquet"
+    if not rows_path.is_file():
+        return None
+    if path.is_file() and path.stat().st_mtime_ns >= rows_path.stat().st_mtime_ns:
+        return read_table(path).to_pandas()
+    summary = robustness_summary(read_table(rows_path).to_pandas())
+    write_table(summary.to_dict("records"), FINAL_ROBUSTNESS_SUMMARY_SCHEMA, path)
+    return summary

@@ -345,28 +345,26 @@ pre{background:#f7f7f7;padding:.6em;overflow-x:auto;font-size:.8em}
 
 def robustness_section(exp_dir: Path, out: Path) -> str:
     """The "Robustness" section from final/robustness.parquet (`final --shifts`): per shift and
-    architecture, IoU and particle F1 pooled over seeds, the robustness score, a chart per
-    architecture; "" when `final` ran without shifts."""
-    from emseg_search.analysis.intervals import format_change, shift_change_intervals
+    architecture, IoU and particle F1 pooled over seeds, each shift's IoU change with its
+    interval, the robustness score, a chart per architecture; "" when `final` ran without
+    shifts. The per-architecture summary is final/robustness_summary.parquet (written here
+    where `final` did not)."""
+    from emseg_search.analysis.intervals import format_change, robustness_summary_table
     from emseg_search.inference.figures import robustness_chart
     from emseg_search.inference.robustness import robustness_score
-    from emseg_search.results.io import read_table
 
-    path = exp_dir / FINAL_DIR / "robustness.parquet"
-    if not path.is_file():
+    summary = robustness_summary_table(exp_dir / FINAL_DIR)
+    if summary is None or summary.empty:
         return ""
-    rows = read_table(path).to_pandas()
-    if rows.empty:
-        return ""
-    archs = list(dict.fromkeys(rows["arch"]))
+    archs = list(dict.fromkeys(summary["arch"]))
     tables, scores = {}, {}
     for arch in archs:
-        table = shift_change_intervals(rows[rows["arch"] == arch].to_dict("records"))
+        table = summary[summary["arch"] == arch].reset_index(drop=True)
         tables[arch], scores[arch] = table, robustness_score(table)
         robustness_chart(
             table,
             out / f"robustness_{arch}.png",
-            f"{arch}: pooled over {rows.loc[rows['arch'] == arch, 'seed'].nunique()} seed(s)",
+            f"{arch}: pooled over {int(table['seeds'].iloc[0])} seed(s)",
         )
     shifts = list(tables[archs[0]]["shift"])
     wide = pd.DataFrame({"shift": shifts, "kind": list(tables[archs[0]]["kind"])})
@@ -382,7 +380,7 @@ def robustness_section(exp_dir: Path, out: Path) -> str:
         score_row[f"{arch} IoU"] = scores[arch]["robustness_iou"]
         score_row[f"{arch} F1"] = scores[arch]["robustness_f1"]
     wide = pd.concat([wide, pd.DataFrame([score_row])], ignore_index=True)
-    n_images = int(rows.loc[rows["shift"] == "none", "name"].nunique())
+    n_images = int(summary.loc[summary["shift"] == "none", "images"].max())
     return (
         "<h2>Robustness (held-out test images under controlled shifts)</h2>"
         f"<p>Every final run scored on {n_images} of the test images under each shift "

@@ -119,6 +119,19 @@ def main(argv: list[str] | None = None) -> int:
             f"  {verdict(r)}: {r['estimate']:+.4f} [{r['ci_low']:+.4f}, {r['ci_high']:+.4f}], "
             f"Wilcoxon p {r['wilcoxon_p']:.3g}, P(better on an image) {r['prob_superiority']:.2f}"
         )
+    if args.shifts:
+        from emseg_search.analysis.intervals import format_change, robustness_summary_table
+
+        summary = robustness_summary_table(args.experiment / "final")
+        if summary is not None and len(summary):
+            print(
+                "\nIoU change vs none under each shift [95 % interval over images] "
+                f"({args.experiment / 'final' / 'robustness_summary.parquet'}):"
+            )
+            for arch, t in summary.groupby("arch", sort=False):
+                print(f"  {arch}")
+                for _, r in t[t["iou_change_ci_low"].notna()].iterrows():
+                    print(f"    {r['shift']:<18} {format_change(r)}")
     if not args.no_report:
         from emseg_search.analysis.report import build_report
 

@@ -609,14 +609,18 @@ def _experiment_callbacks(app: Dash, root: Path, cache: TableCache, memo: _Memo)
         State("exp", "data"),
     )
     def final(_: Any, name: str) -> Any:
-        """The held-out `final` scores, when `final` has run."""
+        """The held-out `final` scores, and with `final --shifts` their robustness, when
+        `final` has run."""
         try:
             exp = _load(root, cache, name)
         except Exception:
             return None
-        if exp.final is None or not len(exp.final):
-            return None
-        return html.Div([html.H3("Held-out test scores (final)"), pages.final_table(exp.final)])
+        parts = []
+        if exp.final is not None and len(exp.final):
+            parts += [html.H3("Held-out test scores (final)"), pages.final_table(exp.final)]
+        if exp.robustness is not None and len(exp.robustness):
+            parts.append(pages.robustness_view(exp.robustness))
+        return html.Div(parts) if parts else None
 
     @app.callback(
         Output("trial-view", "children"),

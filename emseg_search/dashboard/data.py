@@ -26,7 +26,17 @@ from emseg_search.results.schemas import EPOCH_SCHEMA, OBJECTIVES, TRIAL_COLUMNS
 
 # the dimensions the leaderboard filters by: column -> label
 DIMENSIONS = {"arch": "architecture", "encoder": "encoder", "loss": "loss", "augment": "augment"}
-TABLES = ("trials.parquet", "epochs.parquet", "experiment.json", "final.parquet", "config.yaml")
+# the tables the live page watches (relative to an experiment's folder)
+ROBUSTNESS_ROWS = "final/robustness.parquet"  # `final --shifts`: every run x shift x image
+ROBUSTNESS_SUMMARY = "final/robustness_summary.parquet"  # per architecture x shift, intervals
+TABLES = (
+    "trials.parquet",
+    "epochs.parquet",
+    "experiment.json",
+    "final.parquet",
+    "config.yaml",
+    ROBUSTNESS_SUMMARY,
+)
 # scores that may sit beside pixel IoU: column -> label (shown where a table has values)
 EXTRA_SCORES = {
     "best_val_robust_iou": "robust IoU",
@@ -188,6 +198,8 @@ class Experiment:
     info: dict[str, Any]  # experiment.json
     final: pd.DataFrame | None
     warnings: tuple[str, ...]
+    # `final --shifts`' summary per architecture x shift (FINAL_ROBUSTNESS_SUMMARY_SCHEMA)
+    robustness: pd.DataFrame | None = None
 
     @property
     def params(self) -> list[str]:
@@ -226,10 +238,15 @@ def load(root: Path, name: str, cache: TableCache) -> Experiment:
         final = cache.get(path / "final.parquet")
     except ResultsError as exc:
         warnings.append(str(exc))
-    sources = (info, trials, epochs, final, tuple(warnings))
+    robustness = _robustness_summary(path, cache, warnings)
+    sources = (info, trials, epochs, final, robustness, tuple(warnings))
     with cache._lock:
         known = cache.experiments.get(path)
-    if known is not None and all(a is b for a, b in zip(known[0][:4], sources[:4], strict=True)):
+    if (
+        known is not None
+        and all(a is b for a, b in zip(known[0][:5], sources[:5], strict=True))
+        and known[0][5] == sources[5]  # the same warnings (a stale summary is one)
+    ):
         return known[1]  # the same tables as last time: the same derived frames
     exp = Experiment(
         name=name,
@@ -239,10 +256,30 @@ def load(root: Path, name: str, cache: TableCache) -> Experiment:
         info=info,
         final=final,
         warnings=tuple(warnings),
+        robustness=robustness,
     )
     with cache._lock:
         cache.experiments[path] = (sources, exp)
     return exp
+
+
+def _robustness_summary(path: Path, cache: TableCache, warnings: list[str]) -> pd.DataFrame | None:
+    """final/robustness_summary.parquet (None without `final --shifts`); a warning when the
+    rows are newer than their summary, or the summary is missing (the dashboard only reads:
+    the bootstrap behind the intervals runs in `final` and `report`)."""
+    rows, summary = path / ROBUSTNESS_ROWS, path / ROBUSTNESS_SUMMARY
+    rows_key, summary_key = _stat_key(rows), _stat_key(summary)
+    if rows_key is not None and (summary_key is None or summary_key[0] < rows_key[0]):
+        warnings.append(
+            f"{ROBUSTNESS_SUMMARY} is {'older than' if summary_key else 'missing beside'} "
+            f"{ROBUSTNESS_ROWS}: run `python -m emseg_search.report {path}` to summarise the "
+            "robustness rows"
+        )
+    try:
+        return cache.get(summary)
+    except ResultsError as exc:
+        warnings.append(str(exc))
+        return None
 
 
 RUNNING_WITHIN_S = 600  # a run whose epochs.parquet changed this recently is running

@@ -504,3 +504,89 @@ def compare_best_so_far(frames: dict[str, pd.DataFrame]) -> Figure:
         "data": data,
         "layout": _layout("Best so far against compute", "compute (hours)", "best validation IoU"),
     }
+
+
+def shift_changes(summary: pd.DataFrame) -> Figure:
+    """Each shift's IoU change against ``none`` on the held-out test images (`final --shifts`),
+    a point per architecture with its 95 % interval over the images as error bars; a dashed
+    band marks the issue's +-0.03. Synthetic domains (other images, no paired change) are left
+    to the table."""
+    paired = summary[summary["iou_change_ci_low"].notna()]
+    if not len(paired):
+        return empty("no shift of the test images to compare with none")
+    shifts = list(dict.fromkeys(paired["shift"]))
+    archs = list(dict.fromkeys(paired["arch"]))
+    cmap = colors(archs)
+    traces = []
+    for i, arch in enumerate(archs):
+        t = paired[paired["arch"] == arch].set_index("shift").reindex(shifts)
+        change = t["iou_change"].to_numpy(np.float64)
+        offset = (i - (len(archs) - 1) / 2) * min(0.15, 0.6 / len(archs))
+        traces.append(
+            {
+                "type": "scatter",
+                "mode": "markers",
+                "name": f"{arch} ({int(t['seeds'].max())} seed(s))",
+                "x": [j + offset for j in range(len(shifts))],
+                "y": _nan_to_none(change.tolist()),
+                "error_y": {
+                    "type": "data",
+                    "symmetric": False,
+                    "array": _nan_to_none((t["iou_change_ci_high"] - change).tolist()),
+                    "arrayminus": _nan_to_none((change - t["iou_change_ci_low"]).tolist()),
+                    "color": cmap[arch],
+                },
+                "customdata": [
+                    [s, lo, hi, med]
+                    for s, lo, hi, med in zip(
+                        shifts,
+                        t["iou_change_ci_low"],
+                        t["iou_change_ci_high"],
+                        t["iou_change_median_image"],
+                        strict=True,
+                    )
+                ],
+                "marker": {"size": 9, "color": cmap[arch]},
+                "hovertemplate": (
+                    f"{arch} · %{{customdata[0]}}<br>IoU change %{{y:+.3f}} "
+                    "[%{customdata[1]:+.3f}, %{customdata[2]:+.3f}]<br>median image "
+                    "%{customdata[3]:+.3f}<extra></extra>"
+                ),
+            }
+        )
+    layout = _layout(
+        "IoU change vs none under each shift (95 % interval over the test images)",
+        "",
+        "IoU change vs none",
+        height=360,
+    )
+    layout["xaxis"] = {
+        "tickmode": "array",
+        "tickvals": list(range(len(shifts))),
+        "ticktext": shifts,
+        "tickangle": -35,
+        "zeroline": False,
+    }
+    layout["shapes"] = [
+        {
+            "type": "rect",
+            "xref": "paper",
+            "x0": 0,
+            "x1": 1,
+            "y0": -0.03,
+            "y1": 0.03,
+            "fillcolor": "rgba(44,160,44,0.08)",
+            "line": {"color": "rgba(44,160,44,0.5)", "dash": "dash", "width": 1},
+        },
+        {
+            "type": "line",
+            "xref": "paper",
+            "x0": 0,
+            "x1": 1,
+            "y0": 0,
+            "y1": 0,
+            "line": {"color": "#999", "width": 1},
+        },
+    ]
+    layout["margin"] = {**MARGIN, "b": 90}
+    return {"data": traces, "layout": layout}

@@ -361,6 +361,70 @@ def final_table(final: pd.DataFrame) -> Any:
     )
 
 
+def robustness_view(summary: pd.DataFrame) -> Any:
+    """`final --shifts` on the held-out test images: the chart of each shift's IoU change with
+    its interval, and a table per shift (IoU, particle F1, the change with its 95 % interval
+    and the median image's change, per architecture) ending in the robustness score."""
+    rows = []
+    archs = list(dict.fromkeys(summary["arch"]))
+    for shift, kind in dict.fromkeys(zip(summary["shift"], summary["kind"], strict=True)):
+        row: dict[str, Any] = {"shift": shift, "kind": kind}
+        for arch in archs:
+            t = summary[(summary["arch"] == arch) & (summary["shift"] == shift)]
+            r = t.iloc[0] if len(t) else None
+            row[f"{arch} IoU"] = _fmt(None if r is None else float(r["iou"]))
+            row[f"{arch} F1"] = _fmt(None if r is None else float(r["particle_f1"]))
+            row[f"{arch} IoU change [95 %]"] = "" if r is None else _change(r)
+        rows.append(row)
+    score: dict[str, Any] = {"shift": "robustness score (mean of all but none)", "kind": ""}
+    for arch in archs:
+        shifted = summary[(summary["arch"] == arch) & (summary["shift"] != "none")]
+        score[f"{arch} IoU"] = _fmt(float(shifted["iou"].mean()))
+        score[f"{arch} F1"] = _fmt(float(shifted["particle_f1"].mean()))
+        score[f"{arch} IoU change [95 %]"] = ""
+    rows.append(score)
+    none = summary[summary["shift"] == "none"]
+    images = int(none["images"].max()) if len(none) else 0
+    seeds = int(summary["seeds"].max()) if len(summary) else 0
+    return html.Div(
+        [
+            html.H3("Robustness of the final runs (held-out test images under shifts)"),
+            html.P(
+                f"{images} test images under each shift, {seeds} seed(s) pooled per "
+                "architecture; each change against none has a 95 % interval paired over the "
+                "images (an interval across 0 is a change these images cannot show; the band "
+                "is the goal of +-0.03). Synthetic domains are other images: no change. "
+                "docs/robustness.md says what each shift is.",
+                className="note",
+            ),
+            dcc.Graph(
+                id="g-shifts",
+                figure=figures.shift_changes(summary),
+                config={"displaylogo": False},
+            ),
+            dash_table.DataTable(
+                id="robustness-table",
+                columns=[{"id": c, "name": c} for c in rows[0]],
+                data=rows,
+                style_table={"overflowX": "auto"},
+                style_cell={"textAlign": "left", "padding": "3px 8px", "fontSize": 13},
+                style_header={"fontWeight": "600", "background": "#eceff1"},
+            ),
+        ]
+    )
+
+
+def _change(r: pd.Series) -> str:
+    """ "-0.031 [-0.077, +0.039] (median image -0.028)", "" without an interval."""
+    low, high = r["iou_change_ci_low"], r["iou_change_ci_high"]
+    if pd.isna(low) or pd.isna(high):
+        return ""
+    text = f"{r['iou_change']:+.3f} [{low:+.3f}, {high:+.3f}]"
+    if not pd.isna(r["iou_change_median_image"]):
+        text += f" (median image {r['iou_change_median_image']:+.3f})"
+    return text
+
+
 def _fmt(value: Any) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"

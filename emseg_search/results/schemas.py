@@ -11,6 +11,8 @@ results/<experiment>/final/particles.parquet  true and predicted particles of th
 results/<experiment>/final.parquet   intervals and paired tests   FINAL_SCHEMA (analysis)
 <evaluate --shifts out>.parquet       one row per image x shift   ROBUSTNESS_SCHEMA
 results/<experiment>/final/robustness.parquet  final runs x shift x image   FINAL_ROBUSTNESS_SCHEMA
+results/<experiment>/final/robustness_summary.parquet  per architecture x shift, with intervals
+                                           FINAL_ROBUSTNESS_SUMMARY_SCHEMA
 """
 
 from __future__ import annotations
@@ -232,4 +234,25 @@ ROBUSTNESS_SCHEMA = pa.schema(
 # (and on the synthetic domains); ROBUSTNESS_SCHEMA's columns plus which run it is.
 FINAL_ROBUSTNESS_SCHEMA = pa.schema(
     [*list(FINAL_RUN_COLUMNS.items())[:3], *((f.name, f.type) for f in ROBUSTNESS_SCHEMA)]
+)
+# final/robustness_summary.parquet (`final --shifts`, or `report` where it is missing): per
+# architecture and shift, the scores pooled over images and seeds and, for each shift of the
+# test images, its IoU change against ``none`` with a 95 % interval paired over the images
+# (analysis.intervals.shift_change_intervals; null for ``none`` and the synthetic domains).
+FINAL_ROBUSTNESS_SUMMARY_SCHEMA = pa.schema(
+    [
+        ("arch", pa.string()),
+        ("seeds", pa.int64()),
+        ("shift", pa.string()),
+        ("kind", pa.string()),
+        ("images", pa.int64()),
+        ("iou", F64),
+        ("dice", F64),
+        ("particle_f1", F64),
+        ("iou_change", F64),
+        ("f1_change", F64),
+        ("iou_change_ci_low", F64),
+        ("iou_change_ci_high", F64),
+        ("iou_change_median_image", F64),
+    ]
 )

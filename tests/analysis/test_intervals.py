@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -144,3 +145,64 @@ def test_compare_final_rows_follow_the_declared_schema_best_first() -> None:
         ("fpn", "deeplabv3plus"),
     }
     assert (archs["n_seeds"] == 2).all() and archs["method"].str.contains("BCa").all()
+
+
+def _shift_rows(arch: str, seed: int, loss: float) -> list[dict]:
+    """FINAL_ROBUSTNESS_SCHEMA rows of 10 images: none at IoU 0.9, x0.5 ``loss`` lower on
+    every image, and 4 synthetic images."""
+    from emseg_search.results.schemas import FINAL_ROBUSTNESS_SCHEMA
+
+    rows = []
+    for shift, kind, names, iou in (
+        ("none", "reference", [f"im{i}" for i in range(10)], 0.9),
+        ("scale_x0.5", "scale", [f"im{i}" for i in range(10)], 0.9 - loss),
+        ("synth:sem", "domain", [f"s{i}" for i in range(4)], 0.7),
+    ):
+        for name in names:
+            tp = round(iou * 1000)
+            row = dict.fromkeys(FINAL_ROBUSTNESS_SCHEMA.names)
+            row.update(
+                arch=arch, seed=seed, trial_id=f"t-{arch}", shift=shift, shift_kind=kind,
+                name=name, tp_px=tp, fp_px=1000 - tp, fn_px=0, tn_px=9000, iou=tp / 1000,
+                n_true=4, n_pred=4, particle_tp=3,
+            )  # fmt: skip
+            rows.append(row)
+    return rows
+
+
+def test_robustness_summary_is_written_once_and_redone_when_the_rows_change(
+    tmp_path: Path,
+) -> None:
+    """`final --shifts`' summary per architecture: seeds pooled (images counted once), each
+    shift of the test images with its interval; reread while it is newer than the rows,
+    recomputed when they change (a resumed final that scored more runs)."""
+    import os
+
+    from emseg_search.analysis.intervals import robustness_summary_table
+    from emseg_search.results.io import write_table
+    from emseg_search.results.schemas import FINAL_ROBUSTNESS_SCHEMA
+
+    assert robustness_summary_table(tmp_path) is None  # final without --shifts
+    rows = _shift_rows("unet", 0, 0.05) + _shift_rows("unet", 1, 0.05)
+    rows += _shift_rows("deeplabv3plus", 0, 0.0)
+    write_table(rows, FINAL_ROBUSTNESS_SCHEMA, tmp_path / "robustness.parquet")
+    summary = robustness_summary_table(tmp_path).set_index(["arch", "shift"])
+    assert summary.loc[("unet", "none"), "seeds"] == 2
+    assert summary.loc[("unet", "none"), "images"] == 10  # not 20: image x seed
+    unet = summary.loc[("unet", "scale_x0.5")]
+    assert unet["iou_change"] == pytest.approx(-0.05)
+    assert unet["iou_change_ci_high"] < 0  # every image lost 0.05
+    assert math.isnan(summary.loc[("unet", "synth:sem"), "iou_change_ci_low"])
+    assert summary.loc[("deeplabv3plus", "scale_x0.5"), "iou_change"] == pytest.approx(0.0)
+    path = tmp_path / "robustness_summary.parquet"
+    written = path.stat().st_mtime_ns
+    robustness_summary_table(tmp_path)
+    assert path.stat().st_mtime_ns == written  # newer than the rows: read, not recomputed
+    # the rows change (newer mtime): the summary follows them
+    rows = _shift_rows("unet", 0, 0.10)
+    write_table(rows, FINAL_ROBUSTNESS_SCHEMA, tmp_path / "robustness.parquet")
+    later = written + 10**9
+    os.utime(tmp_path / "robustness.parquet", ns=(later, later))
+    again = robustness_summary_table(tmp_path).set_index(["arch", "shift"])
+    assert set(again.index.get_level_values("arch")) == {"unet"}
+    assert again.loc[("unet", "scale_x0.5"), "iou_change"] == pytest.approx(-0.10)

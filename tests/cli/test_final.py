@@ -96,6 +96,17 @@ def test_final_retrains_scores_resumes_and_reports(tmp_path: Path) -> None:
     assert len(shifted) == len(archs) * 2 * per_run
     assert set(shifted["shift"]) == {"none", "scale_x0.5", "invert", "synth:sem"}
     assert set(shifted.loc[shifted["shift"] == "none", "name"]) <= set(test_names)
+    # the per-architecture summary the report and the dashboard read, and its printout: each
+    # shift of the test images with its change and interval, per architecture
+    summary = read_table(exp / "final" / "robustness_summary.parquet").to_pandas()
+    assert len(summary) == len(archs) * 4 and (summary["seeds"] == 2).all()
+    assert (summary.loc[summary["shift"] == "none", "images"] == 3).all()  # not image x seed
+    paired = summary[summary["shift"].isin(["scale_x0.5", "invert"])]
+    assert paired["iou_change_ci_low"].notna().all()
+    assert summary.loc[summary["shift"] == "synth:sem", "iou_change_ci_low"].isna().all()
+    block = again.stdout.split("IoU change vs none under each shift")[1]
+    assert block.count("scale_x0.5") == len(archs) and block.count("invert") == len(archs)
+    assert re.search(r"invert +[+-]\d\.\d{3} \[[+-]\d\.\d{3}, [+-]\d\.\d{3}\]", block)
     page = index.read_text()
     assert "Robustness (held-out test images under controlled shifts)" in page
     assert "robustness score" in page

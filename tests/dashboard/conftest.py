@@ -150,6 +150,45 @@ def write_experiment(
     return path
 
 
+# shift -> (kind, IoU lost on every image)
+SHIFTS = {
+    "none": ("reference", 0.0),
+    "scale_x0.5": ("scale", 0.05),
+    "scale_x2": ("scale", 0.01),
+    "invert": ("polarity", 0.0),
+}
+
+
+def write_final_shifts(path: Path, summarise: bool = True) -> None:
+    """path/final/robustness.parquet as `final --shifts` writes it (unet and deeplabv3plus, two
+    seeds, 8 test images, SHIFTS and a synthetic domain) and, with
+    ``summarise``, its summary (analysis.intervals.robustness_summary_table)."""
+    from emseg_search.analysis.intervals import robustness_summary_table
+    from emseg_search.results.schemas import FINAL_ROBUSTNESS_SCHEMA
+
+    rng = np.random.default_rng(5)
+    rows = []
+    for arch, base in (("unet", 0.92), ("deeplabv3plus", 0.90)):
+        for seed in (0, 1):
+            shifts = [(n, kind, drop, 8) for n, (kind, drop) in SHIFTS.items()]
+            for shift, kind, drop, n in (*shifts, ("synth:sem", "domain", 0.2, 4)):
+                for i in range(n):
+                    iou = float(np.clip(base - drop + rng.normal(0, 0.01), 0.05, 0.99))
+                    tp = round(iou * 2000)
+                    row = dict.fromkeys(FINAL_ROBUSTNESS_SCHEMA.names)
+                    row.update(
+                        arch=arch, seed=seed, trial_id=f"t-{arch}", shift=shift,
+                        shift_kind=kind, name=f"{'s' if kind == 'domain' else 'im'}{i}",
+                        tp_px=tp, fp_px=2000 - tp, fn_px=0, tn_px=20_000, iou=tp / 2000,
+                        n_true=10, n_pred=10, particle_tp=8,
+                    )  # fmt: skip
+                    rows.append(row)
+    (path / "final").mkdir(parents=True, exist_ok=True)
+    write_table(rows, FINAL_ROBUSTNESS_SCHEMA, path / "final" / "robustness.parquet")
+    if summarise:
+        robustness_summary_table(path / "final")
+
+
 def write_run(root: Path, name: str, n_epochs: int = 5, epochs: int = 5) -> Path:
     """results/<name>/ as `train` writes it: config.yaml and epochs.parquet (trial_id empty),
     a model folder; ``epochs`` is what the config asked for."""
@@ -213,12 +252,15 @@ def fake() -> types.ModuleType:
 
 @pytest.fixture(scope="module")
 def results_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A results folder with two small experiments (one with robustness scores), a big one
+    """A results folder with two small experiments (one with robustness scores and `final
+    --shifts`' tables), a big one
     (1,000 trials x 20 epochs), a half-written one, one with a corrupt table and a `train`
     run."""
     root = tmp_path_factory.mktemp("results")
     write_experiment(root, "small", n_trials=12, n_epochs=6)
-    write_experiment(root, "robust", n_trials=10, n_epochs=5, seed=1, robust=True)
+    write_final_shifts(
+        write_experiment(root, "robust", n_trials=10, n_epochs=5, seed=1, robust=True)
+    )
     write_experiment(root, "big", n_trials=1000, n_epochs=20, seed=2)
     write_run(root, "run1")
     half = root / "half"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -227,6 +228,22 @@ def test_robustness_scores_and_pareto_front(
     lines = {line.split("\t")[0]: line for line in text.splitlines()}
     for name, iou in shifts:
         assert f"{iou:.4f}" in lines[f"val IoU under {name} · best epoch"], text
+
+
+def test_final_runs_robustness_with_intervals(served: Any, page: tuple[Any, Recorder]) -> None:
+    """`final --shifts`' summary on the overview: the change chart with a point per shift and
+    architecture, and the table's changes with their intervals."""
+    pg, _ = page
+    pg.goto(served.url + "/e/robust")
+    box = pg.locator("#final-box")
+    box.get_by_text("Robustness of the final runs", exact=False).wait_for()
+    pg.locator("#g-shifts .point").first.wait_for()
+    assert pg.locator("#g-shifts .point").count() == 2 * 3  # 2 archs x 3 shifts of the images
+    legend = " ".join(pg.locator("#g-shifts .legendtext").all_text_contents())
+    assert "unet (2 seed(s))" in legend and "deeplabv3plus (2 seed(s))" in legend
+    text = pg.locator("#robustness-table").inner_text()
+    assert re.search(r"[+-]0\.0\d\d \[[+-]0\.\d{3}, [+-]0\.\d{3}\] \(median image", text)
+    assert "robustness score (mean of all but none)" in text and "synth:sem" in text
 
 
 def test_broken_experiments_give_a_message_not_a_traceback(

@@ -257,3 +257,42 @@ def test_a_train_run_is_a_one_trial_experiment(tmp_path: Path, fake: Any) -> Non
     files = data.trial_files(exp, "done")
     assert files["model"] == ["model"] and files["checkpoints"][0].startswith("ray/checkpoint_")
     assert data.resolved_config(exp, "done")["lr"] == 0.001
+
+
+@pytest.mark.filterwarnings("ignore:\\s*The dash_table.DataTable will be removed")
+def test_final_shifts_summary_loads_and_a_stale_one_is_named(tmp_path: Path, fake: Any) -> None:
+    """`final --shifts`' summary reaches the page with its intervals; rows without their
+    summary (or newer than it) give a warning that says what to run, never a wrong table."""
+    path = fake.write_experiment(tmp_path, "e", n_trials=4, n_epochs=2)
+    fake.write_final_shifts(path, summarise=False)
+    cache = TableCache()
+    exp = data.load(tmp_path, "e", cache)
+    assert exp.robustness is None
+    assert any("robustness_summary.parquet is missing" in w for w in exp.warnings)
+    assert any(f"python -m emseg_search.report {path}" in w for w in exp.warnings)
+    fake.write_final_shifts(path)
+    sig = data.signature(tmp_path, ["e"])
+    exp = data.load(tmp_path, "e", cache)
+    assert not exp.warnings and set(exp.robustness["arch"]) == {"unet", "deeplabv3plus"}
+    later = (path / "final" / "robustness_summary.parquet").stat().st_mtime_ns + 10**9
+    os.utime(path / "final" / "robustness.parquet", ns=(later, later))
+    assert any("older than" in w for w in data.load(tmp_path, "e", cache).warnings)
+    os.utime(path / "final" / "robustness_summary.parquet", ns=(later + 1, later + 1))
+    assert data.signature(tmp_path, ["e"]) != sig  # the live page notices a new summary
+    exp = data.load(tmp_path, "e", cache)
+    # the view: per shift and architecture the change with its interval, the score last
+    view = pages.robustness_view(exp.robustness)
+    table = next(c for c in view.children if getattr(c, "id", None) == "robustness-table")
+    rows = {r["shift"]: r for r in table.data}
+    unet_half = exp.robustness.set_index(["arch", "shift"]).loc[("unet", "scale_x0.5")]
+    assert rows["scale_x0.5"]["unet IoU change [95 %]"].startswith(
+        f"{unet_half['iou_change']:+.3f} [{unet_half['iou_change_ci_low']:+.3f}, "
+    )
+    assert unet_half["iou_change_ci_high"] < -0.03  # every image lost ~0.05
+    assert rows["none"]["unet IoU change [95 %]"] == ""
+    assert rows["synth:sem"]["unet IoU change [95 %]"] == ""  # other images: no pairing
+    assert list(rows)[-1].startswith("robustness score")
+    figure = figures.shift_changes(exp.robustness)
+    assert [t["name"] for t in figure["data"]] == ["unet (2 seed(s))", "deeplabv3plus (2 seed(s))"]
+    assert figure["layout"]["xaxis"]["ticktext"] == ["scale_x0.5", "scale_x2", "invert"]
+    json.dumps(figure, allow_nan=False)
