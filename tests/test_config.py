@@ -102,6 +102,7 @@ FLAGS: dict[str, tuple[list[str], object]] = {
     "lr_min_factor": (["--lr-min-factor", "0.1"], 0.1),
     "grad_clip": (["--grad-clip", "2.5"], 2.5),
     "amp": (["--no-amp"], False),
+    "channels_last": (["--no-channels-last"], False),
     "val_every": (["--val-every", "2"], 2),
     "threshold": (["--threshold", "0.4"], 0.4),
     "val_shifts": (["--val-shifts", "scale_x0.5,synth:tem"], ["scale_x0.5", "synth:tem"]),

@@ -24,7 +24,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
-from emseg_search.config import TrialConfig
+from emseg_search.config import INSTANCE_ARCHS, TrialConfig
 from emseg_search.data import load_data
 from emseg_search.data.datasets import TileDataset, seed_worker
 from emseg_search.models.precision import autocast_dtype
@@ -183,6 +183,10 @@ def build_run(
 
     model = build_model(model_config(cfg))
     apply_init_from(model, cfg)  # fine-tuning; a resumed run then loads its own checkpoint
+    if cfg.channels_last and cfg.arch not in INSTANCE_ARCHS:
+        # NHWC weights: the convolutions (depthwise ones above all) then run NHWC on CPU
+        # (oneDNN) and GPU; state dicts load into either layout, so artifacts do not change
+        model = model.to(memory_format=torch.channels_last)
     # some encoders/depths leave parameters without gradients, which DDP must be told about
     unused = bool(unused_parameters(model, cfg)) if world > 1 else False
     model = session.prepare_model(model, find_unused_parameters=unused)
