@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         kind, choices, optional = field_type(name)
         flag = "--" + name.replace("_", "-")
         help_ = f"{info.description + '; ' if info.description else ''}default {info.default!r}"
+        help_ = help_.replace("%", "%%")  # argparse formats help strings with %
         if typing.get_origin(kind) in (list, tuple):  # a comma list: --val-shifts a,b
             fields.add_argument(
                 flag,
