@@ -303,14 +303,14 @@ def robustness_summary_table(final_dir: Path) -> pd.DataFrame | None:
     (``robustness_summary``) where it is missing or older than the rows; None when `final`
     ran without shifts. The bootstrap takes seconds per architecture: the summary is computed
     once, and the report and the dashboard read it."""
-    from emseg_search.results.io import read_table, write_table
+    from emseg_search.results.io import is_stale, read_table, write_table
     from emseg_search.results.schemas import FINAL_ROBUSTNESS_SUMMARY_SCHEMA
 
     rows_path = final_dir / "robustness.parquet"
     path = final_dir / "robustness_summary.parquet"
     if not rows_path.is_file():
         return None
-    if path.is_file() and path.stat().st_mtime_ns >= rows_path.stat().st_mtime_ns:
+    if not is_stale(path, rows_path):
         return read_table(path).to_pandas()
     summary = robustness_summary(read_table(rows_path).to_pandas())
     write_table(summary.to_dict("records"), FINAL_ROBUSTNESS_SUMMARY_SCHEMA, path)

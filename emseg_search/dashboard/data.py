@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from emseg_search.results.io import ranks_by_other_than_iou, read_table
+from emseg_search.results.io import is_stale, ranks_by_other_than_iou, read_table
 from emseg_search.results.pareto import objective_column
 from emseg_search.results.schemas import EPOCH_SCHEMA, OBJECTIVES, TRIAL_COLUMNS
 
@@ -268,10 +268,9 @@ def _robustness_summary(path: Path, cache: TableCache, warnings: list[str]) -> p
     rows are newer than their summary, or the summary is missing (the dashboard only reads:
     the bootstrap behind the intervals runs in `final` and `report`)."""
     rows, summary = path / ROBUSTNESS_ROWS, path / ROBUSTNESS_SUMMARY
-    rows_key, summary_key = _stat_key(rows), _stat_key(summary)
-    if rows_key is not None and (summary_key is None or summary_key[0] < rows_key[0]):
+    if is_stale(summary, rows):
         warnings.append(
-            f"{ROBUSTNESS_SUMMARY} is {'older than' if summary_key else 'missing beside'} "
+            f"{ROBUSTNESS_SUMMARY} is {'older than' if summary.is_file() else 'missing beside'} "
             f"{ROBUSTNESS_ROWS}: run `python -m emseg_search.report {path}` to summarise the "
             "robustness rows"
         )

@@ -376,11 +376,13 @@ def robustness_view(summary: pd.DataFrame) -> Any:
             row[f"{arch} F1"] = _fmt(None if r is None else float(r["particle_f1"]))
             row[f"{arch} IoU change [95 %]"] = "" if r is None else _change(r)
         rows.append(row)
+    from emseg_search.inference.robustness import robustness_score
+
     score: dict[str, Any] = {"shift": "robustness score (mean of all but none)", "kind": ""}
     for arch in archs:
-        shifted = summary[(summary["arch"] == arch) & (summary["shift"] != "none")]
-        score[f"{arch} IoU"] = _fmt(float(shifted["iou"].mean()))
-        score[f"{arch} F1"] = _fmt(float(shifted["particle_f1"].mean()))
+        mine = robustness_score(summary[summary["arch"] == arch])
+        score[f"{arch} IoU"] = _fmt(mine["robustness_iou"])
+        score[f"{arch} F1"] = _fmt(mine["robustness_f1"])
         score[f"{arch} IoU change [95 %]"] = ""
     rows.append(score)
     none = summary[summary["shift"] == "none"]

@@ -34,6 +34,14 @@ def _is_nan(value: Any) -> bool:
     return isinstance(value, float) and math.isnan(value)
 
 
+def is_stale(derived: Path, source: Path) -> bool:
+    """Whether a table ``derived`` from ``source`` must be made again: ``source`` exists and
+    ``derived`` is missing or older (modification times)."""
+    if not source.is_file():
+        return False
+    return not derived.is_file() or derived.stat().st_mtime_ns < source.stat().st_mtime_ns
+
+
 def read_table(path: str | Path) -> pa.Table:
     """A consistent snapshot of a Parquet table that a running search may be rewriting.
 
