@@ -126,7 +126,8 @@ def changes(rows: Path) -> dict[str, str]:
     existed get it too."""
     import pandas as pd
 
-    from emseg_search.analysis.intervals import format_change, shift_change_intervals
+    from emseg_search.analysis.intervals import shift_change_intervals
+    from emseg_search.results.io import format_change
 
     table = shift_change_intervals(pd.read_parquet(rows).to_dict("records"))
     return {r["shift"]: format_change(r) for r in table.to_dict("records")}

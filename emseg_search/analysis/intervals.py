@@ -266,15 +266,6 @@ def shift_change_intervals(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
     return table.assign(**dict(zip(columns, map(list, zip(*added, strict=True)), strict=True)))
 
 
-def format_change(row: pd.Series | dict[str, Any]) -> str:
-    """A shift's IoU change against ``none`` with its interval (``shift_change_intervals``),
-    e.g. "-0.031 [-0.077, +0.039]"; "" where it has none (the reference, a synthetic domain)."""
-    low, high = row.get("iou_change_ci_low"), row.get("iou_change_ci_high")
-    if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
-        return ""
-    return f"{row['iou_change']:+.3f} [{low:+.3f}, {high:+.3f}]"
-
-
 def robustness_summary(rows: pd.DataFrame) -> pd.DataFrame:
     """``final/robustness.parquet``'s rows (every final run x shift x image) summarised per
     architecture: ``shift_change_intervals`` of each architecture's rows (seeds pooled), with

@@ -349,9 +349,10 @@ def robustness_section(exp_dir: Path, out: Path) -> str:
     interval, the robustness score, a chart per architecture; "" when `final` ran without
     shifts. The per-architecture summary is final/robustness_summary.parquet (written here
     where `final` did not)."""
-    from emseg_search.analysis.intervals import format_change, robustness_summary_table
+    from emseg_search.analysis.intervals import robustness_summary_table
     from emseg_search.inference.figures import robustness_chart
     from emseg_search.inference.robustness import robustness_score
+    from emseg_search.results.io import format_change
 
     summary = robustness_summary_table(exp_dir / FINAL_DIR)
     if summary is None or summary.empty:

@@ -120,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
             f"Wilcoxon p {r['wilcoxon_p']:.3g}, P(better on an image) {r['prob_superiority']:.2f}"
         )
     if args.shifts:
-        from emseg_search.analysis.intervals import format_change, robustness_summary_table
+        from emseg_search.analysis.intervals import robustness_summary_table
+        from emseg_search.results.io import format_change
 
         summary = robustness_summary_table(args.experiment / "final")
         if summary is not None and len(summary):

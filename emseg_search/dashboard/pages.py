@@ -13,6 +13,7 @@ from dash import dash_table, dcc, html
 
 from emseg_search.dashboard import data, figures
 from emseg_search.dashboard.data import DIMENSIONS, ResultsError
+from emseg_search.results.io import format_change
 
 PAGE_SIZE = 25
 
@@ -374,7 +375,7 @@ def robustness_view(summary: pd.DataFrame) -> Any:
             r = t.iloc[0] if len(t) else None
             row[f"{arch} IoU"] = _fmt(None if r is None else float(r["iou"]))
             row[f"{arch} F1"] = _fmt(None if r is None else float(r["particle_f1"]))
-            row[f"{arch} IoU change [95 %]"] = "" if r is None else _change(r)
+            row[f"{arch} IoU change [95 %]"] = "" if r is None else format_change(r, median=True)
         rows.append(row)
     from emseg_search.inference.robustness import robustness_score
 
@@ -414,17 +415,6 @@ def robustness_view(summary: pd.DataFrame) -> Any:
             ),
         ]
     )
-
-
-def _change(r: pd.Series) -> str:
-    """ "-0.031 [-0.077, +0.039] (median image -0.028)", "" without an interval."""
-    low, high = r["iou_change_ci_low"], r["iou_change_ci_high"]
-    if pd.isna(low) or pd.isna(high):
-        return ""
-    text = f"{r['iou_change']:+.3f} [{low:+.3f}, {high:+.3f}]"
-    if not pd.isna(r["iou_change_median_image"]):
-        text += f" (median image {r['iou_change_median_image']:+.3f})"
-    return text
 
 
 def _fmt(value: Any) -> str:

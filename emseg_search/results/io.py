@@ -42,6 +42,21 @@ def is_stale(derived: Path, source: Path) -> bool:
     return not derived.is_file() or derived.stat().st_mtime_ns < source.stat().st_mtime_ns
 
 
+def format_change(row: pd.Series | dict[str, Any], median: bool = False) -> str:
+    """A shift's IoU change against ``none`` with its interval (the columns of
+    ``analysis.intervals.shift_change_intervals`` and FINAL_ROBUSTNESS_SUMMARY_SCHEMA), e.g.
+    "-0.031 [-0.077, +0.039]", with ``median`` "... (median image -0.028)"; "" where it has none
+    (the reference, a synthetic domain)."""
+    low, high = row.get("iou_change_ci_low"), row.get("iou_change_ci_high")
+    if low is None or high is None or _is_nan(low) or _is_nan(high):
+        return ""
+    text = f"{row['iou_change']:+.3f} [{low:+.3f}, {high:+.3f}]"
+    middle = row.get("iou_change_median_image")
+    if median and middle is not None and not _is_nan(middle):
+        text += f" (median image {middle:+.3f})"
+    return text
+
+
 def read_table(path: str | Path) -> pa.Table:
     """A consistent snapshot of a Parquet table that a running search may be rewriting.
 

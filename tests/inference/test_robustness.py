@@ -35,13 +35,31 @@ def test_scale_shifts_resample_image_and_mask_together(
     out_img, out_inst = apply_shift(name, image, inst)
     assert out_img.shape == out_inst.shape == (round(96 * factor), round(128 * factor))
     assert out_img.dtype == np.uint8 and out_inst.dtype == np.uint16
-    # nearest-neighbour labels: no invented ids; particles keep their place and relative size
+    # no invented ids; particles keep their place and relative size
     assert set(np.unique(out_inst)) <= set(np.unique(inst))
     for i in (1, 2):
         ratio = (out_inst == i).sum() / (inst == i).sum()
         assert ratio == pytest.approx(factor**2, rel=0.25)
     # the dark particles stay dark where the resampled mask says they are
     assert out_img[out_inst > 0].mean() < out_img[out_inst == 0].mean() - 80
+
+
+@pytest.mark.parametrize("name", ["scale_x0.5", "scale_x0.25"])
+def test_reduced_truth_is_what_the_reduced_image_shows(name: str) -> None:
+    # two flat levels, particles at 60 on 190: a reduced pixel is darker than halfway exactly
+    # where particles cover at least half of its area; the reduced truth must say the same
+    inst = disk(97, 131, [(30, 40, 10.5), (60, 90, 14.2), (70, 30, 6.3), (33, 62, 7.7)])
+    image = np.where(inst > 0, 60, 190).astype(np.uint8)
+    out_img, out_inst = apply_shift(name, image, inst)
+    clear = np.abs(out_img.astype(int) - 125) > 1  # not within a rounding step of halfway
+    assert clear.mean() > 0.98
+    np.testing.assert_array_equal((out_inst > 0)[clear], (out_img <= 125)[clear])
+    # each reduced particle pixel belongs to a particle that covers it, none is invented
+    assert set(np.unique(out_inst)) <= set(np.unique(inst))
+    for k in np.unique(out_inst[out_inst > 0]):
+        assert abs((out_inst == k).sum() - (inst == k).sum() * (out_img.size / image.size)) <= (
+            2 * np.sqrt((inst == k).sum())
+        )
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ import pytest
 
 from emseg_search.results.io import (
     best_epoch_shift_ious,
+    format_change,
     load_experiment,
     ranks_by_other_than_iou,
     read_rows,
@@ -146,3 +147,23 @@ def test_selection_score_and_whether_it_is_the_iou() -> None:
     mixed = old.assign(best_val_score=[0.85, np.nan])
     assert selection_score(mixed).tolist() == [0.85, 0.8]
     assert ranks_by_other_than_iou(mixed)
+
+
+def test_format_change_gives_the_interval_and_leaves_shifts_without_one_blank() -> None:
+    row = {
+        "iou_change": -0.0312,
+        "iou_change_ci_low": -0.0771,
+        "iou_change_ci_high": 0.0394,
+        "iou_change_median_image": -0.0281,
+    }
+    assert format_change(row) == "-0.031 [-0.077, +0.039]"
+    assert format_change(pd.Series(row), median=True) == (
+        "-0.031 [-0.077, +0.039] (median image -0.028)"
+    )
+    # the reference shift and the synthetic domains have no interval (NaN in the tables)
+    assert format_change({**row, "iou_change_ci_low": float("nan")}) == ""
+    assert format_change({"iou_change": 0.0}) == ""
+    # no median image (an older table): the interval alone
+    assert format_change({**row, "iou_change_median_image": np.nan}, median=True) == (
+        "-0.031 [-0.077, +0.039]"
+    )
