@@ -48,11 +48,11 @@ def format_change(row: pd.Series | dict[str, Any], median: bool = False) -> str:
     "-0.031 [-0.077, +0.039]", with ``median`` "... (median image -0.028)"; "" where it has none
     (the reference, a synthetic domain)."""
     low, high = row.get("iou_change_ci_low"), row.get("iou_change_ci_high")
-    if low is None or high is None or _is_nan(low) or _is_nan(high):
+    if pd.isna(low) or pd.isna(high):  # None, NaN of any float width
         return ""
     text = f"{row['iou_change']:+.3f} [{low:+.3f}, {high:+.3f}]"
     middle = row.get("iou_change_median_image")
-    if median and middle is not None and not _is_nan(middle):
+    if median and not pd.isna(middle):
         text += f" (median image {middle:+.3f})"
     return text
 
